@@ -11,7 +11,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither" || true
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	$(BIN)/python -c "import mpnn_jax"
 	touch $(STAMP)
 
