@@ -35,9 +35,9 @@ from mpnn_jax.precision import get_policy
 #: Model sizes. NequIP: channels per irrep and lmax; MACE: channels, hidden irreps, max_ell,
 #: correlation, interactions. ``mace-mp-s`` is cuEquivariance's MP-S benchmark size.
 MODEL_SIZES: dict[str, dict[str, Any]] = {
-    "nequip-S": dict(name="nequip", num_channels=16, max_ell=1, num_layers=3),
-    "nequip-M": dict(name="nequip", num_channels=32, max_ell=2, num_layers=4),
-    "nequip-L": dict(name="nequip", num_channels=64, max_ell=2, num_layers=5),
+    "nequip-S": dict(name="nequip", channels=16, max_ell=1, n_layers=3),
+    "nequip-M": dict(name="nequip", channels=32, max_ell=2, n_layers=4),
+    "nequip-L": dict(name="nequip", channels=64, max_ell=2, n_layers=5),
     "mace-S": dict(
         name="mace", num_channels=32, hidden_irreps="0e+1o", max_ell=2, correlation=2,
         num_interactions=2,
@@ -179,3 +179,353 @@ def bytes_per_atom(points: Sequence[tuple[int, int]]) -> float:
 def to_device(graph: Any) -> Any:
     """Moves a numpy graph to the default device."""
     return jax.tree_util.tree_map(jnp.asarray, graph)
+
+
+# --- systems ----------------------------------------------------------------------------------
+def cu_fcc(n_atoms: int, *, seed: int = 0, a: float = 3.61):
+    """A periodic fcc Cu supercell (cubic, 4 atoms a cell) of about ``n_atoms`` atoms, rattled."""
+    from ase.build import bulk
+
+    reps = max(1, round((n_atoms / 4) ** (1 / 3)))
+    atoms = bulk("Cu", "fcc", a=a, cubic=True).repeat((reps, reps, reps))
+    atoms.rattle(0.05, seed=seed)
+    return atoms
+
+
+def water_box(n_atoms: int, *, seed: int = 0, density: float = 0.0334):
+    """A periodic box of H2O at liquid density (``density`` molecules/Å^3), random orientations."""
+    from ase import Atoms
+
+    rng = np.random.default_rng(seed)
+    n_side = max(1, round((n_atoms / 3) ** (1 / 3)))
+    n_mol = n_side**3
+    length = (n_mol / density) ** (1 / 3)
+    spacing = length / n_side
+    oh, angle = 0.9572, np.deg2rad(104.52)
+    local = np.array(
+        [[0, 0, 0], [oh, 0, 0], [oh * np.cos(angle), oh * np.sin(angle), 0]], dtype=float
+    )
+    positions, numbers = [], []
+    grid = np.stack(np.meshgrid(*[np.arange(n_side)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    for g in grid:
+        q = rng.standard_normal(4)
+        q /= np.linalg.norm(q)
+        w, x, y, z = q
+        rot = np.array(
+            [
+                [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+            ]
+        )
+        positions.append((g + 0.5) * spacing + local @ rot.T)
+        numbers += [8, 1, 1]
+    return Atoms(numbers=numbers, positions=np.concatenate(positions), cell=[length] * 3, pbc=True)
+
+
+def molecule_batch(n_atoms: int, *, path: str | None = None, seed: int = 0) -> list:
+    """Distinct real molecules (rMD17 ethanol by default) totalling about ``n_atoms`` atoms."""
+    from mpnn_jax.data import bundled_path, read_xyz
+
+    configs = read_xyz(path or bundled_path("rmd17_ethanol", "train"))
+    rng = np.random.default_rng(seed)
+    n_mol = max(1, round(n_atoms / configs[0].n_atoms))
+    idx = rng.choice(len(configs), size=n_mol, replace=n_mol > len(configs))
+    return [configs[i] for i in idx]
+
+
+def build_system(kind: str, n_atoms: int, *, cutoff: float, species_table, seed: int = 0):
+    """One padded benchmark graph of ``kind`` in {"cu", "water", "ethanol", "aspirin"}."""
+    from mpnn_jax.data import atoms_to_graph, batch_graphs, pad_graph
+    from mpnn_jax.data.buckets import round_up
+    from mpnn_jax.data.xyz import atoms_to_configuration
+
+    if kind in ("cu", "water"):
+        atoms = cu_fcc(n_atoms, seed=seed) if kind == "cu" else water_box(n_atoms, seed=seed)
+        configs = [atoms_to_configuration(atoms, energy_key=None, forces_key=None)]
+    elif kind in ("ethanol", "aspirin"):
+        path = None
+        if kind == "aspirin":
+            from pathlib import Path
+
+            path = str(Path(__file__).resolve().parents[2] / "shared/data/rmd17_aspirin/train.xyz")
+        configs = molecule_batch(n_atoms, path=path, seed=seed)
+    else:
+        raise ValueError(f"unknown system kind {kind!r}; expected cu, water, ethanol or aspirin")
+    graphs = [atoms_to_graph(c, cutoff=cutoff, species_table=species_table) for c in configs]
+    graph = batch_graphs(graphs)
+    n_node = int(graph.n_node.sum())
+    n_edge = int(graph.n_edge.sum())
+    padded = pad_graph(
+        graph,
+        n_node=round_up(n_node + 1, 8),
+        n_edge=round_up(n_edge, 64),
+        n_graph=len(graphs) + 1,
+    )
+    return System(
+        name=f"{kind}-{n_node}",
+        n_atoms=n_node,
+        n_edges=n_edge,
+        graph=padded,
+        n_species=len(species_table.numbers),
+    )
+
+
+# --- measurements -------------------------------------------------------------------------
+def make_model(size: str, *, policy: str, n_species: int, cutoff: float, avg_num_neighbors: float):
+    """The model of a named size (``MODEL_SIZES``) under ``policy``; random-init weights suffice."""
+    from mpnn_jax.models import build_model
+
+    if size not in MODEL_SIZES:
+        raise ValueError(f"unknown model size {size!r}; expected one of {list(MODEL_SIZES)}")
+    spec = dict(MODEL_SIZES[size])
+    name = spec.pop("name")
+    return build_model(
+        name,
+        policy=policy,
+        n_species=n_species,
+        cutoff=cutoff,
+        avg_num_neighbors=avg_num_neighbors,
+        **spec,
+    )
+
+
+def make_train_step(model, *, forces_weight: float = 10.0):
+    """A full training step (energy + force loss, Adam) as a pure function, with loss scaling.
+
+    Returns ``(init_opt, step)`` where ``step(params, opt_state, loss_scale, graph) ->
+    (params, opt_state, loss_scale, loss)``; the loss scale follows the model's policy.
+    """
+    import optax
+
+    from mpnn_jax.data.graphs import graph_mask, node_mask
+    from mpnn_jax.potential import make_predictor
+    from mpnn_jax.precision import all_finite, select_tree
+
+    predict = make_predictor(model)
+    optimizer = optax.adam(1e-3)
+
+    def loss_fn(params, graph, loss_scale):
+        out = predict(params, graph)
+        gm = graph_mask(graph)
+        nm = node_mask(graph)
+        n_atoms = jnp.maximum(graph.n_node, 1)
+        de = jnp.where(gm, (out["energy"] - graph.globals["energy"]) / n_atoms, 0.0)
+        df = jnp.where(nm[:, None], out["forces"] - graph.nodes["forces"], 0.0)
+        loss = jnp.sum(de**2) / jnp.maximum(gm.sum(), 1) + forces_weight * jnp.sum(df**2) / (
+            3 * jnp.maximum(nm.sum(), 1)
+        )
+        return loss_scale.scale(loss), loss
+
+    def step(params, opt_state, loss_scale, graph):
+        grads, loss = jax.grad(loss_fn, has_aux=True)(params, graph, loss_scale)
+        grads = loss_scale.unscale(grads)
+        finite = all_finite(grads)
+        updates, new_opt = optimizer.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        params = select_tree(finite, new_params, params)
+        opt_state = select_tree(finite, new_opt, opt_state)
+        return params, opt_state, loss_scale.adjust(finite), loss
+
+    return optimizer.init, step
+
+
+def measure(
+    *,
+    size: str,
+    system: System,
+    preset: str,
+    mode: str,
+    params: Any,
+    avg_num_neighbors: float,
+    cutoff: float,
+    repeats: int = 20,
+    n_inputs: int = 3,
+    warmup: int = 3,
+) -> dict[str, Any]:
+    """Compiles and times one (model size, system, preset, mode) case; ``mode`` is "ef" or "train".
+
+    Returns a JSON-able dict with compile_s, median_ms, atom_steps_per_s, compiled_bytes and,
+    where the device reports it, peak_bytes; an out-of-memory case returns ``{"oom": True}``.
+    """
+    from mpnn_jax.potential import make_predictor
+    from mpnn_jax.precision import loss_scale_for
+
+    policy = get_policy(preset)
+    model = make_model(
+        size,
+        policy=preset,
+        n_species=system.n_species,
+        cutoff=cutoff,
+        avg_num_neighbors=avg_num_neighbors,
+    )
+    graphs = [to_device(g) for g in perturbed_inputs(system.graph, n_inputs)]
+    row: dict[str, Any] = dict(
+        model=size,
+        system=system.name,
+        n_atoms=system.n_atoms,
+        n_edges=system.n_edges,
+        preset=preset,
+        mode=mode,
+    )
+    try:
+        with policy.matmul_context():
+            if mode == "ef":
+                fn = jax.jit(make_predictor(model))
+                t0 = time.perf_counter()
+                compiled = fn.lower(params, graphs[0]).compile()
+                row["compile_s"] = time.perf_counter() - t0
+                inputs = [(params, g) for g in graphs]
+            elif mode == "train":
+                init_opt, step = make_train_step(model)
+                opt_state = init_opt(params)
+                scale = loss_scale_for(policy)
+                fn = jax.jit(step)
+                t0 = time.perf_counter()
+                compiled = fn.lower(params, opt_state, scale, graphs[0]).compile()
+                row["compile_s"] = time.perf_counter() - t0
+                inputs = [(params, opt_state, scale, g) for g in graphs]
+            else:
+                raise ValueError(f"unknown mode {mode!r}; expected 'ef' or 'train'")
+            row["compiled_bytes"] = compiled_bytes(compiled)
+            row.update(time_compiled(compiled, inputs, warmup=warmup, repeats=repeats))
+    except Exception as err:  # noqa: BLE001 - OOM surfaces as several exception types
+        if is_oom(err):
+            row["oom"] = True
+            return row
+        raise
+    row["atom_steps_per_s"] = system.n_atoms / (row["median_ms"] * 1e-3)
+    row["peak_bytes"] = peak_device_bytes()
+    return row
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """A fixed-width table of benchmark rows, with each preset's speed-up over fp32."""
+    base = {
+        (r["model"], r["system"], r["mode"]): r.get("median_ms")
+        for r in rows
+        if r["preset"] == "fp32" and not r.get("oom")
+    }
+    head = (
+        f"{'model':10} {'system':16} {'mode':5} {'preset':13} {'atoms':>7} {'edges':>9} "
+        f"{'compile s':>9} {'ms':>9} {'atom-steps/s':>13} {'MiB':>8} {'vs fp32':>7}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        if r.get("oom"):
+            lines.append(
+                f"{r['model']:10} {r['system']:16} {r['mode']:5} {r['preset']:13} "
+                f"{r['n_atoms']:7d} {r['n_edges']:9d}  out of memory"
+            )
+            continue
+        ref = base.get((r["model"], r["system"], r["mode"]))
+        speed = f"{ref / r['median_ms']:.2f}x" if ref else "-"
+        mib = (r.get("compiled_bytes") or 0) / 2**20
+        lines.append(
+            f"{r['model']:10} {r['system']:16} {r['mode']:5} {r['preset']:13} "
+            f"{r['n_atoms']:7d} {r['n_edges']:9d} {r['compile_s']:9.1f} {r['median_ms']:9.3f} "
+            f"{r['atom_steps_per_s']:13.3g} {mib:8.1f} {speed:>7}"
+        )
+    return "\n".join(lines)
+
+
+def avg_neighbours(system: System) -> float:
+    """Mean number of neighbours per real atom of a benchmark system."""
+    return system.n_edges / max(system.n_atoms, 1)
+
+
+def init_for(size: str, system: System, *, cutoff: float, seed: int = 0) -> Any:
+    """FP32 random-init parameters of ``size`` for ``system`` (shared by every preset)."""
+    from mpnn_jax.potential import init_params
+
+    model = make_model(
+        size,
+        policy="fp32",
+        n_species=system.n_species,
+        cutoff=cutoff,
+        avg_num_neighbors=avg_neighbours(system),
+    )
+    return init_params(model, jax.random.PRNGKey(seed), to_device(system.graph))
+
+
+def run_benchmark(
+    *,
+    sizes: Sequence[str],
+    systems: Sequence[tuple[str, int]],
+    presets: Sequence[str],
+    modes: Sequence[str] = ("ef", "train"),
+    cutoff: float = 5.0,
+    repeats: int = 20,
+    n_inputs: int = 3,
+    warmup: int = 3,
+    progress: Callable[[dict], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Every (size, system, mode, preset) case, side by side with the same weights.
+
+    Args:
+        sizes: names from ``MODEL_SIZES``.
+        systems: ``(kind, n_atoms)`` pairs, kind in {"cu", "water", "ethanol", "aspirin"}.
+        presets: precision presets, e.g. ``("fp32", "bf16-mixed", "fp16-mixed", "fp32-highest")``.
+        modes: ``"ef"`` (energy + forces) and/or ``"train"`` (a full training step).
+        progress: called with each finished row (e.g. to print it).
+
+    Returns:
+        The rows (see :func:`measure`).
+    """
+    from mpnn_jax.data import SpeciesTable
+
+    policy_names(presets)
+    table = SpeciesTable((1, 6, 8, 29))  # H, C, O, Cu: one table for every system
+    rows = []
+    for kind, n_atoms in systems:
+        system = build_system(kind, n_atoms, cutoff=cutoff, species_table=table)
+        for size in sizes:
+            params = init_for(size, system, cutoff=cutoff)
+            for mode in modes:
+                for preset in presets:
+                    row = measure(
+                        size=size,
+                        system=system,
+                        preset=preset,
+                        mode=mode,
+                        params=params,
+                        avg_num_neighbors=avg_neighbours(system),
+                        cutoff=cutoff,
+                        repeats=repeats,
+                        n_inputs=n_inputs,
+                        warmup=warmup,
+                    )
+                    rows.append(row)
+                    if progress is not None:
+                        progress(row)
+    return rows
+
+
+def plot_throughput(rows: Sequence[dict[str, Any]], path: str) -> None:
+    """Throughput (atom-steps/s) against atoms, one line per (model, mode, preset)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=False)
+    for ax, mode in zip(axes, ("ef", "train")):
+        groups: dict[tuple, list] = {}
+        for r in rows:
+            if r["mode"] == mode and not r.get("oom"):
+                key = (r["model"], r["system"].split("-")[0], r["preset"])
+                groups.setdefault(key, []).append((r["n_atoms"], r["atom_steps_per_s"]))
+        for (model, kind, preset), pts in sorted(groups.items()):
+            pts.sort()
+            ax.plot(*zip(*pts), marker="o", label=f"{model} {kind} {preset}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("atoms")
+        ax.set_ylabel("atom-steps / s")
+        ax.set_title("energy + forces" if mode == "ef" else "training step")
+        ax.grid(True, which="both", alpha=0.3)
+        if groups:
+            ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -95,7 +95,7 @@ LOSS_SCALINGS = ("none", "dynamic")
 
 
 def parse_dtype(name: str) -> np.dtype:
-    """``"bf16"`` -> ``dtype('bfloat16')``; unknown names raise ``ValueError`` listing the valid ones."""
+    """``"bf16"`` -> ``dtype('bfloat16')``; an unknown name raises ``ValueError`` (with choices)."""
     key = str(name).strip().lower()
     if key not in _DTYPE_NAMES:
         raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(_DTYPE_NAMES)}")
@@ -168,7 +168,7 @@ class Policy:
         raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
 
     def accum(self, stage: str) -> np.dtype:
-        """Accumulator dtype of matmuls in ``stage``: the wider of the stage dtype and accum_dtype."""
+        """Accumulator dtype of matmuls in ``stage``: the wider of its dtype and ``accum_dtype``."""
         d = self.dtype(stage)
         return d if jnp.finfo(d).bits >= jnp.finfo(self.accum_dtype).bits else self.accum_dtype
 
@@ -208,8 +208,10 @@ class Policy:
 
         Operands are cast to the stage dtype; the result is returned in the stage dtype.
         """
+        from mpnn_jax.precision.ops import accum_einsum
+
         ops = [self.cast(stage, o) for o in operands]
-        out = jnp.einsum(subscripts, *ops, preferred_element_type=self.accum(stage))
+        out = accum_einsum(subscripts, *ops, accum_dtype=self.accum(stage))
         return self.cast(stage, out)
 
     # --- scopes ------------------------------------------------------------------------------
