@@ -75,7 +75,9 @@ def _build(name: str, items: dict[str, str]) -> Policy:
     stages = tuple((s, parse_dtype(items[s]) if s in items else compute) for s in STAGES)
     matmul = items.get("matmul", "default").lower()
     if matmul not in MATMUL_PRECISIONS:
-        raise ValueError(f"unknown matmul precision {matmul!r}; expected one of {MATMUL_PRECISIONS}")
+        raise ValueError(
+            f"unknown matmul precision {matmul!r}; expected one of {MATMUL_PRECISIONS}"
+        )
     any_f16 = any(d.name == "float16" for _, d in stages)
     loss_scale = items.get("loss_scale", "dynamic" if any_f16 else "none").lower()
     if loss_scale not in LOSS_SCALINGS:

@@ -1,0 +1,202 @@
+"""The precision audit: stage attribution, every preset on a toy potential, and caught mistakes."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mpnn_jax.precision import (
+    PRESETS,
+    STAGES,
+    Policy,
+    audit,
+    audit_jaxpr,
+    dtype_short,
+    get_policy,
+    stage_of,
+)
+
+from .toy_model import init_params, toy_energy, toy_forces, toy_graph
+
+MIXED = ("bf16-mixed", "fp16-mixed")
+
+
+def _args(policy):
+    g, params = toy_graph(), init_params()
+    pos = g["positions"]
+    if policy.uses_x64:
+        pos = jnp.asarray(np.asarray(pos), jnp.float64)
+    return (params, pos, g["species"], g["senders"], g["receivers"], g["graph_index"])
+
+
+@pytest.fixture(params=list(PRESETS))
+def policy(request):
+    p = get_policy(request.param)
+    if p.uses_x64:
+        with jax.enable_x64(True):
+            yield p
+    else:
+        yield p
+
+
+@pytest.mark.parametrize(
+    "name_stack, stage",
+    [
+        ("messages", "messages"),
+        ("energy/readout/i,ij->j", "readout"),
+        ("jvp(energy)/readout", "readout"),
+        ("transpose(jvp(messages))", "messages"),
+        ("transpose(jvp(energy))/jvp(energy)", "energy"),
+        ("forces/transpose(jvp(geometry))/ei,ei->e", "geometry"),
+        ("vmap(jvp(basis))/foo", "basis"),
+        ("messages_extra/foo", "unscoped"),  # whole components only
+        ("", "unscoped"),
+    ],
+)
+def test_stage_of(name_stack, stage):
+    assert stage_of(name_stack) == stage
+
+
+def test_every_stage_in_policy_dtype(policy):
+    report = audit(toy_energy, *_args(policy), policy=policy)
+    assert report.check(policy) == []
+    assert report.stages() == [s for s in STAGES if s != "forces"]
+    for s in report.stages():
+        d = dtype_short(policy.dtype(s))
+        assert report.of(s), s
+        ops = {t for r in report.of(s, "op") for t in r.out_dtypes}
+        assert ops <= {d}, (s, ops)
+        for r in report.of(s, "matmul"):
+            assert r.in_dtypes == (d, d) and r.accum == dtype_short(policy.accum(s))
+    # the sums over neighbours and atoms accumulate in the policy's dtype (FP32 when mixed)
+    for s, prims in (("aggregation", {"scatter-add"}), ("energy", {"scatter-add", "reduce_sum"})):
+        red = report.of(s, "reduction")
+        assert {r.primitive for r in red} == prims
+        assert {r.accum for r in red} == {dtype_short(policy.dtype(s))}
+        if policy.name in MIXED:
+            assert {r.accum for r in red} == {"f32"}
+    if policy.name in MIXED:  # low-precision matmuls accumulate in FP32
+        low = dtype_short(policy.dtype("messages"))
+        for s in ("messages", "update", "readout"):
+            assert report.matmuls(s) == {f"{low}*{low}->f32": 1}
+
+
+def test_gradient_forces_audit(policy):
+    report = audit(toy_forces, *_args(policy), policy=policy)
+    assert report.check(policy) == []
+    assert report.stages() == list(STAGES)
+    assert any(r.backward for r in report.records)
+    assert set(report.op_dtypes("forces")) == {dtype_short(policy.dtype("forces"))}
+    bwd = [r for r in report.of("geometry", "op") if r.backward]
+    assert bwd and {t for r in bwd for t in r.out_dtypes} == {dtype_short(policy.dtype("geometry"))}
+    if policy.name in MIXED:
+        bwd_mm = [r for r in report.of("messages", "matmul") if r.backward]
+        assert bwd_mm and all(r.accum == "f32" for r in bwd_mm)
+
+
+def test_messages_in_fp32_under_bf16_mixed_is_a_violation():
+    p = get_policy("bf16-mixed")
+    bad = audit(toy_energy, *_args(p), policy=p, mistake="messages_f32")
+    problems = bad.check(p)
+    assert problems and all(m.startswith("messages:") for m in problems)
+    assert any("dot_general" in m and "('f32', 'f32')" in m for m in problems)
+    assert any("mul" in m and "computes in f32, policy says bf16" in m for m in problems)
+    assert "| messages | bf16 |" in bad.table(p) and "NO (" in bad.table(p)
+    # the same code is fine where the policy says FP32, and in the gradient it is caught too
+    fp32 = get_policy("fp32")
+    assert audit(toy_energy, *_args(fp32), policy=fp32, mistake="messages_f32").check(fp32) == []
+    grad_problems = audit(toy_forces, *_args(p), policy=p, mistake="messages_f32").check(p)
+    assert any(m.startswith("messages") for m in grad_problems)
+
+
+def test_low_precision_aggregation_sum_is_a_violation():
+    p = get_policy("bf16-mixed")
+    problems = audit(toy_energy, *_args(p), policy=p, mistake="aggregation_low").check(p)
+    assert any(
+        "scatter-add" in m and "sum accumulates in bf16, policy says f32" in m for m in problems
+    )
+    # ... which is exactly what the ablation fp32+aggregation=bf16 asks for
+    q = get_policy("bf16-mixed+aggregation=bf16")
+    assert audit(toy_energy, *_args(q), policy=q).check(q) == []
+
+
+def test_hidden_fp32_accumulation_of_jnp_sum_is_reported():
+    p = get_policy("bf16-pure")
+
+    def f(x):
+        with Policy.scope("energy"):
+            return jnp.sum(p.cast("energy", x))  # JAX sums 16-bit floats in FP32
+
+    report = audit(f, jnp.ones(4))
+    assert report.reductions("energy") == {"reduce_sum:f32": 1}
+    assert any("sum accumulates in f32, policy says bf16" in m for m in report.check(p))
+    assert report.check(p, allow_wider_accum=True) == []
+
+
+def test_nested_jaxprs_are_walked_and_attributed():
+    p = get_policy("bf16-mixed")
+
+    @jax.custom_vjp
+    def cube(x):
+        return x**3
+
+    cube.defvjp(lambda x: (x**3, x), lambda x, g: (3 * x**2 * g,))
+
+    def f(x):
+        with Policy.scope("messages"):
+            h = p.cast("messages", x)
+            h = jax.jit(jnp.sin)(h)  # pjit
+            h = jax.lax.scan(lambda c, a: (c, jnp.cos(a)), 0.0, h)[1]  # scan
+            h = jax.lax.cond(h[0] > 0, jnp.tanh, jnp.exp, h)  # cond
+            h = jax.lax.fori_loop(0, 2, lambda i, a: a * 0.5, h)  # while
+            h = jax.nn.relu(h)  # custom_jvp
+            h = cube(h)  # custom_vjp
+            h = jax.checkpoint(jnp.log1p)(h)  # remat
+        h = h * 2  # unscoped
+        with Policy.scope("energy"):
+            return jnp.sum(p.cast("energy", h))
+
+    for fn in (f, jax.grad(f)):
+        report = audit(fn, jnp.ones(3))
+        prims = {r.primitive for r in report.of("messages")}
+        assert {"sin", "cos", "tanh", "exp", "log1p", "max", "integer_pow"} <= prims, prims
+        assert report.of("messages", "op") and report.check(p) == []
+        assert [r.primitive for r in report.of("unscoped")][:1] == ["mul"]
+
+    # the scalar combiner of scatter-add is not counted as an op
+    def g(x):
+        with Policy.scope("aggregation"):
+            return jax.ops.segment_sum(x, jnp.array([0, 1, 1]), 2)
+
+    assert audit(g, jnp.ones(3)).op_dtypes("aggregation") == {"f32": 2}  # zeros + scatter-add
+
+
+def test_table_and_json():
+    p = get_policy("bf16-mixed")
+    report = audit(toy_energy, *_args(p), policy=p)
+    table = report.table(p)
+    lines = table.splitlines()
+    assert lines[0].startswith("| stage | policy dtype | op dtypes seen | matmul accumulation")
+    assert len(lines) == 2 + len(report.stages())
+    assert "| aggregation | f32 |" in table and "scatter-add:f32 x1" in table
+    assert all(line.endswith("| yes |") for line in lines[2:])
+    assert "| - |" in report.table()  # no policy: no verdict
+    js = report.to_json(p)
+    json.dumps(js)
+    assert js["violations"] == [] and js["stages"]["messages"]["policy_dtype"] == "bf16"
+    assert js["stages"]["messages"]["matmuls"] == {"bf16*bf16->f32": 1}
+    assert js["stages"]["aggregation"]["casts"] == {"bf16->f32": 1}
+
+
+def test_platform_dependent_reads_one_branch():
+    """policy.einsum upcasts on CPU (XLA:CPU has no BF16 x BF16 = F32 dot); the audit reads the
+    GPU branch by default, the CPU one on request, and never both."""
+    p = get_policy("bf16-mixed")
+    jaxpr = jax.make_jaxpr(lambda *a: toy_energy(*a, policy=p))(*_args(p))
+    gpu, cpu = audit_jaxpr(jaxpr), audit_jaxpr(jaxpr, platform="cpu")
+    assert gpu.check(p) == [] and gpu.matmuls("messages") == {"bf16*bf16->f32": 1}
+    assert cpu.matmuls("messages") == {"f32*f32->f32": 1}
+    assert any("has operands ('f32', 'f32'), policy says bf16" in m for m in cpu.check(p))
+    assert audit_jaxpr(jaxpr, platform="tpu").matmuls("messages") == {"bf16*bf16->f32": 1}
