@@ -6,6 +6,8 @@ Subcommands::
     mpnn-jax train --config C --workdir W [--set k=v ...]
     mpnn-jax evaluate --workdir W --data F.xyz [--policy P] [--json OUT]
     mpnn-jax audit --workdir W [--policy P] [--json OUT]
+    mpnn-jax md --workdir W --structure S.xyz --steps N [--dt 0.5] [--ensemble nve|nvt]
+                [--temperature T] [--policy P] [--out DIR]
 
 Exit codes: 0 success, 2 bad arguments or input (a one-line error on stderr), 130 interrupted.
 """
@@ -66,6 +68,26 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_md(args: argparse.Namespace) -> int:
+    from mpnn_jax.md.run import run_md
+
+    summary = run_md(
+        args.workdir,
+        args.structure,
+        steps=args.steps,
+        dt=args.dt,
+        ensemble=args.ensemble,
+        temperature=args.temperature,
+        policy=args.policy,
+        log_every=args.log_every,
+        out=args.out,
+        skin=args.skin,
+        seed=args.seed,
+    )
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``mpnn-jax`` (exposed for tests and docs)."""
     parser = argparse.ArgumentParser(
@@ -85,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a potential from a YAML config")
     p.add_argument("--config", required=True, help="YAML config (see experiments/configs)")
-    p.add_argument("--workdir", required=True, help="run directory (resumed if it has a checkpoint)")
+    p.add_argument("--workdir", required=True, help="run directory (resumed if it holds one)")
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
     )
@@ -103,6 +125,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", default=None, help="precision policy (default: the trained one)")
     p.add_argument("--json", default=None, help="write the audit as JSON to this path")
     p.set_defaults(func=_cmd_audit)
+
+    p = sub.add_parser("md", help="molecular dynamics with a trained run (on-device loop)")
+    p.add_argument("--workdir", required=True, help="trained run directory")
+    p.add_argument("--structure", required=True, help="structure file (first frame is used)")
+    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--dt", type=float, default=0.5, help="time step in fs (default 0.5)")
+    p.add_argument("--ensemble", choices=["nve", "nvt"], default="nve")
+    p.add_argument("--temperature", type=float, default=300.0, help="K (initial / bath)")
+    p.add_argument("--policy", default=None, help="precision policy (default: the trained one)")
+    p.add_argument("--log-every", type=int, default=None, help="steps between logged frames")
+    p.add_argument("--skin", type=float, default=0.5, help="neighbour-list skin in Å")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="output directory (default: WORKDIR/md)")
+    p.set_defaults(func=_cmd_md)
     return parser
 
 
