@@ -1,0 +1,139 @@
+"""Equivariant linear layer with FP32 parameters, run in a stage dtype with FP32 accumulation.
+
+``e3nn.flax.Linear`` creates its parameters in the input dtype and rejects BF16 external weights,
+so this is a small re-implementation of ``e3nn.FunctionalLinear`` on top of the policy:
+
+* :func:`linear_paths` lists the paths ``(i_in, i_out)`` between equal irreps;
+* :func:`equivariant_linear` is the pure core: per path ``y_w = sum_u x_u W_uw / sqrt(fan_in)``
+  with the operands in the stage dtype and ``preferred_element_type=policy.accum(stage)``;
+  optionally the weights are indexed per row (``indices``, e.g. species-dependent weights);
+* :class:`Linear` is the Flax shell that creates the FP32 parameters (``N(0, 1)``, the
+  normalisation is in the forward pass as in e3nn's "path" gradient normalisation).
+
+Output irreps that no input irrep reaches are zero. Jittable.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import e3nn_jax as e3nn
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mpnn_jax.nn.ops import einsum_accum
+from mpnn_jax.precision import Policy
+
+
+def linear_paths(irreps_in: e3nn.Irreps, irreps_out: e3nn.Irreps) -> list[tuple[int, int]]:
+    """All ``(i_in, i_out)`` pairs of equal irreps (Schur's lemma)."""
+    return [
+        (i, j)
+        for i, (_, ir_in) in enumerate(irreps_in)
+        for j, (_, ir_out) in enumerate(irreps_out)
+        if ir_in == ir_out
+    ]
+
+
+def equivariant_linear(
+    weights: Sequence[jax.Array],
+    x: e3nn.IrrepsArray,
+    *,
+    irreps_out: e3nn.Irreps,
+    policy: Policy,
+    stage: str,
+    indices: jax.Array | None = None,
+) -> e3nn.IrrepsArray:
+    """Pure equivariant linear map.
+
+    Args:
+        weights: one FP32 array per path of :func:`linear_paths` (``x.irreps`` -> ``irreps_out``),
+            ``[mul_in, mul_out]``, or ``[n_index, mul_in, mul_out]`` when ``indices`` is given.
+        x: [n, irreps_in] input.
+        irreps_out: output irreps.
+        policy: precision policy.
+        stage: stage whose dtype is used (e.g. ``"update"``).
+        indices: optional int [n] selecting a weight set per row (species-indexed weights).
+
+    Returns:
+        [n, irreps_out] in the dtype of ``stage``.
+    """
+    irreps_out = e3nn.Irreps(irreps_out)
+    dtype = policy.dtype(stage)
+    x = policy.cast(stage, x)
+    paths = linear_paths(x.irreps, irreps_out)
+    if len(weights) != len(paths):
+        raise ValueError(f"expected {len(paths)} weight arrays, got {len(weights)}")
+    chunks: list[jax.Array | None] = []
+    for j in range(len(irreps_out)):
+        fan_in = sum(x.irreps[i].mul for i, jj in paths if jj == j)
+        out = None
+        for (i, jj), w in zip(paths, weights):
+            if jj != j or x.chunks[i] is None:
+                continue
+            # subscripts in dot_general's natural output order: no transpose in the wide dtype
+            if indices is None:
+                y = einsum_accum(policy, stage, "nui,uw->niw", x.chunks[i], w)
+            else:
+                w = policy.cast(stage, w)[indices]  # [n, mul_in, mul_out]
+                y = einsum_accum(policy, stage, "nui,nuw->niw", x.chunks[i], w)
+            # y: [n, ir_dim, mul_out] in the accumulator dtype
+            out = y if out is None else out + y
+        if out is not None:
+            out = policy.cast(stage, out) * (1.0 / math.sqrt(fan_in))
+            out = jnp.swapaxes(out, -1, -2)  # [n, mul_out, ir_dim]
+        chunks.append(out)
+    return e3nn.from_chunks(irreps_out, chunks, x.shape[:-1], dtype)
+
+
+class Linear(nn.Module):
+    """Flax shell of :func:`equivariant_linear` with FP32 parameters created by ``self.param``.
+
+    Attributes:
+        irreps_out: output irreps (kept as given: not simplified or sorted).
+        policy: precision policy.
+        stage: stage whose dtype is used.
+        num_indexed_weights: if set, one weight set per index (call with ``indices``).
+
+    Example:
+        >>> from mpnn_jax.precision import get_policy
+        >>> lin = Linear("4x0e+2x1o", get_policy("bf16-mixed"), "update")
+        >>> x = e3nn.normal("3x0e+1x1o+1x2e", jax.random.PRNGKey(0), (5,))
+        >>> y = lin.apply(lin.init(jax.random.PRNGKey(1), x), x)
+        >>> y.irreps, y.dtype
+        (4x0e+2x1o, dtype(bfloat16))
+    """
+
+    irreps_out: str | e3nn.Irreps
+    policy: Policy
+    stage: str = "update"
+    num_indexed_weights: int | None = None
+
+    @nn.compact
+    def __call__(self, x: e3nn.IrrepsArray, indices: jax.Array | None = None) -> e3nn.IrrepsArray:
+        irreps_out = e3nn.Irreps(self.irreps_out)
+        with Policy.scope(self.stage):
+            x = self.policy.cast(self.stage, x).regroup()
+        if (indices is None) != (self.num_indexed_weights is None):
+            raise ValueError("pass indices if and only if num_indexed_weights is set")
+        lead = () if self.num_indexed_weights is None else (self.num_indexed_weights,)
+        weights = [
+            self.param(
+                f"w[{i},{j}] {x.irreps[i]},{irreps_out[j]}",
+                nn.initializers.normal(1.0),
+                (*lead, x.irreps[i].mul, irreps_out[j].mul),
+                jnp.float32,
+            )
+            for i, j in linear_paths(x.irreps, irreps_out)
+        ]
+        with Policy.scope(self.stage):
+            return equivariant_linear(
+                weights,
+                x,
+                irreps_out=irreps_out,
+                policy=self.policy,
+                stage=self.stage,
+                indices=indices,
+            )

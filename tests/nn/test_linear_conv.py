@@ -1,0 +1,176 @@
+"""Equivariant linear layer and convolution: equivariance (rotations and inversion), references,
+dtypes, padding."""
+
+import e3nn_jax as e3nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mpnn_jax.nn import (
+    Convolution,
+    Linear,
+    available_backends,
+    e3nn_convolution,
+    edge_basis,
+    edge_lengths,
+    get_backend,
+    num_path_weights,
+    tp_paths,
+)
+from mpnn_jax.precision import get_policy
+from mpnn_jax.testing import equivariance_error, random_o3
+
+IRREPS_IN = e3nn.Irreps("4x0e+3x1o+2x2e+1x1e")
+CONV_IN = e3nn.Irreps("2x0e+2x1o+1x2e+1x1e")
+
+
+def test_linear_matches_e3nn_functional_linear():
+    x = e3nn.normal(IRREPS_IN, jax.random.PRNGKey(0), (5,))
+    lin = Linear("3x0e+2x1o+2x2e+1x3o", get_policy("fp32"), "update")
+    params = lin.init(jax.random.PRNGKey(1), x)
+    y = lin.apply(params, x)
+    ref_lin = e3nn.FunctionalLinear(x.irreps.regroup(), e3nn.Irreps("3x0e+2x1o+2x2e+1x3o"))
+    assert len(ref_lin.instructions) == len(params["params"])
+    ws = list(params["params"].values())
+    ref = jax.vmap(lambda xi: ref_lin(ws, xi))(x.regroup())
+    # e3nn "element" path normalisation equals ours when one input irrep feeds each output
+    np.testing.assert_allclose(np.asarray(y.array), np.asarray(ref.array), atol=1e-5)
+    assert np.all(np.asarray(y.filter(keep="3o").array) == 0.0)  # no input path to 3o
+
+
+@pytest.mark.parametrize("indexed", [False, True])
+def test_linear_equivariant(rng, indexed):
+    x = e3nn.normal(IRREPS_IN, jax.random.PRNGKey(0), (6,))
+    idx = jnp.asarray(rng.integers(0, 3, 6)) if indexed else None
+    lin = Linear("5x0e+2x1o+3x2e+1x1e", get_policy("fp32"), "update", 3 if indexed else None)
+    params = lin.init(jax.random.PRNGKey(1), x, idx)
+    fn = lambda x: lin.apply(params, x, idx)
+    for improper in (False, True):
+        assert equivariance_error(fn, random_o3(rng, improper=improper), x) < 1e-5
+
+
+def test_linear_indexed_uses_the_index():
+    x = e3nn.normal("2x0e", jax.random.PRNGKey(0), (2,))
+    x = e3nn.IrrepsArray("2x0e", jnp.ones((2, 2)))
+    lin = Linear("1x0e", get_policy("fp32"), "update", 2)
+    params = lin.init(jax.random.PRNGKey(1), x, jnp.array([0, 1]))
+    y = np.asarray(lin.apply(params, x, jnp.array([0, 1])).array)
+    w = np.asarray(next(iter(params["params"].values())))  # [2, 2, 1]
+    np.testing.assert_allclose(y[:, 0], w.sum(axis=1)[:, 0] / np.sqrt(2), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "spec, dtype", [("fp32", "float32"), ("bf16-mixed", "bfloat16"), ("fp16-mixed", "float16")]
+)
+def test_linear_dtype_and_fp32_params(spec, dtype):
+    x = e3nn.normal(IRREPS_IN, jax.random.PRNGKey(0), (3,))
+    lin = Linear("2x0e+2x1o", get_policy(spec), "update")
+    params = lin.init(jax.random.PRNGKey(1), x)
+    assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(params))
+    assert lin.apply(params, x).dtype == jnp.dtype(dtype)
+
+
+def _edge_inputs(rng, n_nodes=6, n_edges=20, n_pad=3):
+    s = rng.integers(0, n_nodes, n_edges)
+    r = (s + rng.integers(1, n_nodes, n_edges)) % n_nodes
+    v = rng.normal(size=(n_edges, 3))
+    mask = np.ones(n_edges, bool)
+    mask[-n_pad:] = False
+    v[-n_pad:] = 0.0
+    return (
+        jnp.asarray(v, jnp.float32),
+        jnp.asarray(s, jnp.int32),
+        jnp.asarray(r, jnp.int32),
+        jnp.asarray(mask),
+    )
+
+
+def _conv_fn(policy, rng, irreps_out="4x0e+4x1o+4x2e+4x1e"):
+    v, s, r, m = _edge_inputs(rng)
+    x = e3nn.normal(CONV_IN, jax.random.PRNGKey(0), (6,))
+    lengths = edge_lengths(v, m, policy=policy)
+    sh, radial = edge_basis(v, lengths, m, max_ell=2, n_basis=6, cutoff=4.0, policy=policy)
+    conv = Convolution(irreps_out, 3.0, (8,), policy)
+    params = conv.init(jax.random.PRNGKey(1), x, sh, radial, s, r, m)
+
+    def fn(x, vec):
+        lengths = edge_lengths(vec.array, m, policy=policy)
+        sh, radial = edge_basis(
+            vec.array, lengths, m, max_ell=2, n_basis=6, cutoff=4.0, policy=policy
+        )
+        return conv.apply(params, x, sh, radial, s, r, m)
+
+    return fn, x, e3nn.IrrepsArray("1o", v), (s, r, m)
+
+
+def test_convolution_equivariant(rng):
+    fn, x, vec, _ = _conv_fn(get_policy("fp32"), rng)
+    out = fn(x, vec)
+    # paths into 0e: 0e*0e (2), 1o*1o (2), 2e*2e (1)
+    assert out.irreps == e3nn.Irreps("5x0e+8x1o+5x1e+7x2e")
+    err = equivariance_error(fn, random_o3(rng, improper=True), x, vec)
+    assert err < 2e-5, err
+
+
+def test_convolution_bf16_equivariance_error_measured(rng):
+    fn, x, vec, _ = _conv_fn(get_policy("bf16-mixed"), rng)
+    err = equivariance_error(fn, random_o3(rng, improper=True), x, vec)
+    scale = float(np.max(np.abs(np.asarray(fn(x, vec).array, np.float32))))
+    print(f"convolution bf16-mixed equivariance error {err / scale:.2e} (relative)")
+    assert err / scale < 5e-2
+
+
+def test_convolution_matches_e3nn_tensor_product(rng):
+    v, s, r, m = _edge_inputs(rng)
+    x = e3nn.normal(CONV_IN, jax.random.PRNGKey(0), (6,))
+    sh = e3nn.spherical_harmonics("0e+1o+2e", v, normalize=True, normalization="component")
+    filt = e3nn.Irreps("0e+1o+2e+1e")
+    w = jax.random.normal(jax.random.PRNGKey(2), (20, num_path_weights(x.irreps, sh.irreps, filt)))
+    out = e3nn_convolution(
+        x, sh, w, s, r, m, irreps_out=filt, avg_num_neighbors=2.0, policy=get_policy("fp32")
+    )
+    # reference: e3nn's tensor product path by path, each output channel scaled by its weight
+    chunks, offset = [], 0
+    for i, j, ir_out in tp_paths(x.irreps, sh.irreps, filt):
+        xi = e3nn.IrrepsArray(e3nn.Irreps([x.irreps[i]]), x.chunks[i].reshape(6, -1))
+        yj = e3nn.IrrepsArray(e3nn.Irreps([sh.irreps[j]]), sh.chunks[j].reshape(20, -1))
+        tp = e3nn.tensor_product(xi[s], yj, filter_ir_out=[ir_out])  # [20, mul x ir_out]
+        mul = x.irreps[i].mul
+        chunks.append(tp.mul_to_axis().array * w[:, offset : offset + mul, None])
+        offset += mul
+    paths = tp_paths(x.irreps, sh.irreps, filt)
+    ref_irreps = e3nn.Irreps([(x.irreps[i].mul, ir) for i, _, ir in paths])
+    msg = e3nn.from_chunks(ref_irreps, chunks, (20,))
+    arr = jnp.where(m[:, None], msg.array, 0.0)
+    ref = e3nn.IrrepsArray(ref_irreps, jax.ops.segment_sum(arr, r, 6) / 2.0).regroup()
+    assert out.irreps == ref.irreps
+    np.testing.assert_allclose(np.asarray(out.array), np.asarray(ref.array), atol=2e-5)
+
+
+def test_convolution_padded_edges_send_nothing(rng):
+    fn, x, vec, (s, r, m) = _conv_fn(get_policy("fp32"), rng)
+    out = np.asarray(fn(x, vec).array)
+    # padded edges with arbitrary (nonzero) vectors change nothing
+    vec2 = e3nn.IrrepsArray("1o", vec.array.at[-3:].set(1.0))
+    np.testing.assert_array_equal(np.asarray(fn(x, vec2).array), out)
+    # nodes that receive only padded edges get exactly zero
+    lonely = np.setdiff1d(np.arange(6), np.asarray(r)[np.asarray(m)])
+    assert np.all(out[lonely] == 0.0)
+
+
+@pytest.mark.parametrize("spec", ["fp32", "bf16-mixed"])
+def test_convolution_stage_dtypes(spec, rng):
+    policy = get_policy(spec)
+    fn, x, vec, _ = _conv_fn(policy, rng)
+    assert fn(x, vec).dtype == policy.dtype("aggregation")
+    text = str(jax.make_jaxpr(fn)(x, vec))
+    if spec == "bf16-mixed":
+        assert "bf16" in text  # BF16 really happens in the messages stage
+
+
+def test_backend_registry():
+    assert "e3nn" in available_backends()
+    assert get_backend("e3nn").convolution is not None
+    with pytest.raises(ValueError, match="unknown backend"):
+        get_backend("nope")
