@@ -36,6 +36,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--cutoff", type=float, default=5.0)
     p.add_argument("--quick", action="store_true", help="tiny CPU smoke run of the harness")
+    p.add_argument("--ceilings", action="store_true", help="also measure matmul/copy ceilings")
     p.add_argument("--out", default=None, help="JSON output path")
     p.add_argument("--plot", default=None, help="throughput plot (PNG) path")
     args = p.parse_args(argv)
@@ -48,6 +49,9 @@ def main(argv=None) -> int:
         systems.append((kind, int(n or 100)))
     print(json.dumps(bm.device_info()))
     t0 = time.time()
+    ceilings = bm.device_ceilings() if args.ceilings else None
+    if ceilings:
+        print(json.dumps(ceilings))
     rows = bm.run_benchmark(
         sizes=args.sizes,
         systems=systems,

@@ -529,3 +529,29 @@ def plot_throughput(rows: Sequence[dict[str, Any]], path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def device_ceilings(*, n: int = 8192, copy_mib: int = 2048, repeats: int = 10) -> dict[str, float]:
+    """Measured ceilings of this device: matmul TFLOP/s per dtype and copy bandwidth (GB/s).
+
+    ``fp32`` runs at XLA's default precision (TF32 on NVIDIA GPUs), ``fp32-highest`` at full
+    FP32; the copy counts bytes read plus bytes written.
+    """
+    out: dict[str, float] = {}
+    key = jax.random.PRNGKey(0)
+    for label, dtype, precision in (
+        ("bf16", jnp.bfloat16, None),
+        ("fp16", jnp.float16, None),
+        ("fp32", jnp.float32, None),
+        ("fp32-highest", jnp.float32, "highest"),
+    ):
+        a = jax.random.normal(key, (n, n), dtype)
+        b = jax.random.normal(jax.random.fold_in(key, 1), (n, n), dtype)
+        f = jax.jit(lambda x, y, p=precision: jnp.matmul(x, y, precision=p))
+        t = time_compiled(f, [(a, b)], warmup=2, repeats=repeats)["median_ms"]
+        out[f"matmul_tflops_{label}"] = 2 * n**3 / (t * 1e-3) / 1e12
+    x = jnp.ones((copy_mib * 2**20 // 4,), jnp.float32)
+    f = jax.jit(lambda v: v * 2.0)
+    t = time_compiled(f, [(x,)], warmup=2, repeats=repeats)["median_ms"]
+    out["copy_GBps"] = 2 * x.size * 4 / (t * 1e-3) / 1e9
+    return out
