@@ -2,7 +2,7 @@
 
     python experiments/benchmark.py --quick                       # CPU smoke run (no timing claims)
     python experiments/benchmark.py --sizes mace-M nequip-M --systems cu:4000 water:12000 \
-        --presets fp32 bf16-mixed fp16-mixed fp32-highest --out experiments/results/benchmarks/h100.json
+        --presets fp32 bf16-mixed fp16-mixed fp32-highest --out h100.json
 
 The logic lives in :mod:`mpnn_jax.benchmark`; this file only parses arguments.
 """
