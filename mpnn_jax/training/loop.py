@@ -1,0 +1,355 @@
+"""The training loop: ``train(config, workdir) -> summary``.
+
+One run lives in one directory ``W``:
+
+* ``W/config.yaml``: the resolved config (absolute paths, overrides applied);
+* ``W/metrics.jsonl``: one JSON record per logged step (``step``, ``epoch``, ``loss`` and its
+  terms, ``grad_norm``, ``loss_scale``, ``skipped`` (total skipped steps), ``lr``, ``time`` in s)
+  and, on evaluation steps, ``val`` (metrics of the EMA weights on the validation set);
+* ``W/checkpoints/latest.msgpack`` and ``best.msgpack`` (+ ``.json`` metadata), see
+  :mod:`mpnn_jax.training.checkpoint`;
+* ``W/learning_curve.png`` and ``W/summary.json`` at the end.
+
+If ``W`` holds a checkpoint the run resumes from it: same data order (a pure function of seed
+and epoch), RNG, step, loss scale, EMA and optimiser state, so a stopped-and-resumed run has the
+same loss curve as an uninterrupted one. ``KeyboardInterrupt`` saves a checkpoint and returns;
+``train.max_minutes`` stops cleanly after the step that exceeds it.
+
+Command line (the ``mpnn-jax train`` subcommand calls :func:`train`)::
+
+    python -m mpnn_jax.training.loop CONFIG.yaml WORKDIR [section.key=value ...]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from mpnn_jax.precision import get_policy, loss_scale_for
+from mpnn_jax.training import checkpoint as ckpt
+from mpnn_jax.training.config import Config, apply_overrides, load_config, save_config
+from mpnn_jax.training.data import PreparedData, make_loader, prepare_data
+from mpnn_jax.training.loss import make_loss_fn
+from mpnn_jax.training.metrics import batch_error_sums, evaluate_batches, mse_loss_from_sums
+from mpnn_jax.training.optim import current_lr, make_optimizer
+from mpnn_jax.training.state import TrainState, init_train_state, make_train_step
+
+
+def model_spec(cfg: Config, data: PreparedData) -> dict:
+    """Everything ``build_model`` needs, JSON-able (stored in every checkpoint)."""
+    return {
+        "name": cfg.model.name,
+        "sizes": dict(cfg.model.sizes),
+        "n_species": len(data.species),
+        "cutoff": float(cfg.data.cutoff),
+        "avg_num_neighbors": float(data.statistics["avg_num_neighbors"]),
+        "atomic_energies": [float(e) for e in data.e0s],
+        "scale": float(data.statistics["scale"]),
+        "shift": float(data.statistics["shift"]),
+    }
+
+
+def build_model_from_spec(spec: dict, *, policy: Any) -> Any:
+    """``mpnn_jax.models.build_model`` from a :func:`model_spec` dict."""
+    from mpnn_jax.models import build_model
+
+    return build_model(
+        spec["name"],
+        policy=policy,
+        n_species=spec["n_species"],
+        cutoff=spec["cutoff"],
+        avg_num_neighbors=spec["avg_num_neighbors"],
+        atomic_energies=np.asarray(spec["atomic_energies"]),
+        scale=spec["scale"],
+        shift=spec["shift"],
+        **spec["sizes"],
+    )
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drops records after ``step`` (written after the checkpoint we resume from)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except (json.JSONDecodeError, KeyError):
+            continue
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def _host(tree: Any) -> Any:
+    return jax.tree_util.tree_map(lambda x: np.asarray(x).item(), jax.device_get(tree))
+
+
+def train(config: Config | str | Path, workdir: str | Path, *, overrides=()) -> dict:
+    """Trains a model as configured, resuming from ``workdir`` if it holds a checkpoint.
+
+    Args:
+        config: a :class:`Config` or the path of a YAML config.
+        workdir: the run directory (created).
+        overrides: ``section.key=value`` strings applied to the config.
+
+    Returns:
+        A summary dict: ``status`` (``done``, ``time_limit`` or ``interrupted``), ``step``,
+        ``skipped``, ``best_val_loss``, ``val`` (last validation metrics), ``test`` (metrics of
+        the best EMA weights on ``data.test`` if given), ``workdir``, ``minutes``.
+    """
+    cfg = load_config(config) if isinstance(config, str | Path) else config
+    cfg = apply_overrides(cfg, overrides) if overrides else cfg
+    policy = get_policy(cfg.precision.policy)
+    if policy.uses_x64:
+        jax.config.update("jax_enable_x64", True)
+    workdir = Path(workdir)
+    ckpt_dir = workdir / "checkpoints"
+    workdir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, workdir / "config.yaml")
+    tc = cfg.train
+
+    resume_path = ckpt.latest_checkpoint(ckpt_dir)
+    resume_meta = ckpt.read_checkpoint(resume_path)["metadata"] if resume_path else None
+    dtype = np.float64 if policy.uses_x64 else np.float32
+    if resume_meta:
+        from mpnn_jax.data import SpeciesTable
+
+        _check_resume_compatible(resume_meta.get("config", {}), _config_dict(cfg))
+
+        data = prepare_data(
+            cfg.data,
+            seed=tc.seed,
+            dtype=dtype,
+            species=SpeciesTable.from_list(resume_meta["species"]),
+            e0s=np.asarray(resume_meta["e0s"]),
+            with_test=True,
+        )
+        data.statistics = resume_meta["statistics"]
+    else:
+        data = prepare_data(cfg.data, seed=tc.seed, dtype=dtype, with_test=True)
+    spec = model_spec(cfg, data)
+    model = build_model_from_spec(spec, policy=policy)
+    from mpnn_jax.potential import init_params, make_predictor
+
+    predict = make_predictor(model)
+
+    train_loader = make_loader(data.train, batch_size=tc.batch_size, shuffle=True, seed=tc.seed)
+    vbs = tc.valid_batch_size or tc.batch_size
+    valid_loader = make_loader(data.valid, batch_size=vbs, shuffle=False)
+    n_batches = len(train_loader)
+
+    plateau = tc.schedule == "plateau"
+    optimizer, schedule = make_optimizer(
+        lr=tc.lr,
+        optimizer=tc.optimizer,
+        weight_decay=tc.weight_decay,
+        clip_norm=tc.clip_norm,
+        schedule=tc.schedule,
+        warmup_steps=tc.warmup_steps,
+        max_steps=tc.max_steps,
+        min_lr_ratio=tc.min_lr_ratio,
+        plateau_patience=tc.plateau_patience,
+        plateau_factor=tc.plateau_factor,
+        plateau_accumulation=tc.eval_every,
+    )
+    weights = dict(
+        energy_weight=tc.energy_weight,
+        forces_weight=tc.forces_weight,
+        stress_weight=tc.stress_weight,
+    )
+    loss_fn = make_loss_fn(**weights, kind=tc.loss, huber_delta=tc.huber_delta)
+    key = jax.random.PRNGKey(tc.seed)
+    init_key, rng = jax.random.split(key)
+    first = next(train_loader.iterate(0))
+    params = jax.jit(lambda k, g: init_params(model, k, g))(init_key, first)  # one compile
+    loss_scale = loss_scale_for(
+        policy, initial=cfg.precision.loss_scale_initial, period=cfg.precision.loss_scale_period
+    )
+    state = init_train_state(params=params, optimizer=optimizer, loss_scale=loss_scale, rng=rng)
+    best_val = float("inf")
+    elapsed_before = 0.0
+    if resume_path:
+        state, meta = ckpt.restore_state(resume_path, state)
+        best_val = float(meta.get("best_val_loss", float("inf")))
+        elapsed_before = float(meta.get("elapsed_s", 0.0))
+        _truncate_metrics(workdir / "metrics.jsonl", int(meta["step"]))
+
+    step_fn = jax.jit(
+        make_train_step(
+            predict,
+            loss_fn=loss_fn,
+            optimizer=optimizer,
+            ema_decay=tc.ema_decay,
+            batches_per_epoch=n_batches,
+            plateau=plateau,
+        )
+    )
+    sums_fn = jax.jit(lambda p, g: batch_error_sums(predict(p, g), g))
+
+    def metadata(state: TrainState, elapsed: float) -> dict:
+        h = _host({"step": state.step, "epoch": state.epoch, "position": state.position})
+        return {
+            **h,
+            "best_val_loss": best_val,
+            "elapsed_s": elapsed,
+            "species": data.species.to_list(),
+            "e0s": [float(e) for e in data.e0s],
+            "cutoff": float(cfg.data.cutoff),
+            "model": spec,
+            "policy": policy.name,
+            "policy_spec": policy.spec(),
+            "statistics": data.statistics,
+            "config": json.loads(json.dumps(_config_dict(cfg), default=str)),
+        }
+
+    def save(name: str, elapsed: float) -> None:
+        ckpt.save_checkpoint(
+            ckpt_dir,
+            state=state,
+            ema_params=state.ema_params,
+            metadata=metadata(state, elapsed),
+            name=name,
+        )
+
+    step = int(state.step)
+    epoch, position = int(state.epoch), int(state.position)
+    t_start = time.time()
+    status, last_val = "done", None
+    metrics_file = open(workdir / "metrics.jsonl", "a")  # noqa: SIM115
+    bar = _progress(tc.max_steps, step)
+    ckpt_every = tc.checkpoint_every or tc.eval_every
+    try:
+        while step < tc.max_steps and status == "done":
+            for batch in train_loader.iterate(epoch, start_step=position):
+                state, m = step_fn(state, batch)
+                step += 1
+                position += 1
+                elapsed = elapsed_before + time.time() - t_start
+                is_eval = step % tc.eval_every == 0 or step == tc.max_steps
+                record = None
+                if step % tc.log_every == 0 or is_eval:
+                    mh = _host(m)
+                    record = {
+                        "step": step,
+                        "epoch": epoch,
+                        **{k: mh[k] for k in ("loss", "energy", "forces", "stress")},
+                        "grad_norm": mh["grad_norm"],
+                        "loss_scale": mh["loss_scale"],
+                        "skipped": int(state.n_skipped),
+                        "lr": current_lr(schedule, state.opt_state, step - 1),
+                        "time": elapsed,
+                    }
+                if is_eval:
+                    acc = evaluate_batches(sums_fn, state.ema_params, valid_loader.iterate(0))
+                    last_val = acc.result()
+                    last_val["loss"] = mse_loss_from_sums(acc.sums, **weights)
+                    record["val"] = last_val
+                    if last_val["loss"] < best_val:
+                        best_val = last_val["loss"]
+                        save(ckpt.BEST, elapsed)
+                if record is not None:
+                    metrics_file.write(json.dumps(record) + "\n")
+                    metrics_file.flush()
+                    bar.set_postfix(_postfix(record, last_val), refresh=False)
+                if is_eval or step % ckpt_every == 0:
+                    save(ckpt.LATEST, elapsed)
+                bar.update(1)
+                if tc.max_minutes is not None and elapsed > 60.0 * tc.max_minutes:
+                    status = "time_limit"
+                if step >= tc.max_steps or status != "done":
+                    break
+            else:
+                epoch, position = epoch + 1, 0
+        save(ckpt.LATEST, elapsed_before + time.time() - t_start)
+    except KeyboardInterrupt:
+        status = "interrupted"
+        save(ckpt.LATEST, elapsed_before + time.time() - t_start)
+    finally:
+        bar.close()
+        metrics_file.close()
+    return _finish(workdir, status, state, best_val, last_val, data, sums_fn, vbs, t_start)
+
+
+def _finish(workdir, status, state, best_val, last_val, data, sums_fn, vbs, t_start) -> dict:
+    summary = {
+        "status": status,
+        "step": int(state.step),
+        "skipped": int(state.n_skipped),
+        "best_val_loss": best_val,
+        "val": last_val,
+        "workdir": str(workdir),
+        "minutes": (time.time() - t_start) / 60.0,
+    }
+    best = ckpt.checkpoint_path(workdir / "checkpoints", ckpt.BEST)
+    if status == "done" and data.test and best.exists():
+        params, _ = ckpt.load_weights(best)
+        loader = make_loader(data.test, batch_size=vbs, shuffle=False)
+        summary["test"] = evaluate_batches(sums_fn, params, loader.iterate(0)).result()
+    try:
+        from mpnn_jax.training.plots import plot_learning_curve
+
+        plot_learning_curve(workdir / "metrics.jsonl", workdir / "learning_curve.png")
+    except Exception as e:  # noqa: BLE001 - a plot must never lose a finished run
+        summary["plot_error"] = repr(e)
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    return summary
+
+
+def _check_resume_compatible(saved: dict, now: dict) -> None:
+    """Warns when a setting that fixes the data order or the model differs from the checkpoint."""
+    keys = [("train", "seed"), ("train", "batch_size"), ("model", "name"), ("model", "sizes")]
+    keys += [("data", k) for k in ("train", "valid", "n_train", "cutoff")]
+    changed = [
+        f"{a}.{b}: {saved[a][b]!r} -> {now[a][b]!r}"
+        for a, b in keys
+        if a in saved and b in saved[a] and saved[a][b] != now[a][b]
+    ]
+    if changed:
+        warnings.warn(
+            "resuming with settings that differ from the checkpoint's (the run will not match an "
+            "uninterrupted one): " + "; ".join(changed),
+            stacklevel=3,
+        )
+
+
+def _config_dict(cfg: Config) -> dict:
+    from mpnn_jax.training.config import config_to_dict
+
+    return config_to_dict(cfg)
+
+
+def _progress(total: int, initial: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not sys.stderr.isatty(), unit="step")
+
+
+def _postfix(record: dict, val: dict | None) -> dict:
+    out = {"loss": f"{record['loss']:.4g}"}
+    if val is not None:
+        out["val_F_mae"] = f"{val['forces_mae_mev_per_A']:.2f}"
+    if record["loss_scale"] != 1.0:
+        out["scale"] = f"{record['loss_scale']:.0f}"
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mpnn_jax.training.loop CONFIG WORKDIR [overrides...]``."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) < 2:
+        print(__doc__.strip().splitlines()[-1].strip(), file=sys.stderr)
+        return 2
+    summary = train(argv[0], argv[1], overrides=argv[2:])
+    print(json.dumps({k: v for k, v in summary.items() if k != "val"}, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Shared fixtures of the training tests: small ethanol graphs and a toy pair-potential predictor.
+
+The toy predictor follows the ``make_predictor`` contract (energy [n_graphs], forces [n_nodes, 3])
+and computes its pair terms in the policy's ``messages`` dtype, so FP16 overflow in the backward
+pass happens for real; it lets the state / loss-scaling tests run without the models package.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mpnn_jax.data import GraphLoader, SpeciesTable, atoms_to_graph, bundled_path, read_xyz
+from mpnn_jax.data import edge_mask as get_edge_mask
+from mpnn_jax.precision import Policy
+
+SPECIES = SpeciesTable((1, 6, 8))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """A persistent XLA cache for this session: the resume tests compile the same step 4 times."""
+    path = str(tmp_path_factory.mktemp("xla_cache"))
+    old = {
+        k: getattr(jax.config, k)
+        for k in (
+            "jax_compilation_cache_dir",
+            "jax_persistent_cache_min_compile_time_secs",
+            "jax_persistent_cache_min_entry_size_bytes",
+        )
+    }
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    yield path
+    for k, v in old.items():
+        jax.config.update(k, v)
+
+
+def ethanol_graphs(n: int, *, start: int = 0, dtype=np.float32) -> list:
+    configs = read_xyz(bundled_path("rmd17_ethanol", "train"), index=f"{start}:{start + n}")
+    return [atoms_to_graph(c, cutoff=4.0, species_table=SPECIES, dtype=dtype) for c in configs]
+
+
+@pytest.fixture(scope="session")
+def graphs8() -> list:
+    return ethanol_graphs(8)
+
+
+def padded_batches(graphs: list, batch_size: int) -> list:
+    return list(GraphLoader(graphs, batch_size=batch_size, shuffle=False).iterate(0))
+
+
+def make_toy_predictor(policy: Policy):
+    """E = sum_edges a[s_i] a[s_j] exp(-b r) + sum_i e0[s_i] (pair terms in the messages dtype)."""
+
+    def energy_fn(params, positions, graph):
+        vec = positions[graph.receivers] - positions[graph.senders]  # [n_edges, 3]
+        mask = get_edge_mask(graph)  # [n_edges]
+        r2 = jnp.where(mask, jnp.sum(vec**2, -1), 1.0)
+        r = jnp.sqrt(r2)  # [n_edges]
+        with Policy.scope("messages"):
+            a = policy.cast("messages", params["a"])[graph.nodes["species"]]  # [n_nodes]
+            pair = (
+                a[graph.senders]
+                * a[graph.receivers]
+                * jnp.exp(-policy.cast("messages", r) * policy.cast("messages", params["b"]))
+            )
+            pair = jnp.where(mask, pair, 0.0)  # [n_edges] messages dtype
+        with Policy.scope("energy"):
+            node_e = jax.ops.segment_sum(
+                policy.cast("energy", pair), graph.receivers, positions.shape[0]
+            )
+            node_e = node_e + params["e0"][graph.nodes["species"]]
+            node_e = jnp.where(
+                jnp.arange(positions.shape[0]) < jnp.sum(graph.n_node[:-1]), node_e, 0.0
+            )
+            n_graphs = graph.n_node.shape[0]
+            node_graph = jnp.repeat(
+                jnp.arange(n_graphs), graph.n_node, total_repeat_length=positions.shape[0]
+            )
+            return jax.ops.segment_sum(node_e, node_graph, n_graphs)  # [n_graphs]
+
+    def predict(params, graph):
+        pos = graph.nodes["positions"]
+        energy, vjp = jax.vjp(lambda p: energy_fn(params, p, graph), pos)
+        (grad,) = vjp(jnp.ones_like(energy))
+        return {"energy": energy, "forces": -grad}
+
+    return predict
+
+
+def toy_params(dtype=jnp.float32) -> dict:
+    return {
+        "a": jnp.array([0.5, 1.0, 1.2], dtype),
+        "b": jnp.array(1.0, dtype),
+        "e0": jnp.array([-13.6, -1025.3, -2035.6], dtype),
+    }
