@@ -9,7 +9,8 @@ Subcommands::
     mpnn-jax md --workdir W --structure S.xyz --steps N [--dt 0.5] [--ensemble nve|nvt]
                 [--temperature T] [--policy P] [--out DIR]
 
-Exit codes: 0 success, 2 bad arguments or input (a one-line error on stderr), 130 interrupted.
+Exit codes: 0 success, 1 the audit found violations of the policy, 2 bad arguments or input
+(a one-line error on stderr), 130 interrupted (training saves a checkpoint first).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides=args.set)
     summary = train(config, args.workdir)
     print(json.dumps(summary, indent=2, default=str))
-    return 0
+    return 130 if summary.get("status") == "interrupted" else 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -59,13 +60,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
-    from mpnn_jax.training.evaluate import audit_run
+    from mpnn_jax.training.evaluate import audit_run, run_policy
 
-    report = audit_run(args.workdir, policy=args.policy)
-    print(report.table())
+    policy = run_policy(args.workdir, policy=args.policy)
+    report = audit_run(args.workdir, policy=policy)
+    print(f"policy {policy.name}: {policy.spec()}\n")
+    print(report.table(policy))
+    problems = report.check(policy)
+    print("\nno violations" if not problems else "\nviolations:\n  " + "\n  ".join(problems))
     if args.json:
-        Path(args.json).write_text(json.dumps(report.to_json(), indent=2, default=str))
-    return 0
+        Path(args.json).write_text(json.dumps(report.to_json(policy), indent=2, default=str))
+    return 0 if not problems else 1
 
 
 def _cmd_md(args: argparse.Namespace) -> int:

@@ -167,8 +167,10 @@ def symmetric_contraction(
                 if (nu, ir) not in basis:
                     continue
                 u = jnp.asarray(policy.cast_to(dtype, basis[(nu, ir)]))  # [d]*nu + [k, dim L]
-                w = jnp.take(weights[weight_name(nu, ir)], species, axis=0)  # [n, k, c]
-                w = policy.cast(STAGE, w)
+                # cast the [n_species, k, c] table before the gather: the gather moves
+                # [n, k, c] values, so it runs in the stage dtype too
+                w_table = policy.cast(STAGE, weights[weight_name(nu, ir)])
+                w = jnp.take(w_table, species, axis=0)  # [n, k, c]
                 z = xs[:, :, :, None] * jnp.swapaxes(w, 1, 2)[:, :, None, :]  # [n, c, d, k]
                 term = policy.einsum(STAGE, "...jkm,ncjk->nc...m", u, z)  # [n, c, d**(nu-1), m]
                 acc = term if acc is None else acc + term

@@ -116,6 +116,14 @@ def format_metrics(result: dict | dict[str, dict]) -> str:
     return format_metrics_table(result)
 
 
+def run_policy(workdir: str | Path, *, policy: str | Policy | None = None) -> Policy:
+    """``policy`` parsed, or the policy the run in ``workdir`` was trained with."""
+    if policy is not None:
+        return get_policy(policy)
+    _, meta = ckpt.load_weights(_checkpoint_file(workdir, ckpt.BEST))
+    return get_policy(meta["policy"])
+
+
 def audit_run(workdir: str | Path, *, policy: str | Policy | None = None) -> Any:
     """Runs the precision audit (``mpnn_jax.precision.audit``) on a trained run's model.
 

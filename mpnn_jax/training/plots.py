@@ -81,3 +81,48 @@ def plot_learning_curve(metrics_path: str | Path, out_path: str | Path) -> Path:
     fig.savefig(out_path, dpi=110)
     plt.close(fig)
     return out_path
+
+
+def plot_comparison(runs: dict[str, str | Path], out_path: str | Path) -> Path:
+    """Overlays the learning curves of several runs (e.g. one per precision policy).
+
+    Args:
+        runs: ``{label: metrics.jsonl path}``.
+        out_path: where to write the PNG (training loss and validation force MAE vs step).
+
+    Returns:
+        ``out_path`` as a Path.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for label, path in runs.items():
+        records = read_metrics(path)
+        train = [r for r in records if "loss" in r]
+        val = [r for r in records if "val" in r]
+        axes[0].plot([r["step"] for r in train], [r["loss"] for r in train], lw=0.8, label=label)
+        if val:
+            axes[1].plot(
+                [r["step"] for r in val],
+                [r["val"]["forces_mae_mev_per_A"] for r in val],
+                "o-",
+                label=label,
+            )
+    axes[0].set_yscale("log")
+    axes[0].set_xlabel("step")
+    axes[0].set_ylabel("training loss")
+    axes[1].set_yscale("log")
+    axes[1].set_xlabel("step")
+    axes[1].set_ylabel("validation force MAE (meV/Å, EMA)")
+    for ax in axes:
+        ax.legend()
+        ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=120)
+    plt.close(fig)
+    return out_path
