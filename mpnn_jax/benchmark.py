@@ -290,44 +290,32 @@ def make_model(size: str, *, policy: str, n_species: int, cutoff: float, avg_num
     )
 
 
-def make_train_step(model, *, forces_weight: float = 10.0):
-    """A full training step (energy + force loss, Adam) as a pure function, with loss scaling.
+def make_train_state_and_step(model, params: Any, *, forces_weight: float = 100.0):
+    """The library's own training step (loss scaling, Adam, EMA) for ``model``.
 
-    Returns ``(init_opt, step)`` where ``step(params, opt_state, loss_scale, graph) ->
-    (params, opt_state, loss_scale, loss)``; the loss scale follows the model's policy.
+    Returns ``(state, step)`` with ``step(state, graph) -> (state, metrics)``: exactly what
+    ``mpnn-jax train`` runs, so the benchmark times the real thing.
     """
-    import optax
-
-    from mpnn_jax.data.graphs import graph_mask, node_mask
     from mpnn_jax.potential import make_predictor
-    from mpnn_jax.precision import all_finite, select_tree
+    from mpnn_jax.precision import loss_scale_for
+    from mpnn_jax.training.loss import make_loss_fn
+    from mpnn_jax.training.optim import make_optimizer
+    from mpnn_jax.training.state import init_train_state, make_train_step
 
-    predict = make_predictor(model)
-    optimizer = optax.adam(1e-3)
-
-    def loss_fn(params, graph, loss_scale):
-        out = predict(params, graph)
-        gm = graph_mask(graph)
-        nm = node_mask(graph)
-        n_atoms = jnp.maximum(graph.n_node, 1)
-        de = jnp.where(gm, (out["energy"] - graph.globals["energy"]) / n_atoms, 0.0)
-        df = jnp.where(nm[:, None], out["forces"] - graph.nodes["forces"], 0.0)
-        loss = jnp.sum(de**2) / jnp.maximum(gm.sum(), 1) + forces_weight * jnp.sum(df**2) / (
-            3 * jnp.maximum(nm.sum(), 1)
-        )
-        return loss_scale.scale(loss), loss
-
-    def step(params, opt_state, loss_scale, graph):
-        grads, loss = jax.grad(loss_fn, has_aux=True)(params, graph, loss_scale)
-        grads = loss_scale.unscale(grads)
-        finite = all_finite(grads)
-        updates, new_opt = optimizer.update(grads, opt_state, params)
-        new_params = optax.apply_updates(params, updates)
-        params = select_tree(finite, new_params, params)
-        opt_state = select_tree(finite, new_opt, opt_state)
-        return params, opt_state, loss_scale.adjust(finite), loss
-
-    return optimizer.init, step
+    optimizer, _ = make_optimizer(lr=1e-3, optimizer="adam")
+    step = make_train_step(
+        make_predictor(model),
+        loss_fn=make_loss_fn(energy_weight=1.0, forces_weight=forces_weight),
+        optimizer=optimizer,
+        ema_decay=0.99,
+    )
+    state = init_train_state(
+        params=params,
+        optimizer=optimizer,
+        loss_scale=loss_scale_for(model.policy),
+        rng=jax.random.PRNGKey(0),
+    )
+    return state, step
 
 
 def measure(
@@ -349,7 +337,6 @@ def measure(
     where the device reports it, peak_bytes; an out-of-memory case returns ``{"oom": True}``.
     """
     from mpnn_jax.potential import make_predictor
-    from mpnn_jax.precision import loss_scale_for
 
     policy = get_policy(preset)
     model = make_model(
@@ -377,14 +364,12 @@ def measure(
                 row["compile_s"] = time.perf_counter() - t0
                 inputs = [(params, g) for g in graphs]
             elif mode == "train":
-                init_opt, step = make_train_step(model)
-                opt_state = init_opt(params)
-                scale = loss_scale_for(policy)
+                state, step = make_train_state_and_step(model, params)
                 fn = jax.jit(step)
                 t0 = time.perf_counter()
-                compiled = fn.lower(params, opt_state, scale, graphs[0]).compile()
+                compiled = fn.lower(state, graphs[0]).compile()
                 row["compile_s"] = time.perf_counter() - t0
-                inputs = [(params, opt_state, scale, g) for g in graphs]
+                inputs = [(state, g) for g in graphs]
             else:
                 raise ValueError(f"unknown mode {mode!r}; expected 'ef' or 'train'")
             row["compiled_bytes"] = compiled_bytes(compiled)

@@ -1,0 +1,62 @@
+"""The benchmark harness keeps working (CPU, tiny): no timing claim is made or checked here."""
+
+import json
+
+import numpy as np
+import pytest
+
+from mpnn_jax import benchmark as bm
+from mpnn_jax.data import SpeciesTable
+
+
+def test_quick_benchmark_rows_table_and_plot(tmp_path):
+    rows = bm.run_benchmark(
+        sizes=["nequip-S"],
+        systems=[("ethanol", 18)],
+        presets=["fp32", "bf16-mixed"],
+        modes=["ef", "train"],
+        repeats=2,
+        n_inputs=2,
+        warmup=1,
+    )
+    assert [(r["mode"], r["preset"]) for r in rows] == [
+        ("ef", "fp32"),
+        ("ef", "bf16-mixed"),
+        ("train", "fp32"),
+        ("train", "bf16-mixed"),
+    ]
+    for r in rows:
+        assert r["n_atoms"] == 18 and r["n_edges"] == 2 * 9 * 8
+        assert r["median_ms"] > 0 and r["compile_s"] > 0 and r["atom_steps_per_s"] > 0
+        assert r["compiled_bytes"] is None or r["compiled_bytes"] > 0
+    json.dumps(rows)  # JSON-able
+    table = bm.format_table(rows)
+    assert "bf16-mixed" in table and "1.00x" in table
+    bm.plot_throughput(rows, str(tmp_path / "t.png"))
+    assert (tmp_path / "t.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("kind", ["cu", "water"])
+def test_periodic_systems_have_realistic_density(kind):
+    table = SpeciesTable((1, 6, 8, 29))
+    system = bm.build_system(kind, 100, cutoff=5.0, species_table=table)
+    cell = system.graph.globals["cell"][0]
+    volume = abs(np.linalg.det(cell))
+    if kind == "cu":  # fcc Cu, a = 3.61 Å: 4 atoms per 47.0 Å^3, 12 nearest neighbours
+        assert system.n_atoms / volume == pytest.approx(4 / 3.61**3, rel=1e-6)
+    else:  # liquid water: 0.0334 molecules per Å^3
+        assert system.n_atoms / 3 / volume == pytest.approx(0.0334, rel=1e-6)
+    assert 20 < bm.avg_neighbours(system) < 90
+
+
+def test_bad_names_fail_before_compiling():
+    with pytest.raises(ValueError, match="unknown policy"):
+        bm.policy_names(["fp32", "bf17"])
+    with pytest.raises(ValueError, match="unknown model size"):
+        bm.make_model("huge", policy="fp32", n_species=1, cutoff=5.0, avg_num_neighbors=1.0)
+    with pytest.raises(ValueError, match="unknown system kind"):
+        bm.build_system("lava", 10, cutoff=5.0, species_table=SpeciesTable((1,)))
+
+
+def test_bytes_per_atom_is_the_slope():
+    assert bm.bytes_per_atom([(100, 1000 + 100 * 64), (200, 1000 + 200 * 64)]) == pytest.approx(64)
