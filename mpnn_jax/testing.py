@@ -35,6 +35,33 @@ import mpnn_jax.compat  # noqa: F401  (jax.tree_map aliases that jraph still cal
 
 
 # --- neighbour lists and graphs ----------------------------------------------------------------
+def tiny_model(name: str = "nequip", *, policy="fp32", n_species: int = 2, **sizes):
+    """A small model with non-trivial scale, shift and E0s, for tests of tiny graphs.
+
+    Args:
+        name: ``"nequip"`` or ``"mace"``.
+        policy: a precision policy or spec.
+        n_species: number of species (E0s are ``-1.5, -2.5, ...`` eV).
+        **sizes: model hyperparameters (see :func:`mpnn_jax.models.build_model`).
+
+    Returns:
+        The unbound Flax module (cutoff 3 Å, 4 average neighbours, scale 1.3 eV, shift 0.1 eV).
+    """
+    from mpnn_jax.models import build_model
+
+    return build_model(
+        name,
+        policy=policy,
+        n_species=n_species,
+        cutoff=3.0,
+        avg_num_neighbors=4.0,
+        atomic_energies=[-1.5 - i for i in range(n_species)],
+        scale=1.3,
+        shift=0.1,
+        **sizes,
+    )
+
+
 def brute_force_neighbours(
     positions: np.ndarray, cell: np.ndarray | None, cutoff: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

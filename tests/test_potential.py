@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from mpnn_jax import testing
-from mpnn_jax.models import build_model
 from mpnn_jax.potential import init_params, make_energy_fn, make_potential, make_predictor
 
 SIZES = dict(n_layers=2, hidden_irreps="3x0e+2x1o+2x2e", max_ell=2, n_basis=6, radial_features=(8,))
@@ -14,17 +13,7 @@ TINY = dict(n_layers=1, hidden_irreps="2x0e+1x1o", max_ell=1, n_basis=4, radial_
 
 
 def _model(policy="fp32", sizes=SIZES):
-    return build_model(
-        "nequip",
-        policy=policy,
-        n_species=2,
-        cutoff=3.0,
-        avg_num_neighbors=4.0,
-        atomic_energies=[-1.5, -2.5],
-        scale=1.3,
-        shift=0.1,
-        **sizes,
-    )
+    return testing.tiny_model("nequip", policy=policy, **sizes)
 
 
 def _single_energy(model, params):

@@ -17,17 +17,7 @@ TINY = dict(n_layers=2, hidden_irreps="2x0e+2x1o", max_ell=1, n_basis=4, radial_
 
 
 def _model(policy="fp32", sizes=SIZES):
-    return build_model(
-        "nequip",
-        policy=policy,
-        n_species=2,
-        cutoff=3.0,
-        avg_num_neighbors=4.0,
-        atomic_energies=[-1.5, -2.5],
-        scale=1.3,
-        shift=0.1,
-        **sizes,
-    )
+    return testing.tiny_model("nequip", policy=policy, **sizes)
 
 
 @pytest.fixture(scope="module")
