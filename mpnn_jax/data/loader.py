@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 import jraph
 import numpy as np
 
-from mpnn_jax.data.buckets import BucketPlan, extend_plan, plan_buckets
+from mpnn_jax.data.buckets import Bucket, BucketPlan, extend_plan, plan_buckets
 from mpnn_jax.data.graphs import batch_graphs, pad_graph
 
 
@@ -79,15 +79,21 @@ class GraphLoader:
         perm = self.order(epoch)
         return [perm[i * self.batch_size : (i + 1) * self.batch_size] for i in range(len(self))]
 
-    def make_batch(self, indices: np.ndarray) -> jraph.GraphsTuple:
-        """Batches and pads the graphs at ``indices`` (extending the plan if none fits)."""
-        n_node = int(self._n_node[indices].sum())
-        n_edge = int(self._n_edge[indices].sum())
-        n_graph = int(len(indices))
+    def sizes(self, indices: np.ndarray) -> tuple[int, int, int]:
+        """Real totals ``(n_node, n_edge, n_graph)`` of the graphs at ``indices``."""
+        return int(self._n_node[indices].sum()), int(self._n_edge[indices].sum()), len(indices)
+
+    def bucket(self, n_node: int, n_edge: int, n_graph: int) -> Bucket:
+        """The plan's bucket for these real totals (extending the plan if none fits)."""
         bucket = self.plan.select(n_node, n_edge, n_graph)
         if bucket is None:
             self.plan = extend_plan(self.plan, n_node, n_edge, n_graph)
             bucket = self.plan.select(n_node, n_edge, n_graph)
+        return bucket
+
+    def make_batch(self, indices: np.ndarray, *, bucket: Bucket | None = None) -> jraph.GraphsTuple:
+        """Batches and pads the graphs at ``indices`` to ``bucket`` (default: the plan's choice)."""
+        bucket = bucket if bucket is not None else self.bucket(*self.sizes(indices))
         batch = batch_graphs([self.graphs[i] for i in indices])
         return pad_graph(batch, n_node=bucket.n_node, n_edge=bucket.n_edge, n_graph=bucket.n_graph)
 

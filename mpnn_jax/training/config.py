@@ -1,6 +1,7 @@
 """Training configuration: YAML files validated into typed, frozen dataclasses.
 
-A config has four sections, ``data``, ``model``, ``train`` and ``precision``; every key is
+A config has five sections, ``data``, ``model``, ``train``, ``precision`` and ``parallel``
+(optional, default: data parallel over all local devices); every key is
 checked against the dataclass fields below, and an unknown key is an error that names it and the
 valid keys. Paths are absolute or relative to the config file; ``bundled:<name>/<split>`` names a
 dataset shipped with the package (resolved by :func:`resolve_data_path`).
@@ -105,6 +106,25 @@ class PrecisionConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ParallelConfig:
+    """Data parallelism (see :mod:`mpnn_jax.training.parallel`).
+
+    Each step runs one batch of ``train.batch_size`` per device: the effective batch size is
+    ``batch_size x n_devices``; the learning rate is not scaled automatically.
+
+    Attributes:
+        devices: ``all`` (every device JAX sees) or how many of them to use (the first ones).
+        coordinator_address, num_processes, process_id: passed to ``jax.distributed.initialize``
+            when ``num_processes > 1`` (multi-host); ignored otherwise.
+    """
+
+    devices: str | int = "all"
+    coordinator_address: str | None = None
+    num_processes: int = 1
+    process_id: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """The whole run configuration."""
 
@@ -112,6 +132,7 @@ class Config:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     precision: PrecisionConfig = dataclasses.field(default_factory=PrecisionConfig)
+    parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
 
 
 _SECTIONS: dict[str, type] = {
@@ -119,6 +140,7 @@ _SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "train": TrainConfig,
     "precision": PrecisionConfig,
+    "parallel": ParallelConfig,
 }
 
 
@@ -223,12 +245,29 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"data.cutoff must be > 0, got {cfg.data.cutoff}")
     if cfg.train.ema_decay is not None and not 0.0 <= cfg.train.ema_decay < 1.0:
         raise ConfigError(f"train.ema_decay must be in [0, 1), got {cfg.train.ema_decay}")
+    _validate_parallel(cfg.parallel)
     from mpnn_jax.precision import get_policy
 
     try:
         get_policy(cfg.precision.policy)
     except ValueError as e:
         raise ConfigError(f"precision.policy: {e}") from e
+
+
+def _validate_parallel(pc: ParallelConfig) -> None:
+    if isinstance(pc.devices, str) and pc.devices != "all":
+        raise ConfigError(f"parallel.devices: expected 'all' or an int >= 1, got {pc.devices!r}")
+    if isinstance(pc.devices, int) and pc.devices < 1:
+        raise ConfigError(f"parallel.devices must be >= 1, got {pc.devices}")
+    if pc.num_processes < 1:
+        raise ConfigError(f"parallel.num_processes must be >= 1, got {pc.num_processes}")
+    if pc.num_processes > 1:
+        if not pc.coordinator_address:
+            raise ConfigError("parallel.coordinator_address is required when num_processes > 1")
+        if pc.process_id is None or not 0 <= pc.process_id < pc.num_processes:
+            raise ConfigError(
+                f"parallel.process_id must be in [0, {pc.num_processes}), got {pc.process_id}"
+            )
 
 
 # --- paths --------------------------------------------------------------------------------------
@@ -269,7 +308,8 @@ def config_from_dict(raw: dict, *, base_dir: str | Path | None = None) -> Config
     """Validates a nested dict into a :class:`Config`.
 
     Args:
-        raw: ``{"data": {...}, "model": {...}, "train": {...}, "precision": {...}}``.
+        raw: ``{"data": {...}, "model": {...}, "train": {...}, "precision": {...},
+            "parallel": {...}}`` (every section but ``data`` optional).
         base_dir: directory relative paths are resolved against (the config file's directory).
 
     Raises:

@@ -21,6 +21,7 @@ import numpy as np
 
 from mpnn_jax.precision import Policy, get_policy
 from mpnn_jax.training import checkpoint as ckpt
+from mpnn_jax.training import parallel
 from mpnn_jax.training.config import config_from_dict
 from mpnn_jax.training.data import configs_to_graphs, make_loader, read_configs
 from mpnn_jax.training.metrics import batch_error_sums, evaluate_batches, format_metrics_table
@@ -72,6 +73,7 @@ def evaluate(
     policy: str | Policy | None = None,
     batch_size: int | None = None,
     n_configs: int | None = None,
+    devices: str | int = "all",
 ) -> dict:
     """Errors of a trained run's best EMA weights on an extended-XYZ file.
 
@@ -82,6 +84,8 @@ def evaluate(
         policy: evaluate under this policy (default: the trained one).
         batch_size: evaluation batch size (default: the run's validation batch size).
         n_configs: evaluate only the first ``n_configs`` configurations.
+        devices: ``"all"`` or a device count; with more than one, each step evaluates one
+            batch per device (``mpnn_jax.training.parallel.evaluate_sharded``; same metrics).
 
     Returns:
         ``n_configs``, ``energy_mae_mev_per_atom``, ``energy_rmse_mev_per_atom``,
@@ -103,8 +107,17 @@ def evaluate(
     bs = batch_size or cfg.train.valid_batch_size or cfg.train.batch_size
     loader = make_loader(graphs, batch_size=bs, shuffle=False)
     predict = make_predictor(model)
-    sums_fn = jax.jit(lambda p, g: batch_error_sums(predict(p, g), g))
-    result = evaluate_batches(sums_fn, params, loader.iterate(0)).result()
+
+    def sums_fn(p, g):
+        return batch_error_sums(predict(p, g), g)
+
+    selected = parallel.select_devices(devices)
+    if len(selected) > 1:
+        mesh = parallel.make_mesh(selected)
+        sharded = parallel.make_sharded_sums_fn(sums_fn, mesh)
+        result = parallel.evaluate_sharded(sharded, params, loader, mesh).result()
+    else:
+        result = evaluate_batches(jax.jit(sums_fn), params, loader.iterate(0)).result()
     result.update(policy=pol.name, data=str(data_path), step=int(meta["step"]))
     return result
 

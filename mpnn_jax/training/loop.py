@@ -15,6 +15,14 @@ and epoch), RNG, step, loss scale, EMA and optimiser state, so a stopped-and-res
 same loss curve as an uninterrupted one. ``KeyboardInterrupt`` saves a checkpoint and returns;
 ``train.max_minutes`` stops cleanly after the step that exceeds it.
 
+Data parallelism (the ``parallel`` section, see :mod:`mpnn_jax.training.parallel`): with more
+than one selected device each step takes ``n_devices`` consecutive host batches, one per device,
+so the effective batch size is ``train.batch_size x n_devices`` and an epoch takes
+``1/n_devices`` as many steps; the learning rate is not scaled automatically, and
+``train.max_steps`` counts optimiser steps. The checkpointed data position counts host batches,
+so a run may resume on a different number of devices (with a warning: the effective batch size
+changes) and continue the same data order from the same batch.
+
 Command line (the ``mpnn-jax train`` subcommand calls :func:`train`)::
 
     python -m mpnn_jax.training.loop CONFIG.yaml WORKDIR [section.key=value ...]
@@ -34,6 +42,7 @@ import numpy as np
 
 from mpnn_jax.precision import get_policy, loss_scale_for
 from mpnn_jax.training import checkpoint as ckpt
+from mpnn_jax.training import parallel
 from mpnn_jax.training.config import Config, apply_overrides, load_config, save_config
 from mpnn_jax.training.data import PreparedData, make_loader, prepare_data
 from mpnn_jax.training.loss import make_loss_fn
@@ -106,6 +115,12 @@ def train(config: Config | str | Path, workdir: str | Path, *, overrides=()) -> 
     """
     cfg = load_config(config) if isinstance(config, str | Path) else config
     cfg = apply_overrides(cfg, overrides) if overrides else cfg
+    pc = cfg.parallel
+    parallel.initialize_distributed(
+        coordinator_address=pc.coordinator_address,
+        num_processes=pc.num_processes,
+        process_id=pc.process_id,
+    )
     policy = get_policy(cfg.precision.policy)
     if policy.uses_x64:
         jax.config.update("jax_enable_x64", True)
@@ -115,6 +130,9 @@ def train(config: Config | str | Path, workdir: str | Path, *, overrides=()) -> 
     save_config(cfg, workdir / "config.yaml")
     tc = cfg.train
 
+    devices = parallel.select_devices(pc.devices)
+    n_dev = len(devices)
+    mesh = parallel.make_mesh(devices) if n_dev > 1 else None
     resume_path = ckpt.latest_checkpoint(ckpt_dir)
     resume_meta = ckpt.read_checkpoint(resume_path)["metadata"] if resume_path else None
     dtype = np.float64 if policy.uses_x64 else np.float32
@@ -122,6 +140,7 @@ def train(config: Config | str | Path, workdir: str | Path, *, overrides=()) -> 
         from mpnn_jax.data import SpeciesTable
 
         _check_resume_compatible(resume_meta.get("config", {}), _config_dict(cfg))
+        _check_device_count(resume_meta.get("n_devices", 1), n_dev)
 
         data = prepare_data(
             cfg.data,
@@ -181,17 +200,29 @@ def train(config: Config | str | Path, workdir: str | Path, *, overrides=()) -> 
         elapsed_before = float(meta.get("elapsed_s", 0.0))
         _truncate_metrics(workdir / "metrics.jsonl", int(meta["step"]))
 
-    step_fn = jax.jit(
-        make_train_step(
-            predict,
-            loss_fn=loss_fn,
-            optimizer=optimizer,
-            ema_decay=tc.ema_decay,
-            batches_per_epoch=n_batches,
-            plateau=plateau,
-        )
+    step_kwargs = dict(
+        loss_fn=loss_fn,
+        optimizer=optimizer,
+        ema_decay=tc.ema_decay,
+        batches_per_epoch=n_batches,
+        plateau=plateau,
     )
     sums_fn = jax.jit(lambda p, g: batch_error_sums(predict(p, g), g))
+    if mesh is None:
+        step_fn = jax.jit(make_train_step(predict, **step_kwargs))
+
+        def evaluate_on(params: Any, loader: Any) -> Any:
+            return evaluate_batches(sums_fn, params, loader.iterate(0))
+
+    else:
+        step_fn = parallel.make_parallel_train_step(predict, mesh=mesh, **step_kwargs)
+        sharded_sums = parallel.make_sharded_sums_fn(
+            lambda p, g: batch_error_sums(predict(p, g), g), mesh
+        )
+        state = parallel.replicate(state, mesh)
+
+        def evaluate_on(params: Any, loader: Any) -> Any:
+            return parallel.evaluate_sharded(sharded_sums, params, loader, mesh)
 
     def metadata(state: TrainState, elapsed: float) -> dict:
         h = _host({"step": state.step, "epoch": state.epoch, "position": state.position})
@@ -206,6 +237,7 @@ def train(config: Config | str | Path, workdir: str | Path, *, overrides=()) -> 
             "policy": policy.name,
             "policy_spec": policy.spec(),
             "statistics": data.statistics,
+            "n_devices": n_dev,
             "config": json.loads(json.dumps(_config_dict(cfg), default=str)),
         }
 
@@ -225,48 +257,53 @@ def train(config: Config | str | Path, workdir: str | Path, *, overrides=()) -> 
     metrics_file = open(workdir / "metrics.jsonl", "a")  # noqa: SIM115
     bar = _progress(tc.max_steps, step)
     ckpt_every = tc.checkpoint_every or tc.eval_every
+    if mesh is None:
+        batches = _host_batches(train_loader, epoch, position)
+    else:
+        groups = parallel.iterate_groups(
+            train_loader, n_devices=n_dev, epoch=epoch, position=position
+        )
+        batches = (parallel.shard_batch(g, mesh) for g in groups)
     try:
         while step < tc.max_steps and status == "done":
-            for batch in train_loader.iterate(epoch, start_step=position):
-                state, m = step_fn(state, batch)
-                step += 1
-                position += 1
-                elapsed = elapsed_before + time.time() - t_start
-                is_eval = step % tc.eval_every == 0 or step == tc.max_steps
-                record = None
-                if step % tc.log_every == 0 or is_eval:
-                    mh = _host(m)
-                    record = {
-                        "step": step,
-                        "epoch": epoch,
-                        **{k: mh[k] for k in ("loss", "energy", "forces", "stress")},
-                        "grad_norm": mh["grad_norm"],
-                        "loss_scale": mh["loss_scale"],
-                        "skipped": int(state.n_skipped),
-                        "lr": current_lr(schedule, state.opt_state, step - 1),
-                        "time": elapsed,
-                    }
-                if is_eval:
-                    acc = evaluate_batches(sums_fn, state.ema_params, valid_loader.iterate(0))
-                    last_val = acc.result()
-                    last_val["loss"] = mse_loss_from_sums(acc.sums, **weights)
-                    record["val"] = last_val
-                    if last_val["loss"] < best_val:
-                        best_val = last_val["loss"]
-                        save(ckpt.BEST, elapsed)
-                if record is not None:
-                    metrics_file.write(json.dumps(record) + "\n")
-                    metrics_file.flush()
-                    bar.set_postfix(_postfix(record, last_val), refresh=False)
-                if is_eval or step % ckpt_every == 0:
-                    save(ckpt.LATEST, elapsed)
-                bar.update(1)
-                if tc.max_minutes is not None and elapsed > 60.0 * tc.max_minutes:
-                    status = "time_limit"
-                if step >= tc.max_steps or status != "done":
-                    break
-            else:
-                epoch, position = epoch + 1, 0
+            # one optimiser step: n_dev host batches (one per device)
+            state, m = step_fn(state, next(batches))
+            step += 1
+            batch_epoch = epoch
+            epoch += (position + n_dev) // n_batches
+            position = (position + n_dev) % n_batches
+            elapsed = elapsed_before + time.time() - t_start
+            is_eval = step % tc.eval_every == 0 or step == tc.max_steps
+            record = None
+            if step % tc.log_every == 0 or is_eval:
+                mh = _host(m)
+                record = {
+                    "step": step,
+                    "epoch": batch_epoch,
+                    **{k: mh[k] for k in ("loss", "energy", "forces", "stress")},
+                    "grad_norm": mh["grad_norm"],
+                    "loss_scale": mh["loss_scale"],
+                    "skipped": int(state.n_skipped),
+                    "lr": current_lr(schedule, state.opt_state, step - 1),
+                    "time": elapsed,
+                }
+            if is_eval:
+                acc = evaluate_on(state.ema_params, valid_loader)
+                last_val = acc.result()
+                last_val["loss"] = mse_loss_from_sums(acc.sums, **weights)
+                record["val"] = last_val
+                if last_val["loss"] < best_val:
+                    best_val = last_val["loss"]
+                    save(ckpt.BEST, elapsed)
+            if record is not None:
+                metrics_file.write(json.dumps(record) + "\n")
+                metrics_file.flush()
+                bar.set_postfix(_postfix(record, last_val), refresh=False)
+            if is_eval or step % ckpt_every == 0:
+                save(ckpt.LATEST, elapsed)
+            bar.update(1)
+            if tc.max_minutes is not None and elapsed > 60.0 * tc.max_minutes:
+                status = "time_limit"
         save(ckpt.LATEST, elapsed_before + time.time() - t_start)
     except KeyboardInterrupt:
         status = "interrupted"
@@ -274,10 +311,18 @@ def train(config: Config | str | Path, workdir: str | Path, *, overrides=()) -> 
     finally:
         bar.close()
         metrics_file.close()
-    return _finish(workdir, status, state, best_val, last_val, data, sums_fn, vbs, t_start)
+    return _finish(workdir, status, state, best_val, last_val, data, evaluate_on, vbs, t_start)
 
 
-def _finish(workdir, status, state, best_val, last_val, data, sums_fn, vbs, t_start) -> dict:
+def _host_batches(loader: Any, epoch: int, position: int) -> Any:
+    """The single-device stream of padded batches from ``(epoch, position)`` on, epoch after
+    epoch (infinite)."""
+    while True:
+        yield from loader.iterate(epoch, start_step=position)
+        epoch, position = epoch + 1, 0
+
+
+def _finish(workdir, status, state, best_val, last_val, data, evaluate_on, vbs, t_start) -> dict:
     summary = {
         "status": status,
         "step": int(state.step),
@@ -291,7 +336,7 @@ def _finish(workdir, status, state, best_val, last_val, data, sums_fn, vbs, t_st
     if status == "done" and data.test and best.exists():
         params, _ = ckpt.load_weights(best)
         loader = make_loader(data.test, batch_size=vbs, shuffle=False)
-        summary["test"] = evaluate_batches(sums_fn, params, loader.iterate(0)).result()
+        summary["test"] = evaluate_on(params, loader).result()
     try:
         from mpnn_jax.training.plots import plot_learning_curve
 
@@ -315,6 +360,16 @@ def _check_resume_compatible(saved: dict, now: dict) -> None:
         warnings.warn(
             "resuming with settings that differ from the checkpoint's (the run will not match an "
             "uninterrupted one): " + "; ".join(changed),
+            stacklevel=3,
+        )
+
+
+def _check_device_count(saved: int, now: int) -> None:
+    """Warns when resuming on another number of devices (the effective batch size changes)."""
+    if saved != now:
+        warnings.warn(
+            f"resuming a checkpoint written with {saved} device(s) on {now}: the data order "
+            f"continues from the same batch, but the effective batch size changes",
             stacklevel=3,
         )
 

@@ -35,6 +35,7 @@ from mpnn_jax.training.loss import LossFn
 from mpnn_jax.training.optim import ema_update
 
 Predictor = Callable[[Any, jraph.GraphsTuple], dict]
+BatchLoss = Callable[[Any, jraph.GraphsTuple], tuple[jax.Array, dict]]
 
 
 @flax.struct.dataclass
@@ -90,6 +91,8 @@ def make_train_step(
     ema_decay: float | None = 0.99,
     batches_per_epoch: int | None = None,
     plateau: bool = False,
+    loss_over_devices: Callable[[BatchLoss], BatchLoss] | None = None,
+    batches_per_step: int = 1,
 ) -> Callable[[TrainState, jraph.GraphsTuple], tuple[TrainState, dict]]:
     """Returns the (unjitted) train step ``step(state, graph) -> (state, metrics)``.
 
@@ -102,15 +105,23 @@ def make_train_step(
         batches_per_epoch: when given, ``position`` wraps to 0 and ``epoch`` advances after this
             many batches.
         plateau: pass ``value=loss`` to ``optimizer.update`` (reduce-on-plateau schedule).
+        loss_over_devices: turns the per-batch ``loss(params, graph) -> (loss, terms)`` into the
+            loss of the step's input, e.g. ``mpnn_jax.training.parallel.mean_over_devices`` (the
+            mean over a leading device axis of stacked batches); None: one batch per step.
+        batches_per_step: host batches consumed per step (``position`` advances by this much).
 
     Returns:
         A pure function; ``metrics`` holds ``loss``, ``energy``, ``forces``, ``stress`` (terms),
         ``grad_norm``, ``loss_scale`` (the scale used in this step), ``skipped`` (bool).
     """
 
+    def batch_loss(params, graph):
+        return loss_fn(predict(params, graph), graph)
+
+    total_loss = batch_loss if loss_over_devices is None else loss_over_devices(batch_loss)
+
     def scaled_loss(params, loss_scale, graph):
-        pred = predict(params, graph)
-        loss, terms = loss_fn(pred, graph)
+        loss, terms = total_loss(params, graph)
         return loss_scale.scale(loss), (loss, terms)
 
     def step(state: TrainState, graph: jraph.GraphsTuple) -> tuple[TrainState, dict]:
@@ -132,12 +143,11 @@ def make_train_step(
             (new_params, new_opt_state, new_ema),
             (state.params, state.opt_state, state.ema_params),
         )
-        position = state.position + 1
+        position = state.position + batches_per_step
         epoch = state.epoch
         if batches_per_epoch is not None:
-            wrap = position >= batches_per_epoch
-            epoch = jnp.where(wrap, epoch + 1, epoch)
-            position = jnp.where(wrap, 0, position)
+            epoch = epoch + position // batches_per_epoch
+            position = position % batches_per_epoch
         new_state = state.replace(
             step=state.step + 1,
             params=params,
