@@ -3,7 +3,9 @@ channel by a radial MLP, summed over the senders of each receiver.
 
 Stages: the tensor product and the radial weights run in the ``messages`` dtype (contractions
 accumulate in :meth:`Policy.accum`), the sum over neighbours in the ``aggregation`` dtype
-(``jax.ops.segment_sum`` on messages cast up first), divided by ``avg_num_neighbors``.
+(``jax.ops.segment_sum`` on messages cast up first), divided by ``avg_num_neighbors``. The
+gather of sender features runs in the ``aggregation`` dtype too: its gradient is the sum over each
+node's outgoing edges (a scatter-add; 16-bit atomics on GPUs are slow and lossy).
 
 * :func:`tp_paths` / :func:`conv_irreps`: the static path list and output irreps.
 * :func:`e3nn_convolution`: the pure reference implementation (the ``"e3nn"`` backend of
@@ -91,9 +93,13 @@ def e3nn_convolution(
     """
     n_nodes = node_feats.shape[0]
     paths = tp_paths(node_feats.irreps, sh.irreps, irreps_out)
+    with Policy.scope("aggregation"):
+        # the gradient of this gather is a sum over each node's outgoing edges: in the
+        # aggregation dtype (FP32 atomics on GPUs, not 16-bit ones)
+        x_edges = policy.cast("aggregation", node_feats.array)[senders]  # [n_edges, irreps_in]
     with Policy.scope("messages"):
         dtype = policy.dtype("messages")
-        x = policy.cast("messages", node_feats)
+        x = policy.cast("messages", e3nn.IrrepsArray(node_feats.irreps, x_edges))
         y = policy.cast("messages", sh)
         weights = policy.cast("messages", weights)
         chunks, irreps, offset = [], [], 0
@@ -104,7 +110,7 @@ def e3nn_convolution(
             cg = jnp.asarray(np.asarray(cg), dtype=dtype)  # [d_in, d_sh, d_out]
             w = weights[:, offset : offset + mul]  # [n_edges, mul]
             offset += mul
-            x_s = x.chunks[i][senders] * w[:, :, None]  # [n_edges, mul, d_in]
+            x_s = x.chunks[i] * w[:, :, None]  # [n_edges, mul, d_in]
             # pairwise contractions, each with stage-dtype operands and a wide accumulator
             t = einsum_accum(policy, "messages", "ej,ijk->eik", y.chunks[j][:, 0, :], cg)
             t = policy.cast("messages", t)  # [n_edges, d_in, d_out]

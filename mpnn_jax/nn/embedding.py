@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mpnn_jax.nn.ops import take_rows
 from mpnn_jax.precision import Policy
 
 
@@ -28,7 +29,7 @@ def embed_species(
         [n_nodes, irreps_out] IrrepsArray in the ``embedding`` dtype.
     """
     with Policy.scope("embedding"):
-        feats = policy.cast("embedding", table)[species]  # [n_nodes, dim]
+        feats = take_rows(policy, "embedding", table, species)  # [n_nodes, dim]
         return e3nn.IrrepsArray(irreps_out, feats)
 
 

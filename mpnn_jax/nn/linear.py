@@ -23,8 +23,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mpnn_jax.nn.ops import einsum_accum
+from mpnn_jax.nn.ops import einsum_accum, take_rows
 from mpnn_jax.precision import Policy
+
+#: Indexed weights with at most this many sets are applied densely (all sets, then a selection).
+DENSE_INDEX_MAX = 8
 
 
 def linear_paths(irreps_in: e3nn.Irreps, irreps_out: e3nn.Irreps) -> list[tuple[int, int]]:
@@ -76,8 +79,15 @@ def equivariant_linear(
             # subscripts in dot_general's natural output order: no transpose in the wide dtype
             if indices is None:
                 y = einsum_accum(policy, stage, "nui,uw->niw", x.chunks[i], w)
+            elif w.shape[0] <= DENSE_INDEX_MAX:
+                # every weight set on every row (one dense GEMM), then each row's own: cheaper
+                # than gathering a [mul_in, mul_out] matrix per row when the sets are few
+                y = einsum_accum(policy, stage, "nui,suw->nisw", x.chunks[i], w)
+                onehot = jnp.asarray(indices[:, None] == jnp.arange(w.shape[0]), dtype)  # [n, s]
+                # selecting with a one-hot factor is exact, and its gradient is no scatter
+                y = einsum_accum(policy, stage, "nisw,ns->niw", y, onehot)
             else:
-                w = policy.cast(stage, w)[indices]  # [n, mul_in, mul_out]
+                w = take_rows(policy, stage, w, indices)  # [n, mul_in, mul_out]
                 y = einsum_accum(policy, stage, "nui,nuw->niw", x.chunks[i], w)
             # y: [n, ir_dim, mul_out] in the accumulator dtype
             out = y if out is None else out + y

@@ -52,6 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mpnn_jax.nn.ops import take_rows
 from mpnn_jax.precision import Policy
 
 STAGE = "update"
@@ -167,10 +168,8 @@ def symmetric_contraction(
                 if (nu, ir) not in basis:
                     continue
                 u = jnp.asarray(policy.cast_to(dtype, basis[(nu, ir)]))  # [d]*nu + [k, dim L]
-                # cast the [n_species, k, c] table before the gather: the gather moves
-                # [n, k, c] values, so it runs in the stage dtype too
-                w_table = policy.cast(STAGE, weights[weight_name(nu, ir)])
-                w = jnp.take(w_table, species, axis=0)  # [n, k, c]
+                # a one-hot selection: its gradient is an FP32 sum over nodes, not 16-bit atomics
+                w = take_rows(policy, STAGE, weights[weight_name(nu, ir)], species)  # [n, k, c]
                 z = xs[:, :, :, None] * jnp.swapaxes(w, 1, 2)[:, :, None, :]  # [n, c, d, k]
                 term = policy.einsum(STAGE, "...jkm,ncjk->nc...m", u, z)  # [n, c, d**(nu-1), m]
                 acc = term if acc is None else acc + term

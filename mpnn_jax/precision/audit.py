@@ -13,7 +13,10 @@ are marked *backward*. Equations outside every stage go to ``"unscoped"``.
 For every equation with a floating output the audit records its output dtypes and its kind:
 
 * ``matmul`` (``dot_general``, convolutions): operand dtypes and the accumulation dtype
-  (``preferred_element_type`` or else the output dtype);
+  (``preferred_element_type`` or else the output dtype); a call of
+  :func:`~mpnn_jax.precision.ops.accum_contraction` (a tiny contraction written as an upcast,
+  an elementwise product and a sum) is one ``matmul`` record too, with the dtypes of its
+  operands and, as accumulation, the widest dtype of the arithmetic inside it;
 * ``reduction`` (``reduce_sum``, ``scatter-add`` from ``jax.ops.segment_sum``, ``cumsum``, ...):
   the accumulation (= output) dtype;
 * ``cast`` (``convert_element_type``): from and to;
@@ -79,6 +82,8 @@ SUM_STAGES = ("aggregation", "energy")
 # primitives whose sub-jaxprs are scalar combiners, not program code
 _NO_RECURSE_PREFIXES = ("scatter", "reduce", "select_and", "sort", "argsort", "cum")
 _WRAPPER = re.compile(r"[A-Za-z_][\w.\-]*\(")
+#: name of the jitted contraction helper that the audit reads as one matmul
+CONTRACTION_CALL = "accum_contraction"
 
 
 def stage_of(name_stack: str) -> str:
@@ -144,6 +149,10 @@ def _subjaxprs(eqn: Any, platform: str) -> Iterator[jex.Jaxpr]:
                 yield v
 
 
+def _is_contraction_call(eqn: Any) -> bool:
+    return eqn.primitive.name in ("jit", "pjit") and eqn.params.get("name") == CONTRACTION_CALL
+
+
 def _vars(atoms: list[Any]) -> list[Any]:
     return [v for v in atoms if not isinstance(v, jex.Literal)]
 
@@ -162,6 +171,21 @@ def _walk(jaxpr: jex.Jaxpr, prefix: str, out: list[OpRecord], platform: str) -> 
             placeholders.update(eqn.outvars)
             continue
         ns = _join(prefix, str(eqn.source_info.name_stack))
+        if _is_contraction_call(eqn):
+            ins = tuple(dtype_short(v.aval.dtype) for v in eqn.invars if _is_float(v.aval.dtype))
+            outs = tuple(dtype_short(v.aval.dtype) for v in eqn.outvars)
+            inner = eqn.params["jaxpr"].jaxpr.eqns  # accumulator: its widest arithmetic
+            wide = max(
+                (v.aval.dtype for e in inner for v in e.outvars if _is_float(v.aval.dtype)),
+                key=lambda d: jnp.finfo(d).bits,
+                default=eqn.outvars[0].aval.dtype,
+            )
+            accum = dtype_short(wide)
+            rec = OpRecord(
+                stage_of(ns), CONTRACTION_CALL, "matmul", ins, outs, accum, "transpose(" in ns, ns
+            )
+            out.append(rec)
+            continue
         subs = list(_subjaxprs(eqn, platform))
         if subs:
             for sub in subs:

@@ -8,16 +8,35 @@ dot; the CPU branch upcasts the operands to the accumulator dtype first. The two
 function: a product of two BF16 (8-bit significand) or FP16 (11-bit) numbers is exact in FP32
 (24-bit), so only the order of the FP32 additions can differ.
 
+Tiny contractions (contracted size at most :data:`SMALL_CONTRACTION`, e.g. the per-path
+``"eui,eik->euk"`` of the convolution, batched over edges) are no matrix work: as a mixed-precision
+``dot_general`` XLA:GPU runs them as batched GEMMs of 1-16 wide matrices (it strength-reduces such
+dots into fused elementwise code only when operands and result share a dtype). On accelerators
+:func:`accum_einsum` evaluates them with :func:`accum_contraction` instead: the operands are
+upcast to the accumulator dtype, multiplied elementwise (exact, as above) and summed in the
+accumulator dtype, which XLA fuses with its neighbours. The same function again.
+
 The dtype audit (:mod:`mpnn_jax.precision.audit`) reads the accelerator branch, which is what
-runs on the hardware the policy is for.
+runs on the hardware the policy is for; it reports an :func:`accum_contraction` as one matmul
+(its operand dtypes and its accumulator), like the dot it replaces.
 """
 
 from __future__ import annotations
 
+import functools
+import math
+import string
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+
+#: Contractions whose contracted size (the product of the summed dimensions) is at most this are
+#: evaluated by :func:`accum_contraction` on accelerators; 0 disables it.
+SMALL_CONTRACTION = 16
+#: Whether tiny contractions whose operands are already in the accumulator dtype (FP32 stages)
+#: take the elementwise path too.
+SMALL_CONTRACTION_SAME_DTYPE = True
 
 
 def accum_einsum(subscripts: str, *operands: jax.Array, accum_dtype: Any) -> jax.Array:
@@ -32,8 +51,8 @@ def accum_einsum(subscripts: str, *operands: jax.Array, accum_dtype: Any) -> jax
         The contraction, in ``accum_dtype``.
     """
     accum_dtype = jnp.dtype(accum_dtype)
-    if all(jnp.dtype(o.dtype) == accum_dtype for o in operands):
-        return jnp.einsum(subscripts, *operands, preferred_element_type=accum_dtype)
+    same = all(jnp.dtype(o.dtype) == accum_dtype for o in operands)
+    small = contracted_size(subscripts, *operands) <= SMALL_CONTRACTION
 
     def native(*ops):
         return jnp.einsum(subscripts, *ops, preferred_element_type=accum_dtype)
@@ -42,9 +61,101 @@ def accum_einsum(subscripts: str, *operands: jax.Array, accum_dtype: Any) -> jax
         wide = [o.astype(accum_dtype) if jnp.dtype(o.dtype) != accum_dtype else o for o in ops]
         return jnp.einsum(subscripts, *wide, preferred_element_type=accum_dtype)
 
-    return jax.lax.platform_dependent(*operands, cpu=upcast, default=native)
+    def elementwise(*ops):
+        return accum_contraction(subscripts, *ops, accum_dtype=accum_dtype)
+
+    if same and not (small and SMALL_CONTRACTION_SAME_DTYPE):
+        return native(*operands)
+    if same:
+        return elementwise(*operands)
+    fast = elementwise if small else native
+    return jax.lax.platform_dependent(*operands, cpu=upcast, default=fast)
 
 
 def accum_matmul(a: jax.Array, b: jax.Array, *, accum_dtype: Any) -> jax.Array:
     """``a @ b`` for ``a`` [..., k] and ``b`` [k, n], accumulating in ``accum_dtype``."""
     return accum_einsum("...k,kn->...n", a, b, accum_dtype=accum_dtype)
+
+
+def _explicit(subscripts: str, *operands: jax.Array) -> tuple[list[str], str] | None:
+    """Input and output letters of ``subscripts`` with ``...`` spelt out; ``None`` if the
+    subscripts have no ``->``, repeat a letter within one operand, or do not fit the shapes."""
+    if "->" not in subscripts:
+        return None
+    ins, out = subscripts.replace(" ", "").split("->")
+    ins = ins.split(",")
+    if len(ins) != len(operands):
+        return None
+    spare = [c for c in string.ascii_letters if c not in subscripts]
+    n_ell = max(
+        (o.ndim - len(s.replace("...", "")) for s, o in zip(ins, operands) if "..." in s),
+        default=0,
+    )
+    ell = "".join(spare[:n_ell])
+    expanded = []
+    for s, o in zip(ins, operands):
+        if "..." in s:
+            s = s.replace("...", ell[n_ell - (o.ndim - len(s) + 3) :])
+        if len(s) != o.ndim or len(set(s)) != len(s):
+            return None
+        expanded.append(s)
+    out = out.replace("...", ell)
+    if len(set(out)) != len(out) or not set(out) <= set("".join(expanded)):
+        return None
+    return expanded, out
+
+
+def contracted_size(subscripts: str, *operands: jax.Array) -> int:
+    """Product of the sizes of the summed dimensions of an einsum (large if not parsable).
+
+    Example:
+        >>> a, b = jnp.ones((10, 4, 3)), jnp.ones((10, 3, 5))
+        >>> contracted_size("eui,eik->euk", a, b)
+        3
+    """
+    parsed = _explicit(subscripts, *operands)
+    if parsed is None:
+        return math.inf
+    ins, out = parsed
+    sizes = {c: n for s, o in zip(ins, operands) for c, n in zip(s, o.shape)}
+    return math.prod(n for c, n in sizes.items() if c not in out)
+
+
+@functools.partial(jax.jit, static_argnames=("subscripts", "accum_dtype"))
+def accum_contraction(subscripts: str, *operands: jax.Array, accum_dtype: Any) -> jax.Array:
+    """An einsum as a broadcast product of the operands upcast to ``accum_dtype``, summed in it.
+
+    Numerically the mixed-precision dot (exact products, sums in ``accum_dtype``), but fused
+    elementwise code for XLA rather than a GEMM: meant for tiny contracted dimensions. It is a
+    named ``jit`` so that the audit can see it as one contraction.
+
+    Args:
+        subscripts: explicit einsum subscripts (``...`` allowed, no letter twice in an operand).
+        *operands: arrays in their stage dtype.
+        accum_dtype: dtype of the products, the sum and the result.
+
+    Returns:
+        The contraction in ``accum_dtype``.
+
+    Example:
+        >>> a, b = jnp.ones((2, 3), jnp.bfloat16), jnp.ones((3, 4), jnp.bfloat16)
+        >>> accum_contraction("ij,jk->ik", a, b, accum_dtype=jnp.float32).dtype
+        dtype('float32')
+    """
+    parsed = _explicit(subscripts, *operands)
+    if parsed is None:
+        raise ValueError(f"accum_contraction needs explicit subscripts, got {subscripts!r}")
+    ins, out = parsed
+    summed = "".join(dict.fromkeys(c for s in ins for c in s if c not in out))
+    order = out + summed  # the product's axes: output first, then the summed ones
+    prod = None
+    for s, o in zip(ins, operands):
+        o = o.astype(accum_dtype) if jnp.dtype(o.dtype) != jnp.dtype(accum_dtype) else o
+        o = jnp.transpose(o, sorted(range(len(s)), key=lambda i: order.index(s[i])))
+        present = sorted(s, key=order.index)
+        shape = [o.shape[present.index(c)] if c in s else 1 for c in order]
+        o = o.reshape(shape)
+        prod = o if prod is None else prod * o
+    if not summed:
+        return prod
+    return jnp.sum(prod, axis=tuple(range(len(out), len(order))), dtype=accum_dtype)

@@ -200,3 +200,37 @@ def test_platform_dependent_reads_one_branch():
     assert cpu.matmuls("messages") == {"f32*f32->f32": 1}
     assert any("has operands ('f32', 'f32'), policy says bf16" in m for m in cpu.check(p))
     assert audit_jaxpr(jaxpr, platform="tpu").matmuls("messages") == {"bf16*bf16->f32": 1}
+
+
+def test_tiny_contraction_is_one_matmul_record():
+    """A tiny contraction runs as upcast x multiply + sum (``accum_contraction``); the audit
+    reports it as one matmul with the stage's operands and the FP32 accumulator, forward and
+    backward, and never as FP32 elementwise work in a BF16 stage."""
+    from mpnn_jax.precision.ops import accum_contraction, accum_einsum
+
+    p = get_policy("bf16-mixed")
+    a = jnp.linspace(-1, 1, 5 * 4 * 3).reshape(5, 4, 3)
+    b = jnp.linspace(0, 2, 5 * 3 * 2).reshape(5, 3, 2)
+
+    def f(a, b):
+        with Policy.scope("messages"):
+            y = p.einsum("messages", "eui,eik->euk", a, b)
+        with Policy.scope("energy"):
+            return jnp.sum(p.cast("energy", y))
+
+    report = audit(jax.grad(f, argnums=(0, 1)), a, b)
+    assert report.check(p) == []
+    fwd = [r for r in report.of("messages", "matmul") if not r.backward]
+    bwd = [r for r in report.of("messages", "matmul") if r.backward]
+    assert [(r.primitive, r.in_dtypes, r.accum) for r in fwd] == [
+        ("accum_contraction", ("bf16", "bf16"), "f32")
+    ]
+    assert bwd and all(r.primitive == "accum_contraction" and r.accum == "f32" for r in bwd)
+    # same numbers as the FP32 einsum of the BF16-rounded operands
+    a16, b16 = (p.cast("messages", t) for t in (a, b))
+    want = np.einsum("eui,eik->euk", *(np.asarray(t, np.float64) for t in (a16, b16)))
+    got = accum_contraction("eui,eik->euk", a16, b16, accum_dtype=jnp.float32)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6, atol=1e-6)
+    x, w = jnp.ones((2, 64), jnp.bfloat16), jnp.ones((64, 2), jnp.bfloat16)
+    big = audit(lambda x, w: accum_einsum("ij,jk->ik", x, w, accum_dtype=jnp.float32), x, w)
+    assert [r.primitive for r in big.records if r.kind == "matmul"] == ["dot_general"]

@@ -1,0 +1,138 @@
+"""Per-kernel GPU time of whole models (jax.profiler), to find where a preset spends its time.
+
+    source experiments/gpu_env.sh && XLA_FLAGS=--xla_gpu_enable_command_buffer= \
+        python3 experiments/perf/profile.py --out $OUT
+
+(without that flag XLA runs the program as one CUDA graph and the trace shows one event).
+
+For each case ``size:kind:atoms:preset:mode`` the program is compiled and warmed up, three calls
+are traced, and the GPU kernels are summed by HLO op (``<out>/profile.json``, with each op's
+``op_name`` metadata from the compiled HLO); the HLO text of each case goes to
+``<out>/hlo_<i>.txt``. Prints the top kernels of each case last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+import jax
+
+from mpnn_jax import benchmark as bm
+from mpnn_jax.data import SpeciesTable
+from mpnn_jax.potential import make_predictor
+from mpnn_jax.precision import get_policy, loss_scale_for
+
+
+def compile_case(size, system, preset, mode, params):
+    model = bm.make_model(
+        size, policy=preset, n_species=system.n_species, cutoff=5.0,
+        avg_num_neighbors=bm.avg_neighbours(system),
+    )  # fmt: skip
+    graph = bm.to_device(system.graph)
+    policy = get_policy(preset)
+    with policy.matmul_context():
+        if mode == "ef":
+            fn = jax.jit(make_predictor(model))
+            args = (params, graph)
+        else:
+            init_opt, step = bm.make_train_step(model)
+            fn = jax.jit(step)
+            args = (params, init_opt(params), loss_scale_for(policy), graph)
+        return fn.lower(*args).compile(), args
+
+
+def kernel_times(trace_dir: str) -> dict[str, float]:
+    """``{hlo_op: total µs}`` of the GPU events in a perfetto trace."""
+    (path,) = glob.glob(f"{trace_dir}/plugins/profile/*/perfetto_trace.json.gz")
+    data = json.load(gzip.open(path))
+    events = data["traceEvents"] if isinstance(data, dict) else data
+    gpu_pids = {
+        e["pid"]
+        for e in events
+        if e.get("ph") == "M" and e.get("name") == "process_name"
+        and "GPU" in str(e.get("args", {}).get("name", ""))
+    }  # fmt: skip
+    out: dict[str, float] = collections.defaultdict(float)
+    for e in events:
+        on_device = e.get("pid") in gpu_pids if gpu_pids else "hlo_op" in e.get("args", {})
+        if e.get("ph") == "X" and on_device:
+            args = e.get("args", {})
+            out[str(args.get("hlo_op", e.get("name")))] += float(e.get("dur", 0.0))
+    return dict(out)
+
+
+def op_names(hlo: str) -> dict[str, str]:
+    """``{instruction name: op_name metadata}`` of a compiled HLO module's text."""
+    names = {}
+    for m in re.finditer(r"%?([\w.\-]+) = [^\n]*?metadata=\{[^}]*op_name=\"([^\"]*)\"", hlo):
+        names[m.group(1)] = m.group(2)
+    return names
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    p.add_argument(
+        "--cases",
+        nargs="+",
+        default=[
+            "nequip-M:water:10000:fp32:ef",
+            "nequip-M:water:10000:bf16-mixed:ef",
+            "mace-mp-s:water:3000:fp32:train",
+            "mace-mp-s:water:3000:bf16-mixed:train",
+        ],
+    )
+    p.add_argument("--top", type=int, default=12)
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = SpeciesTable((1, 6, 8, 29))
+    systems, params_cache, results = {}, {}, []
+    for i, case in enumerate(args.cases):
+        size, kind, n, preset, mode = case.split(":")
+        key = (kind, int(n))
+        if key not in systems:
+            systems[key] = bm.build_system(kind, int(n), cutoff=5.0, species_table=table)
+        system = systems[key]
+        if (size, key) not in params_cache:
+            params_cache[(size, key)] = bm.init_for(size, system, cutoff=5.0)
+        compiled, cargs = compile_case(size, system, preset, mode, params_cache[(size, key)])
+        hlo = compiled.as_text()
+        (out / f"hlo_{i}.txt").write_text(hlo)
+        for _ in range(3):
+            jax.block_until_ready(compiled(*cargs))
+        with tempfile.TemporaryDirectory() as d:
+            with jax.profiler.trace(d, create_perfetto_trace=True):
+                for _ in range(3):
+                    jax.block_until_ready(compiled(*cargs))
+            times = kernel_times(d)
+        names = op_names(hlo)
+        total = sum(times.values()) / 3
+        top = sorted(times.items(), key=lambda kv: -kv[1])
+        results.append(
+            {
+                "case": case,
+                "total_ms": total / 1e3,
+                "kernels": [
+                    {"op": k, "ms": v / 3e3, "op_name": names.get(k, "")} for k, v in top[:80]
+                ],
+            }
+        )
+        (out / "profile.json").write_text(json.dumps(results, indent=1))
+    for r in results:
+        print(f"== {r['case']}: {r['total_ms']:.2f} ms of kernels per call")
+        for k in r["kernels"][: args.top]:
+            print(f"  {k['ms']:7.3f} ms  {k['op'][:40]:40} {k['op_name'][-90:]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
