@@ -37,6 +37,11 @@ def main(argv=None) -> int:
     p.add_argument("--cutoff", type=float, default=5.0)
     p.add_argument("--quick", action="store_true", help="tiny CPU smoke run of the harness")
     p.add_argument("--ceilings", action="store_true", help="also measure matmul/copy ceilings")
+    p.add_argument(
+        "--largest",
+        action="store_true",
+        help="also find the largest system of the first kind that fits, per preset/mode",
+    )
     p.add_argument("--out", default=None, help="JSON output path")
     p.add_argument("--plot", default=None, help="throughput plot (PNG) path")
     args = p.parse_args(argv)
@@ -62,6 +67,16 @@ def main(argv=None) -> int:
         progress=lambda r: print(json.dumps(r), flush=True),
     )
     print(bm.format_table(rows))
+    largest = []
+    if args.largest:
+        for size in args.sizes:
+            for mode in args.modes:
+                for preset in args.presets:
+                    r = bm.largest_system(
+                        size=size, kind=systems[0][0], preset=preset, mode=mode, cutoff=args.cutoff
+                    )
+                    largest.append(r)
+                    print(json.dumps(r), flush=True)
     result = {
         "info": bm.device_info(),
         "command": " ".join(sys.argv),

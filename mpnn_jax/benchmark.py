@@ -540,3 +540,95 @@ def device_ceilings(*, n: int = 8192, copy_mib: int = 2048, repeats: int = 10) -
     t = time_compiled(f, [(x,)], warmup=2, repeats=repeats)["median_ms"]
     out["copy_GBps"] = 2 * x.size * 4 / (t * 1e-3) / 1e9
     return out
+
+
+def device_memory_budget(fraction: float = 0.9) -> int | None:
+    """``fraction`` of the device's allocatable bytes (GPU/TPU), None where not reported."""
+    try:
+        stats = jax.devices()[0].memory_stats()
+    except Exception:  # noqa: BLE001
+        return None
+    if not stats or "bytes_limit" not in stats:
+        return None
+    return int(fraction * stats["bytes_limit"])
+
+
+def largest_system(
+    *,
+    size: str,
+    kind: str,
+    preset: str,
+    mode: str,
+    cutoff: float = 5.0,
+    probe_atoms: tuple[int, int] = (500, 2000),
+    budget_bytes: int | None = None,
+    tries: int = 3,
+) -> dict[str, Any]:
+    """The largest ``kind`` system whose ``mode`` program fits the device, predicted and verified.
+
+    XLA's memory analysis of the compiled program (arguments + outputs + temporaries) is linear in
+    the number of atoms at fixed density; two probe sizes give the slope, the budget gives the
+    predicted maximum, and one compiled run at that size (shrunk by 15% after an out-of-memory
+    error, ``tries`` times) verifies it.
+
+    Returns:
+        ``bytes_per_atom``, ``predicted_atoms``, ``verified_atoms`` (None if no try fitted),
+        ``budget_bytes`` and the probe points.
+    """
+    from mpnn_jax.data import SpeciesTable
+
+    budget = budget_bytes or device_memory_budget()
+    if budget is None:
+        raise ValueError("the device does not report its memory: pass budget_bytes")
+    table = SpeciesTable((1, 6, 8, 29))
+    points = []
+    for n in probe_atoms:
+        system = build_system(kind, n, cutoff=cutoff, species_table=table)
+        row = measure(
+            size=size,
+            system=system,
+            preset=preset,
+            mode=mode,
+            params=init_for(size, system, cutoff=cutoff),
+            avg_num_neighbors=avg_neighbours(system),
+            cutoff=cutoff,
+            repeats=1,
+            n_inputs=1,
+            warmup=1,
+        )
+        points.append((system.n_atoms, row.get("compiled_bytes") or 0))
+    slope = bytes_per_atom(points)
+    n0, b0 = points[-1]
+    predicted = int(n0 + (budget - b0) / max(slope, 1.0))
+    result: dict[str, Any] = dict(
+        model=size,
+        kind=kind,
+        preset=preset,
+        mode=mode,
+        bytes_per_atom=slope,
+        predicted_atoms=predicted,
+        budget_bytes=budget,
+        probes=points,
+        verified_atoms=None,
+    )
+    target = predicted
+    for _ in range(tries):
+        system = build_system(kind, target, cutoff=cutoff, species_table=table)
+        row = measure(
+            size=size,
+            system=system,
+            preset=preset,
+            mode=mode,
+            params=init_for(size, system, cutoff=cutoff),
+            avg_num_neighbors=avg_neighbours(system),
+            cutoff=cutoff,
+            repeats=1,
+            n_inputs=1,
+            warmup=1,
+        )
+        if not row.get("oom") and (budget_bytes is None or row["compiled_bytes"] <= budget):
+            result["verified_atoms"] = system.n_atoms
+            result["verified_ms"] = row["median_ms"]
+            break
+        target = int(0.85 * target)
+    return result

@@ -60,3 +60,18 @@ def test_bad_names_fail_before_compiling():
 
 def test_bytes_per_atom_is_the_slope():
     assert bm.bytes_per_atom([(100, 1000 + 100 * 64), (200, 1000 + 200 * 64)]) == pytest.approx(64)
+
+
+def test_largest_system_prediction_fits_the_budget():
+    budget = 230 * 2**20  # a toy budget on the CPU: fits 256 Cu atoms, not 500
+    out = bm.largest_system(
+        size="nequip-S",
+        kind="cu",
+        preset="fp32",
+        mode="ef",
+        probe_atoms=(32, 108),
+        budget_bytes=budget,
+    )
+    assert out["bytes_per_atom"] > 0
+    assert 108 < out["predicted_atoms"] < 500  # linear in atoms: between the probe and 4x5^3
+    assert out["verified_atoms"] == 256  # the largest fcc supercell (4 n^3 atoms) that fits
