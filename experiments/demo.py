@@ -53,12 +53,16 @@ def main(argv=None) -> int:
         ("force RMSE (meV/Å)", "forces_rmse_mev_per_A", "{:.2f}"),
         ("training steps", "steps", "{:d}"),
         ("skipped steps (loss scaling)", "skipped", "{:d}"),
-        ("wall time per step (ms, CPU)", "ms_per_step", "{:.1f}"),
+        ("wall time per step (ms, CPU, incl. compile/eval)", "ms_per_step", "{:.1f}"),
     ]
     print(f"\nrMD17 ethanol test set ({results['fp32']['n_configs']} configurations)\n")
     print(f"| metric | {' | '.join(POLICIES)} |\n|---|{'---|' * len(POLICIES)}")
     for label, key, fmt in rows:
         print(f"| {label} | " + " | ".join(fmt.format(results[p][key]) for p in POLICIES) + " |")
+    print(
+        "\nCPU times depend on load and include compilation and validation; BF16 is emulated on"
+        " CPUs, so no speed claim comes from them (GPU figures: README)."
+    )
     print("\nPer-stage dtype audit of the bf16-mixed model (what the compiled program runs):\n")
     policy = get_policy("bf16-mixed")
     report = audit_run(root / "bf16-mixed", policy=policy)
