@@ -581,9 +581,9 @@ def largest_system(
     if budget is None:
         raise ValueError("the device does not report its memory: pass budget_bytes")
     table = SpeciesTable((1, 6, 8, 29))
-    points = []
-    for n in probe_atoms:
-        system = build_system(kind, n, cutoff=cutoff, species_table=table)
+
+    def one(n_atoms: int) -> tuple[System, dict[str, Any]]:
+        system = build_system(kind, n_atoms, cutoff=cutoff, species_table=table)
         row = measure(
             size=size,
             system=system,
@@ -596,6 +596,11 @@ def largest_system(
             n_inputs=1,
             warmup=1,
         )
+        return system, row
+
+    points = []
+    for n in probe_atoms:
+        system, row = one(n)
         points.append((system.n_atoms, row.get("compiled_bytes") or 0))
     slope = bytes_per_atom(points)
     n0, b0 = points[-1]
@@ -613,19 +618,7 @@ def largest_system(
     )
     target = predicted
     for _ in range(tries):
-        system = build_system(kind, target, cutoff=cutoff, species_table=table)
-        row = measure(
-            size=size,
-            system=system,
-            preset=preset,
-            mode=mode,
-            params=init_for(size, system, cutoff=cutoff),
-            avg_num_neighbors=avg_neighbours(system),
-            cutoff=cutoff,
-            repeats=1,
-            n_inputs=1,
-            warmup=1,
-        )
+        system, row = one(target)
         if not row.get("oom") and (budget_bytes is None or row["compiled_bytes"] <= budget):
             result["verified_atoms"] = system.n_atoms
             result["verified_ms"] = row["median_ms"]
