@@ -48,6 +48,7 @@ import jax
 import jax.numpy as jnp
 import jraph
 
+from mpnn_jax.data import graphs as schema
 from mpnn_jax.precision import Policy
 
 Predictor = Callable[[Any, jraph.GraphsTuple], dict[str, jax.Array]]
@@ -58,27 +59,16 @@ def graph_masks(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``(node_mask [n_nodes], edge_mask [n_edges], graph_mask [n_graphs])``, bool, jittable.
 
-    With ``padded``, jraph's rule: the trailing graphs without nodes and the graph before them
-    are padding (works on numpy and traced ``n_node``/``n_edge``).
+    With ``padded``, jraph's rule (:mod:`mpnn_jax.data.graphs`): the trailing graphs without
+    nodes and the graph before them are padding; without it every node, edge and graph is real.
     """
-    n_node, n_edge = jnp.asarray(graph.n_node), jnp.asarray(graph.n_edge)
-    n_graphs = n_node.shape[0]
     if padded:
-        n_padding = jnp.argmin(n_node[::-1] == 0) + 1
-        graph_mask = jnp.arange(n_graphs) < n_graphs - n_padding
-    else:
-        graph_mask = jnp.ones(n_graphs, bool)
-    n_real_nodes = jnp.sum(jnp.where(graph_mask, n_node, 0))
-    n_real_edges = jnp.sum(jnp.where(graph_mask, n_edge, 0))
-    node_mask = jnp.arange(graph.nodes["species"].shape[0]) < n_real_nodes
-    edge_mask = jnp.arange(graph.senders.shape[0]) < n_real_edges
-    return node_mask, edge_mask, graph_mask
-
-
-def _segment_ids(counts: jax.Array, total: int) -> jax.Array:
-    """Graph index of each node/edge: [total] int32 (jittable: ``total`` is static)."""
-    counts = jnp.asarray(counts)
-    return jnp.repeat(jnp.arange(counts.shape[0]), counts, total_repeat_length=total)
+        return schema.node_mask(graph), schema.edge_mask(graph), schema.graph_mask(graph)
+    return (
+        jnp.ones(graph.nodes["species"].shape[0], bool),
+        jnp.ones(graph.senders.shape[0], bool),
+        jnp.ones(jnp.asarray(graph.n_node).shape[0], bool),
+    )
 
 
 def edge_vectors(
@@ -104,10 +94,9 @@ def _energy_and_aux(model: nn.Module, padded: bool):
 
     def energy(positions, strain, params, graph):
         node_mask, edge_mask, _ = graph_masks(graph, padded=padded)
-        n_nodes, n_edges = positions.shape[0], graph.senders.shape[0]
         n_graphs = graph.n_node.shape[0]
-        node_graph = _segment_ids(graph.n_node, n_nodes)  # [n_nodes]
-        edge_graph = _segment_ids(graph.n_edge, n_edges)  # [n_edges]
+        node_graph = schema.graph_index(graph, of="node")  # [n_nodes]
+        edge_graph = schema.graph_index(graph, of="edge")  # [n_edges]
         with Policy.scope("geometry"):
             cell = policy.cast("geometry", graph.globals["cell"])  # [n_graphs, 3, 3]
             sym = 0.5 * (strain + jnp.swapaxes(strain, -1, -2))  # [n_graphs, 3, 3]
@@ -219,7 +208,7 @@ def init_params(
     """
     policy: Policy = model.policy
     _, edge_mask, _ = graph_masks(graph, padded=padded)
-    edge_graph = _segment_ids(graph.n_edge, graph.senders.shape[0])
+    edge_graph = schema.graph_index(graph, of="edge")
     vectors = edge_vectors(
         graph.nodes["positions"],
         graph.globals["cell"],

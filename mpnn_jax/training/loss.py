@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import jraph
 
+from mpnn_jax.data import graphs as schema
 from mpnn_jax.precision import Policy
 
 _cast = Policy.cast_to  # the policy owns every dtype change
@@ -36,15 +37,11 @@ def masks(graph: jraph.GraphsTuple) -> tuple[jax.Array, jax.Array]:
     Returns:
         ``(graph_w [n_graphs], node_w [n_nodes])`` as float arrays.
     """
-    graph_mask = jraph.get_graph_padding_mask(graph)  # [n_graphs]
-    weight = graph.globals.get("weight", jnp.ones(graph_mask.shape))
-    graph_w = jnp.where(graph_mask, weight, 0.0)  # [n_graphs]
-    n_nodes = graph.nodes["species"].shape[0]
-    node_graph = jnp.repeat(
-        jnp.arange(graph.n_node.shape[0]), graph.n_node, total_repeat_length=n_nodes
-    )  # [n_nodes]
-    node_mask = jraph.get_node_padding_mask(graph)  # [n_nodes]
-    node_w = jnp.where(node_mask, graph_w[node_graph], 0.0)  # [n_nodes]
+    real_graph = schema.graph_mask(graph)  # [n_graphs]
+    weight = graph.globals.get("weight", jnp.ones(real_graph.shape))
+    graph_w = jnp.where(real_graph, weight, 0.0)  # [n_graphs]
+    node_graph = schema.graph_index(graph, of="node")  # [n_nodes]
+    node_w = jnp.where(schema.node_mask(graph), graph_w[node_graph], 0.0)  # [n_nodes]
     return graph_w, node_w
 
 
