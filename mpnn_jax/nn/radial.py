@@ -2,7 +2,7 @@
 
 * :func:`bessel_basis` and :func:`polynomial_envelope` are pure functions of the edge lengths
   (Å); they belong to the ``basis`` stage and are NaN-safe at ``r = 0`` (padded edges).
-* :class:`RadialMLP` maps the radial basis to per-edge weights (``messages`` stage): dense layers
+* :class:`RadialMLP` maps the radial basis to per-edge weights (``radial`` stage): dense layers
   with FP32 parameters cast to the stage dtype at use and FP32 accumulation
   (``preferred_element_type``).
 
@@ -78,7 +78,7 @@ def polynomial_envelope(lengths: jax.Array, *, cutoff: float, p: int = 6) -> jax
 
 
 def radial_mlp(
-    weights: Sequence[jax.Array], x: jax.Array, *, policy: Policy, stage: str = "messages"
+    weights: Sequence[jax.Array], x: jax.Array, *, policy: Policy, stage: str = "radial"
 ) -> jax.Array:
     """Pure MLP ``x -> silu(x W1 / sqrt(fan_in)) ... W_last / sqrt(fan_in)`` without biases.
 
@@ -107,7 +107,7 @@ _SILU_NORM = 1.6790
 
 
 class RadialMLP(nn.Module):
-    """Flax shell of :func:`radial_mlp`: ``[n_edges, n_basis] -> [n_edges, n_out]`` (messages).
+    """Flax shell of :func:`radial_mlp`: ``[n_edges, n_basis] -> [n_edges, n_out]`` (radial).
 
     Attributes:
         features: hidden layer widths, e.g. ``(64, 64)``.

@@ -1,6 +1,6 @@
 """The stage-wise mixed-precision policy: one frozen object, parsed from a short string.
 
-An MPNN potential is cut into nine *stages* (``STAGES``). The policy gives each stage one dtype,
+An MPNN potential is cut into ten *stages* (``STAGES``). The policy gives each stage one dtype,
 and layers take their dtypes from it and nowhere else:
 
 =============  ===================================================  ============================
@@ -9,7 +9,8 @@ stage          what it covers                                        the seed's 
 embedding      species -> initial node features                      low precision is fine
 geometry       r_ij = r_j - r_i + shift . cell, lengths              FP32
 basis          spherical harmonics, radial basis, cutoff envelope    FP32, then cast down
-messages       radial MLP, tensor products, per-edge messages        low precision
+radial         radial MLP: basis -> per-edge path weights            low precision (message MLP)
+messages       tensor products, per-edge messages                    low precision
 aggregation    sum of messages over neighbours (accumulator dtype)   FP32 accumulation
 update         node linears / MLPs / gates / skip connections        low precision
 readout        per-atom energy head                                  low precision
@@ -55,6 +56,7 @@ STAGES: tuple[str, ...] = (
     "embedding",
     "geometry",
     "basis",
+    "radial",
     "messages",
     "aggregation",
     "update",
@@ -68,6 +70,7 @@ SEED_CLAIMS: dict[str, str] = {
     "embedding": "low precision is fine",
     "geometry": "FP32 (cancellation for small displacements)",
     "basis": "compute in FP32, then cast down",
+    "radial": "low precision (the message MLP over pairwise features)",
     "messages": "low precision",
     "aggregation": "accumulate in FP32",
     "update": "low precision",

@@ -77,10 +77,10 @@ def test_every_stage_in_policy_dtype(policy):
         assert {r.accum for r in red} == {dtype_short(policy.dtype(s))}
         if policy.name in MIXED:
             assert {r.accum for r in red} == {"f32"}
-    if policy.name in MIXED:  # low-precision matmuls accumulate in FP32
-        low = dtype_short(policy.dtype("messages"))
-        for s in ("messages", "update", "readout"):
-            assert report.matmuls(s) == {f"{low}*{low}->f32": 1}
+    if policy.name in MIXED:  # matmuls accumulate in FP32, low-precision ones too
+        for s in ("radial", "messages", "update", "readout"):
+            d = dtype_short(policy.dtype(s))
+            assert report.matmuls(s) == {f"{d}*{d}->f32": 1}, s
 
 
 def test_gradient_forces_audit(policy):

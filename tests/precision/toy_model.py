@@ -25,7 +25,7 @@ N_SPECIES = 3
 
 
 def init_params(seed: int = 0) -> dict[str, jax.Array]:
-    """FP32 parameters: embedding [n_species, F], radial [n_basis, F], update [F, F], out [F]."""
+    """FP32 parameters: embedding [n_species, F], radial [n_basis, F], message [F, F], update [F, F], out [F]."""
     rng = np.random.default_rng(seed)
 
     def w(*shape):
@@ -34,6 +34,7 @@ def init_params(seed: int = 0) -> dict[str, jax.Array]:
     return {
         "embedding": w(N_SPECIES, N_FEATURES),
         "radial": w(N_BASIS, N_FEATURES),
+        "message": w(N_FEATURES, N_FEATURES),
         "update": w(N_FEATURES, N_FEATURES),
         "readout": w(N_FEATURES),
     }
@@ -80,15 +81,19 @@ def toy_energy(
         envelope = 1.0 - 10.0 * x**3 + 15.0 * x**4 - 6.0 * x**5  # [n_edges]
         bessel = math.sqrt(2.0 / CUTOFF) * jnp.sin(jnp.pi * n * x[:, None]) / r[:, None]
         basis = bessel * envelope[:, None]  # [n_edges, n_basis]
+    with Policy.scope("radial"):
+        radial = policy.einsum("radial", "eb,bf->ef", basis, params["radial"])  # [n_edges, F]
     with Policy.scope("messages"):
         if mistake == "messages_f32":
-            w = Policy.cast_to(jnp.float32, params["radial"])
-            radial = jnp.einsum("eb,bf->ef", Policy.cast_to(jnp.float32, basis), w)
+            radial = Policy.cast_to(jnp.float32, radial)
             m = radial * Policy.cast_to(jnp.float32, h)[senders]
-            m = policy.cast("messages", m)
+            w = Policy.cast_to(jnp.float32, params["message"])
+            m = policy.cast("messages", jnp.einsum("ef,fg->eg", m, w))
         else:
-            radial = policy.einsum("messages", "eb,bf->ef", basis, params["radial"])
-            m = radial * policy.cast("messages", h)[senders]  # [n_edges, F]
+            m = (
+                policy.cast("messages", radial) * policy.cast("messages", h)[senders]
+            )  # [n_edges, F]
+            m = policy.einsum("messages", "ef,fg->eg", m, params["message"])  # [n_edges, F]
     with Policy.scope("aggregation"):
         if mistake == "aggregation_low":
             agg = jax.ops.segment_sum(m, receivers, num_segments=n_nodes)
