@@ -14,6 +14,14 @@ Re-render stage_table.md and stage_errors.png from a stage_errors.json::
 
     python experiments/precision_study.py table DIR/stage_errors.json
 
+Side by side, one process per policy (e.g. on one GPU), then merged::
+
+    python experiments/precision_study.py train --config C --workdir W/fp32 --policies fp32 &
+    python experiments/precision_study.py train --config C --workdir W/bf16-mixed \
+        --policies bf16-mixed &
+    wait; python experiments/precision_study.py merge W/fp32 W/bf16-mixed --out W
+    python experiments/precision_study.py merge-nve W/fp32/nve W/bf16-mixed/nve --out W/nve
+
 NVE energy drift per policy::
 
     python experiments/precision_study.py nve --workdir RUN --structure FILE --steps N --out DIR
@@ -48,11 +56,33 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--workdir", required=True)
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
         p.add_argument("--policies", default=",".join(study_runs.study.PRESET_POLICIES))
+        p.add_argument(
+            "--vs-fp64",
+            type=int,
+            default=100,
+            metavar="N",
+            help="test configs for each model's error against its fp64 self (0: off)",
+        )
         a = p.parse_args(argv[1:])
         res = study_runs.train_policies(
-            a.config, a.workdir, policies=a.policies.split(","), overrides=a.set
+            a.config,
+            a.workdir,
+            policies=a.policies.split(","),
+            overrides=a.set,
+            vs_fp64_configs=a.vs_fp64,
         )
         print(study_runs.comparison_table(res))
+        return 0
+    if argv[:1] in (["merge"], ["merge-nve"]):  # runs made side by side, one process per policy
+        p = argparse.ArgumentParser(prog=f"precision_study.py {argv[0]}")
+        p.add_argument("dirs", nargs="+", help="train workdirs (merge) or nve --out dirs")
+        p.add_argument("--out", required=True)
+        a = p.parse_args(argv[1:])
+        if argv[0] == "merge":
+            print(study_runs.comparison_table(study_runs.merge_comparisons(a.dirs, a.out)))
+        else:
+            for spec, r in study_runs.merge_nve(a.dirs, a.out).items():
+                print(f"{spec}: drift {r['drift_meV_per_atom_per_ps']:.4g} meV/atom/ps")
         return 0
     if argv[:1] == ["table"]:  # re-render stage_table.md and stage_errors.png from the JSON
         p = argparse.ArgumentParser(prog="precision_study.py table")

@@ -366,17 +366,20 @@ def train_policies(
     policies: Sequence[str] = study.PRESET_POLICIES,
     overrides: Sequence[str] = (),
     test_files: Sequence[str] | None = None,
+    vs_fp64_configs: int = 0,
 ) -> dict[str, dict]:
     """Trains ``config`` under each policy (same seed) into ``workdir/<policy>`` and compares.
 
     Writes ``comparison.md``, ``comparison.json`` (test metrics per test file, steps, skipped
     steps, loss-scale trajectory, minutes), ``learning_curves.png`` and ``loss_scale.png``.
     A policy directory holding a checkpoint resumes (see :func:`mpnn_jax.training.train`).
+    With ``vs_fp64_configs`` > 0, each trained model is also evaluated
+    under its own policy against its fp64 self on the first test file (:func:`policy_vs_fp64`:
+    the stress error on periodic data comes from here, as the data sets hold no stress labels).
     """
     from mpnn_jax.training.config import load_config
     from mpnn_jax.training.evaluate import evaluate
     from mpnn_jax.training.loop import train
-    from mpnn_jax.training.plots import plot_comparison
 
     root = Path(workdir)
     results: dict[str, dict] = {}
@@ -392,37 +395,97 @@ def train_policies(
             "test": {Path(f).name: evaluate(root / spec, f) for f in files},
             "loss_scale": loss_scale_history(root / spec / "metrics.jsonl"),
         }
-    (root / "comparison.json").write_text(
-        json.dumps(
-            {
-                "config": str(config),
-                "overrides": list(overrides),
-                "environment": environment_info(),
-                "policies": results,
-            },
-            indent=1,
-            default=str,
-        )
-    )
-    (root / "comparison.md").write_text(comparison_table(results))
-    plot_comparison({p: root / p / "metrics.jsonl" for p in policies}, root / "learning_curves.png")
-    plot_loss_scales(results, root / "loss_scale.png")
+        if files and vs_fp64_configs:
+            results[spec]["vs_fp64"] = policy_vs_fp64(root / spec, files[0], vs_fp64_configs)
+    meta = {"config": str(config), "overrides": list(overrides), "environment": environment_info()}
+    write_comparison(root, results, meta, {p: root / p / "metrics.jsonl" for p in policies})
     return results
 
 
+def policy_vs_fp64(workdir: str | Path, test_file: str, n_configs: int | None = 100) -> dict:
+    """Energy, force and stress (periodic data) error of a trained run evaluated under its own
+    policy against the same weights in fp64, on ``n_configs`` configurations of ``test_file``
+    (:func:`mpnn_jax.study.compare`; meV units)."""
+    from mpnn_jax.training.evaluate import run_policy
+
+    model, params, info = load_study_model(workdir)
+    graphs = read_study_graphs(test_file, info, n_configs=n_configs)
+    own = run_policy(workdir).name
+    ref = study.predict_all(model, params, graphs, policy="fp64")
+    return study.compare(study.predict_all(model, params, graphs, policy=own), ref)
+
+
+def write_comparison(
+    root: str | Path, results: dict[str, dict], meta: dict, metrics: dict[str, str | Path]
+) -> None:
+    """``comparison.json``/``.md``, ``learning_curves.png`` and ``loss_scale.png`` under
+    ``root`` for ``{policy: result}`` (as :func:`train_policies` returns)."""
+    from mpnn_jax.training.plots import plot_comparison
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "comparison.json").write_text(
+        json.dumps({**meta, "policies": results}, indent=1, default=str)
+    )
+    (root / "comparison.md").write_text(comparison_table(results))
+    plot_comparison(metrics, root / "learning_curves.png")
+    plot_loss_scales(results, root / "loss_scale.png")
+
+
+def merge_comparisons(roots: Sequence[str | Path], out: str | Path) -> dict[str, dict]:
+    """Merges the ``comparison.json`` of several :func:`train_policies` roots (e.g. one process
+    per policy, run side by side) into one comparison under ``out``."""
+    results, metrics, meta = {}, {}, {}
+    for r in map(Path, roots):
+        d = json.loads((r / "comparison.json").read_text())
+        for spec, res in d.pop("policies").items():
+            results[spec] = res
+            metrics[spec] = r / spec / "metrics.jsonl"
+        meta = meta or d
+    meta["merged_from"] = [str(r) for r in roots]
+    write_comparison(out, results, meta, metrics)
+    return results
+
+
+def merge_nve(dirs: Sequence[str | Path], out: str | Path) -> dict[str, dict]:
+    """Merges the ``nve_drift.json`` of several :func:`nve_drift` outputs (same structure and
+    settings, different policies or models) into ``out/nve_drift.json`` and ``nve_energy.png``."""
+    runs, meta = {}, {}
+    for d in map(Path, dirs):
+        data = json.loads((Path(d) / "nve_drift.json").read_text())
+        runs.update(data.pop("runs"))
+        meta = meta or data
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "nve_drift.json").write_text(json.dumps({**meta, "runs": runs}, indent=1))
+    plot_nve(runs, out / "nve_energy.png", n_atoms=meta["n_atoms"])
+    return runs
+
+
 def comparison_table(results: dict[str, dict]) -> str:
-    """Markdown: policy | test set | energy MAE | force MAE | steps | skipped | minutes."""
+    """Markdown: policy | test set | energy MAE | force MAE | steps | skipped | minutes, plus
+    the force and stress error against the model's own fp64 evaluation where measured."""
+    vs = any("vs_fp64" in r for r in results.values())
+    extra = " force vs fp64 (meV/Å) | stress vs fp64 (meV/Å³) |" if vs else ""
     lines = [
         "| policy | test set | energy MAE (meV/atom) | force MAE (meV/Å) | steps | skipped "
-        "| minutes |",
-        "|---|---|---|---|---|---|---|",
+        "| minutes |" + extra,
+        "|---|---|---|---|---|---|---|" + ("---|---|" if vs else ""),
     ]
     for spec, r in results.items():
+        v = r.get("vs_fp64") or {}
+        cells = ""
+        if vs:
+            st = v.get("stress_mae_mev_per_A3")
+            fv = v.get("forces_mae_mev_per_A")
+            cells = (
+                f" {'-' if fv is None else f'{fv:.3g}'} | {'-' if st is None else f'{st:.3g}'} |"
+            )
         for name, m in r["test"].items():
             lines.append(
                 f"| {spec} | {name} | {m['energy_mae_mev_per_atom']:.3f} | "
                 f"{m['forces_mae_mev_per_A']:.2f} | {r['steps']} | {r['skipped']} | "
-                f"{r['minutes']:.1f} |"
+                f"{r['minutes']:.1f} |" + cells
             )
     return "\n".join(lines) + "\n"
 

@@ -164,6 +164,23 @@ def test_training_comparison_helpers(tmp_path):
     }
     assert "| fp32 | t.xyz | 1.000 | 2.00 | 20 | 1 | 0.5 |" in study_runs.comparison_table(res)
     assert study_runs.plot_loss_scales(res, tmp_path / "ls.png").exists()
+    # one process per policy, merged afterwards: both policies, their curves, the fp64 columns
+    roots = []
+    for spec, ferr in (("fp32", 0.01), ("bf16-mixed", 3.0)):
+        root = tmp_path / "side" / spec
+        (root / spec).mkdir(parents=True)
+        recs = [*records[:2], {"step": 20, "val": {"forces_mae_mev_per_A": 5.0}}]
+        (root / spec / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+        r = dict(res["fp32"], vs_fp64={"forces_mae_mev_per_A": ferr, "stress_mae_mev_per_A3": None})
+        study_runs.write_comparison(root, {spec: r}, {"config": "c.yaml"}, {})
+        roots.append(root)
+    merged = study_runs.merge_comparisons(roots, tmp_path / "merged")
+    assert list(merged) == ["fp32", "bf16-mixed"]
+    table = (tmp_path / "merged" / "comparison.md").read_text()
+    assert "| bf16-mixed | t.xyz | 1.000 | 2.00 | 20 | 1 | 0.5 | 3 | - |" in table
+    meta = json.loads((tmp_path / "merged" / "comparison.json").read_text())
+    assert meta["config"] == "c.yaml" and len(meta["merged_from"]) == 2
+    assert (tmp_path / "merged" / "learning_curves.png").exists()
 
 
 def test_nve_drift_writes_drift_and_plot(tiny, tmp_path):
@@ -185,6 +202,19 @@ def test_nve_drift_writes_drift_and_plot(tiny, tmp_path):
     assert math.isfinite(r["drift_meV_per_atom_per_ps"]) and r["fluctuation_meV_per_atom"] >= 0
     assert json.loads((tmp_path / "nve_drift.json").read_text())["steps"] == 20
     assert (tmp_path / "nve_energy.png").exists()
+    # a second run (another policy, as one process per policy would write) merges with it
+    study_runs.nve_drift(
+        (model, params, species, 3.0),
+        atoms,
+        policies=["bf16-mixed"],
+        steps=20,
+        log_every=5,
+        out=tmp_path / "b",
+    )
+    merged = study_runs.merge_nve([tmp_path, tmp_path / "b"], tmp_path / "m")
+    assert sorted(merged) == ["bf16-mixed", "fp32"]
+    assert merged["fp32"] == r
+    assert (tmp_path / "m" / "nve_energy.png").exists()
 
 
 def test_doctests():

@@ -64,3 +64,12 @@ def test_audit_run_checks_the_trained_policy(run_dir):
     report = audit_run(run_dir)
     assert report.check(get_policy("fp32")) == []
     assert "messages" in report.stages()
+
+
+def test_policy_vs_fp64_of_a_trained_run(run_dir):
+    from mpnn_jax.study_runs import policy_vs_fp64
+
+    # the run was trained in fp32: its own policy against fp64 differs by FP32 rounding only
+    err = policy_vs_fp64(run_dir, TEST, 4)
+    assert err["finite"] and 0.0 < err["forces_mae_mev_per_A"] < 1e-2
+    assert err["stress_mae_mev_per_A3"] is None  # molecules: no stress
