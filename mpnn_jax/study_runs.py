@@ -293,19 +293,21 @@ def nve_drift(
             "times_ps": times.tolist(),
             "total_eV": total.tolist(),
         }
-    if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        meta = {
-            "steps": steps,
-            "dt_fs": dt,
-            "temperature_K": temperature,
-            "seed": seed,
-            "n_atoms": len(atoms),
-            "environment": environment_info(),
-        }
-        (out / "nve_drift.json").write_text(json.dumps({**meta, "runs": results}, indent=1))
-        plot_nve(results, out / "nve_energy.png", n_atoms=len(atoms))
+        if out is not None:  # after every policy: a run stopped later keeps what it finished
+            meta = {
+                "steps": steps,
+                "dt_fs": dt,
+                "temperature_K": temperature,
+                "seed": seed,
+                "n_atoms": len(atoms),
+                "environment": environment_info(),
+            }
+            out = Path(out)
+            out.mkdir(parents=True, exist_ok=True)
+            tmp = out / "nve_drift.json.tmp"
+            tmp.write_text(json.dumps({**meta, "runs": results}, indent=1))
+            tmp.replace(out / "nve_drift.json")
+            plot_nve(results, out / "nve_energy.png", n_atoms=len(atoms))
     return results
 
 
