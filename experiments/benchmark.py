@@ -3,7 +3,15 @@
     python experiments/benchmark.py --quick                       # CPU smoke run (no timing claims)
     python experiments/benchmark.py --sizes mace-M nequip-M --systems cu:4000 water:12000 \
         --presets fp32 bf16-mixed fp16-mixed fp32-highest --out h100.json
+    python experiments/benchmark.py --ceilings --sizes mace-mp-s --systems water:3000 \
+        --presets fp32 bf16-mixed --variants onehot/none take/none --out take_rows.json
+    python experiments/benchmark.py --only-largest --sizes nequip-S --systems water:2000 \
+        --modes ef --presets fp32 bf16-mixed --out largest.json
 
+Each row carries the roofline columns (XLA's FLOPs and bytes, the lower-bound time against the
+ceilings measured with ``--ceilings``, else the H100 defaults). ``--variants`` are
+``take_rows/sorted_edges`` implementation variants (:func:`mpnn_jax.nn.ops.implementation`).
+The JSON file is rewritten after every row, so a run cut short keeps what it measured.
 The logic lives in :mod:`mpnn_jax.benchmark`; this file only parses arguments.
 """
 
@@ -33,14 +41,47 @@ def main(argv=None) -> int:
         "--presets", nargs="+", default=["fp32", "bf16-mixed", "fp16-mixed", "fp32-highest"]
     )
     p.add_argument("--modes", nargs="+", default=["ef", "train"], choices=["ef", "train"])
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=["onehot/none"],
+        help="take_rows/sorted_edges, take_rows in onehot, take; sorted_edges in none, senders, "
+        "receivers",
+    )
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--cutoff", type=float, default=5.0)
     p.add_argument("--quick", action="store_true", help="tiny CPU smoke run of the harness")
     p.add_argument("--ceilings", action="store_true", help="also measure matmul/copy ceilings")
     p.add_argument(
+        "--ceilings-n",
+        type=int,
+        default=8192,
+        help="matrix size of the matmul ceilings (the copy moves 2048 MiB x n / 8192)",
+    )
+    p.add_argument(
+        "--ceilings-from",
+        default=None,
+        help="take the ceilings of an earlier result JSON of this device (its 'ceilings')",
+    )
+    p.add_argument(
         "--largest",
         action="store_true",
         help="also find the largest system of the first kind that fits, per preset/mode",
+    )
+    p.add_argument("--only-largest", action="store_true", help="--largest without the table")
+    p.add_argument(
+        "--largest-probes",
+        nargs="+",
+        type=int,
+        default=[500, 2000],
+        help="probe sizes; one probe takes bytes/atom as the slope (conservative)",
+    )
+    p.add_argument("--largest-tries", type=int, default=3)
+    p.add_argument(
+        "--largest-budget-mib",
+        type=float,
+        default=None,
+        help="memory budget (default: 90%% of what the device reports; needed on CPU)",
     )
     p.add_argument("--out", default=None, help="JSON output path")
     p.add_argument("--plot", default=None, help="throughput plot (PNG) path")
@@ -52,42 +93,71 @@ def main(argv=None) -> int:
     for s in args.systems:
         kind, _, n = s.partition(":")
         systems.append((kind, int(n or 100)))
+    variants = [tuple(v.split("/")) for v in args.variants]
+    if any(len(v) != 2 for v in variants):
+        p.error(f"--variants must be take_rows/sorted_edges, got {args.variants}")
     print(json.dumps(bm.device_info()))
     t0 = time.time()
-    ceilings = bm.device_ceilings() if args.ceilings else None
+    result = {"info": bm.device_info(), "command": " ".join(sys.argv), "args": vars(args)}
+
+    def save(**updates) -> None:
+        result.update(updates, wall_s=time.time() - t0)
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(result, indent=2))
+
+    ceilings = None
+    if args.ceilings:
+        n = args.ceilings_n
+        ceilings = bm.device_ceilings(n=n, copy_mib=max(1, 2048 * n // 8192))
+    if ceilings is None and args.ceilings_from:
+        ceilings = json.loads(Path(args.ceilings_from).read_text()).get("ceilings")
     if ceilings:
         print(json.dumps(ceilings))
-    rows = bm.run_benchmark(
-        sizes=args.sizes,
-        systems=systems,
-        presets=args.presets,
-        modes=args.modes,
-        cutoff=args.cutoff,
-        repeats=args.repeats,
-        progress=lambda r: print(json.dumps(r), flush=True),
-    )
-    print(bm.format_table(rows))
-    largest = []
-    if args.largest:
+    rows: list[dict] = []
+    save(ceilings=ceilings, rows=rows)
+
+    def progress(row: dict) -> None:
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        save(rows=rows)
+
+    if not args.only_largest:
+        bm.run_benchmark(
+            sizes=args.sizes,
+            systems=systems,
+            presets=args.presets,
+            modes=args.modes,
+            cutoff=args.cutoff,
+            repeats=args.repeats,
+            variants=variants,
+            ceilings=ceilings,
+            progress=progress,
+        )
+        print(bm.format_table(rows))
+    largest: list[dict] = []
+    if args.largest or args.only_largest:
+        budget = None if args.largest_budget_mib is None else int(args.largest_budget_mib * 2**20)
         for size in args.sizes:
             for mode in args.modes:
                 for preset in args.presets:
                     r = bm.largest_system(
-                        size=size, kind=systems[0][0], preset=preset, mode=mode, cutoff=args.cutoff
+                        size=size,
+                        kind=systems[0][0],
+                        preset=preset,
+                        mode=mode,
+                        cutoff=args.cutoff,
+                        probe_atoms=tuple(args.largest_probes),
+                        budget_bytes=budget,
+                        tries=args.largest_tries,
                     )
                     largest.append(r)
                     print(json.dumps(r), flush=True)
-    result = {
-        "info": bm.device_info(),
-        "command": " ".join(sys.argv),
-        "rows": rows,
-        "wall_s": time.time() - t0,
-    }
+                    save(largest=largest)
+    save()
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2))
         print(f"wrote {args.out}")
-    if args.plot:
+    if args.plot and rows:
         bm.plot_throughput(rows, args.plot)
         print(f"wrote {args.plot}")
     return 0

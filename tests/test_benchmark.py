@@ -75,3 +75,79 @@ def test_largest_system_prediction_fits_the_budget():
     assert out["bytes_per_atom"] > 0
     assert 108 < out["predicted_atoms"] < 500  # linear in atoms: between the probe and 4x5^3
     assert out["verified_atoms"] == 256  # the largest fcc supercell (4 n^3 atoms) that fits
+
+
+def test_docstring_examples():
+    import doctest
+
+    result = doctest.testmod(bm, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_roofline_columns_and_variants():
+    """Every row has XLA's FLOPs and bytes and a positive lower bound; variants run side by side."""
+    rows = bm.run_benchmark(
+        sizes=["mace-S"],
+        systems=[("water", 24)],
+        presets=["fp32", "bf16-mixed"],
+        modes=["ef"],
+        repeats=1,
+        n_inputs=1,
+        warmup=1,
+        variants=[("onehot", "none"), ("take", "receivers")],
+    )
+    assert [(r["preset"], bm.variant_name(r)) for r in rows] == [
+        ("fp32", "onehot/none"),
+        ("fp32", "take/receivers"),
+        ("bf16-mixed", "onehot/none"),
+        ("bf16-mixed", "take/receivers"),
+    ]
+    for r in rows:
+        for key in ("flops", "bytes_accessed", "flops_ms", "bytes_ms", "lower_bound_ms"):
+            assert r[key] > 0, key
+        assert r["measured_over_bound"] == pytest.approx(r["median_ms"] / r["lower_bound_ms"])
+        assert r["lower_bound_ms"] == max(r["flops_ms"], r["bytes_ms"])
+        assert r["bound"] in ("flops", "bytes") and r["ceilings_source"] == "h100-default"
+    assert rows[0]["ceiling_tflops"] == bm.H100_CEILINGS["matmul_tflops_fp32"]
+    assert rows[2]["ceiling_tflops"] == bm.H100_CEILINGS["matmul_tflops_bf16"]
+    json.dumps(rows)
+    table = bm.format_table(rows)
+    assert "take/receivers" in table and "x bound" in table
+
+
+def test_roofline_with_measured_ceilings_and_missing_costs():
+    ceilings = dict(bm.H100_CEILINGS, copy_GBps=1000.0)
+    r = bm.roofline({"flops": 1e9, "bytes_accessed": 1e9}, preset="fp32", median_ms=2.0,
+                    ceilings=ceilings)  # fmt: skip
+    assert r["bytes_ms"] == pytest.approx(1.0) and r["bound"] == "bytes"
+    assert r["ceilings_source"] == "measured" and r["measured_over_bound"] == pytest.approx(2.0)
+    r = bm.roofline({"flops": None, "bytes_accessed": None}, preset="fp32", median_ms=2.0)
+    assert r["lower_bound_ms"] is None and r["measured_over_bound"] is None
+
+    class Listy:  # older JAX: one dict per program
+        def cost_analysis(self):
+            return [{"flops": 2.0, "bytes accessed": 8.0}, {"flops": 1.0}]
+
+    class Broken:
+        def cost_analysis(self):
+            raise NotImplementedError
+
+    assert bm.cost_analysis(Listy()) == {"flops": 3.0, "bytes_accessed": 8.0}
+    assert bm.cost_analysis(Broken()) == {"flops": None, "bytes_accessed": None}
+
+
+@pytest.mark.parametrize("by", ["senders", "receivers"])
+def test_sort_edges_keeps_padding_last_and_edges_whole(by):
+    table = SpeciesTable((1, 6, 8, 29))
+    system = bm.build_system("ethanol", 27, cutoff=5.0, species_table=table)  # 3 molecules
+    g = system.graph
+    s = bm.sort_edges(g, by=by)
+    assert np.all(np.diff(getattr(s, by)) >= 0)
+    n_real = system.n_edges
+    assert np.all(s.senders[n_real:] == system.n_atoms)  # padding edges stay last
+    triples = lambda x: sorted(  # noqa: E731
+        zip(x.senders.tolist(), x.receivers.tolist(), map(tuple, x.edges["shifts"].tolist()))
+    )
+    assert triples(s) == triples(g)
+    with pytest.raises(ValueError, match="cannot sort"):
+        bm.sort_edges(g, by="species")

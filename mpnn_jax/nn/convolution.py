@@ -5,7 +5,9 @@ Stages: the tensor product and the radial weights run in the ``messages`` dtype 
 accumulate in :meth:`Policy.accum`), the sum over neighbours in the ``aggregation`` dtype
 (``jax.ops.segment_sum`` on messages cast up first), divided by ``avg_num_neighbors``. The
 gather of sender features runs in the ``aggregation`` dtype too: its gradient is the sum over each
-node's outgoing edges (a scatter-add; 16-bit atomics on GPUs are slow and lossy).
+node's outgoing edges (a scatter-add; 16-bit atomics on GPUs are slow and lossy). Where the caller
+promises sorted senders or receivers (:data:`mpnn_jax.nn.ops.SORTED_EDGES`), the gather or the
+``segment_sum`` is told ``indices_are_sorted``.
 
 * :func:`tp_paths` / :func:`conv_irreps`: the static path list and output irreps.
 * :func:`e3nn_convolution`: the pure reference implementation (the ``"e3nn"`` backend of
@@ -27,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mpnn_jax.nn import ops
 from mpnn_jax.nn.ops import einsum_accum
 from mpnn_jax.nn.radial import RadialMLP
 from mpnn_jax.precision import Policy
@@ -96,7 +99,10 @@ def e3nn_convolution(
     with Policy.scope("aggregation"):
         # the gradient of this gather is a sum over each node's outgoing edges: in the
         # aggregation dtype (FP32 atomics on GPUs, not 16-bit ones)
-        x_edges = policy.cast("aggregation", node_feats.array)[senders]  # [n_edges, irreps_in]
+        x_nodes = policy.cast("aggregation", node_feats.array)  # [n_nodes, irreps_in]
+        x_edges = x_nodes.at[senders].get(  # [n_edges, irreps_in]
+            indices_are_sorted=ops.SORTED_EDGES == "senders", mode="promise_in_bounds"
+        )
     with Policy.scope("messages"):
         dtype = policy.dtype("messages")
         x = policy.cast("messages", e3nn.IrrepsArray(node_feats.irreps, x_edges))
@@ -123,7 +129,12 @@ def e3nn_convolution(
         msg_arr = jnp.where(edge_mask[:, None], msg.array, jnp.zeros_like(msg.array))
     with Policy.scope("aggregation"):
         msg_arr = policy.cast("aggregation", msg_arr)
-        agg = jax.ops.segment_sum(msg_arr, receivers, num_segments=n_nodes)  # [n_nodes, dim]
+        agg = jax.ops.segment_sum(  # [n_nodes, dim]
+            msg_arr,
+            receivers,
+            num_segments=n_nodes,
+            indices_are_sorted=ops.SORTED_EDGES == "receivers",
+        )
         agg = agg * (1.0 / avg_num_neighbors)
         return e3nn.IrrepsArray(msg.irreps, agg).regroup()
 

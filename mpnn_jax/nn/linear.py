@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mpnn_jax.nn.ops import einsum_accum, take_rows
+from mpnn_jax.nn.ops import einsum_accum, select_sets, take_rows
 from mpnn_jax.precision import Policy
 
 #: Indexed weights with at most this many sets are applied densely (all sets, then a selection).
@@ -83,9 +83,7 @@ def equivariant_linear(
                 # every weight set on every row (one dense GEMM), then each row's own: cheaper
                 # than gathering a [mul_in, mul_out] matrix per row when the sets are few
                 y = einsum_accum(policy, stage, "nui,suw->nisw", x.chunks[i], w)
-                onehot = jnp.asarray(indices[:, None] == jnp.arange(w.shape[0]), dtype)  # [n, s]
-                # selecting with a one-hot factor is exact, and its gradient is no scatter
-                y = einsum_accum(policy, stage, "nisw,ns->niw", y, onehot)
+                y = select_sets(policy, stage, y, indices)  # [n, ir_dim, mul_out]
             else:
                 w = take_rows(policy, stage, w, indices)  # [n, mul_in, mul_out]
                 y = einsum_accum(policy, stage, "nui,nuw->niw", x.chunks[i], w)

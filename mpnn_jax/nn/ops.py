@@ -1,18 +1,72 @@
-"""Contractions of the nn blocks: operands in a stage dtype, accumulation in the policy's
-accumulator dtype.
+"""Contractions and row selections of the nn blocks: operands in a stage dtype, accumulation in
+the policy's accumulator dtype.
 
 Thin wrappers over :func:`mpnn_jax.precision.ops.accum_einsum`, which lowers to the native
 mixed-precision dot on accelerators (``preferred_element_type``) and to an exact upcast emulation
 on CPU, whose XLA runtime rejects ``BF16 x BF16 = F32`` dots.
+
+Two implementation choices are module settings, read when a function is traced (like
+:data:`mpnn_jax.precision.ops.SMALL_CONTRACTION`), so that variants can be compiled side by side
+in one process (:func:`implementation` sets them for a ``with`` block):
+
+* :data:`TAKE_ROWS`: how :func:`take_rows` and :func:`select_sets` select species rows,
+  ``"onehot"`` (a contraction with a one-hot matrix; gradient = a reduction) or ``"take"`` (a
+  gather in the aggregation dtype; gradient = an FP32 scatter-add). Same values.
+* :data:`SORTED_EDGES`: which edge index array the caller promises is sorted, ``"none"``,
+  ``"senders"`` or ``"receivers"``; the convolution passes ``indices_are_sorted`` to the sender
+  gather (whose gradient is a scatter-add over senders) or to the receiver ``segment_sum``.
+  A false promise gives wrong sums on GPUs: set it only for graphs sorted that way (the neighbour
+  list of :mod:`mpnn_jax.data.neighbours` sorts by sender, and batching and padding keep that
+  order; ``mpnn_jax.benchmark.sort_edges`` re-sorts by receiver).
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
 
 from mpnn_jax.precision import Policy
 from mpnn_jax.precision.ops import accum_einsum
+
+#: Implementation of :func:`take_rows` / :func:`select_sets`: ``"onehot"`` or ``"take"``.
+TAKE_ROWS = "onehot"
+TAKE_ROWS_CHOICES = ("onehot", "take")
+#: Edge index array promised sorted: ``"none"``, ``"senders"`` or ``"receivers"``.
+SORTED_EDGES = "none"
+SORTED_EDGES_CHOICES = ("none", "senders", "receivers")
+
+
+@contextlib.contextmanager
+def implementation(
+    *, take_rows: str | None = None, sorted_edges: str | None = None
+) -> Iterator[None]:
+    """Sets :data:`TAKE_ROWS` and/or :data:`SORTED_EDGES` for the functions traced in the block.
+
+    Example:
+        >>> from mpnn_jax.nn import ops
+        >>> with ops.implementation(take_rows="take"):
+        ...     ops.TAKE_ROWS
+        'take'
+        >>> ops.TAKE_ROWS
+        'onehot'
+    """
+    global TAKE_ROWS, SORTED_EDGES
+    if take_rows is not None and take_rows not in TAKE_ROWS_CHOICES:
+        raise ValueError(f"unknown take_rows {take_rows!r}; expected one of {TAKE_ROWS_CHOICES}")
+    if sorted_edges is not None and sorted_edges not in SORTED_EDGES_CHOICES:
+        raise ValueError(
+            f"unknown sorted_edges {sorted_edges!r}; expected one of {SORTED_EDGES_CHOICES}"
+        )
+    saved = TAKE_ROWS, SORTED_EDGES
+    TAKE_ROWS = take_rows or TAKE_ROWS
+    SORTED_EDGES = sorted_edges or SORTED_EDGES
+    try:
+        yield
+    finally:
+        TAKE_ROWS, SORTED_EDGES = saved
 
 
 def einsum_accum(policy: Policy, stage: str, subscripts: str, *operands: jax.Array) -> jax.Array:
@@ -37,11 +91,18 @@ def matmul_accum(policy: Policy, stage: str, a: jax.Array, b: jax.Array) -> jax.
 
 
 def take_rows(policy: Policy, stage: str, table: jax.Array, indices: jax.Array) -> jax.Array:
-    """``table[indices]`` in the ``stage`` dtype, as a contraction with a one-hot matrix.
+    """``table[indices]`` in the ``stage`` dtype (implementation chosen by :data:`TAKE_ROWS`).
 
-    Selecting with an exact 0/1 factor is exact, and its gradient with respect to ``table`` is a
-    sum over rows accumulated in ``policy.accum(stage)`` (a reduction or a GEMM), where a gather's
-    is a scatter-add in the stage dtype: on GPUs, 16-bit atomics that all land on a few rows.
+    ``"onehot"``: a contraction with a one-hot matrix. Selecting with an exact 0/1 factor is
+    exact, and its gradient with respect to ``table`` is a sum over rows accumulated in
+    ``policy.accum(stage)`` (a reduction or a GEMM), where a gather's is a scatter-add in the stage
+    dtype: on GPUs, 16-bit atomics that all land on a few rows. It costs [n, n_rows, ...]
+    products.
+
+    ``"take"``: a gather of ``table`` cast to the ``aggregation`` dtype (FP32 in every mixed
+    preset), under ``Policy.scope("aggregation")``, then a cast to the stage: the same values, and
+    the gradient is an FP32 scatter-add (as a plain gather has in FP32 programs).
+
     Meant for short tables (species-dependent weights).
 
     Args:
@@ -59,6 +120,42 @@ def take_rows(policy: Policy, stage: str, table: jax.Array, indices: jax.Array) 
         >>> take_rows(get_policy("fp32"), "update", t, jnp.array([2, 0])).tolist()
         [[4.0, 5.0], [0.0, 1.0]]
     """
+    if TAKE_ROWS == "take":
+        with Policy.scope("aggregation"):
+            wide = policy.cast("aggregation", table)  # [n_rows, ...]
+            rows = wide.at[indices].get(mode="promise_in_bounds")  # [n, ...]
+        return policy.cast(stage, rows)
     onehot = indices[:, None] == jnp.arange(table.shape[0])  # [n, n_rows]
     onehot = jnp.asarray(onehot, dtype=policy.dtype(stage))
     return policy.cast(stage, einsum_accum(policy, stage, "ns,s...->n...", onehot, table))
+
+
+def select_sets(policy: Policy, stage: str, y: jax.Array, indices: jax.Array) -> jax.Array:
+    """Each row's own set: ``y[n, ..., indices[n], :]`` in the ``stage`` dtype (:data:`TAKE_ROWS`).
+
+    Used after a dense contraction with every weight set (``"nisw"`` in
+    :func:`mpnn_jax.nn.linear.equivariant_linear`). ``y`` is rounded to the stage dtype first in
+    both implementations, so they give the same values; ``"onehot"`` contracts with a one-hot
+    factor (gradient: a broadcast product), ``"take"`` gathers in the aggregation dtype (gradient:
+    a scatter into distinct rows, FP32).
+
+    Args:
+        policy: precision policy.
+        stage: stage whose dtype is used.
+        y: [n, i, s, w] (any float dtype; typically the accumulator dtype).
+        indices: int [n] set indices in ``[0, s)``.
+
+    Returns:
+        [n, i, w] in the accumulator dtype of ``stage`` (the caller casts it back).
+    """
+    if TAKE_ROWS == "take":
+        y = policy.cast(stage, y)
+        with Policy.scope("aggregation"):
+            wide = policy.cast("aggregation", y)  # [n, i, s, w]
+            out = jnp.take_along_axis(
+                wide, indices[:, None, None, None], axis=2, mode="promise_in_bounds"
+            )[:, :, 0]
+        return jnp.asarray(out, policy.accum(stage))  # [n, i, w]
+    onehot = jnp.asarray(indices[:, None] == jnp.arange(y.shape[2]), policy.dtype(stage))
+    # selecting with a one-hot factor is exact, and its gradient is no scatter
+    return einsum_accum(policy, stage, "nisw,ns->niw", y, onehot)

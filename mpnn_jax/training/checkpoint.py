@@ -15,6 +15,11 @@ crash during a write leaves the previous checkpoint intact.
 
 Restoring the full state needs a template pytree of the same structure (a freshly initialised
 TrainState); loading only the weights (:func:`load_weights`) needs nothing.
+
+Multi-process runs: the arrays are read with ``jax.device_get``, which works for the replicated
+state on every process; the training loop calls :func:`save_checkpoint` on process 0 only
+(``mpnn_jax.training.parallel.is_primary``) and then waits at a barrier, and every process reads
+the checkpoint when it resumes.
 """
 
 from __future__ import annotations

@@ -23,6 +23,12 @@ so the effective batch size is ``train.batch_size x n_devices`` and an epoch tak
 so a run may resume on a different number of devices (with a warning: the effective batch size
 changes) and continue the same data order from the same batch.
 
+Multi-process (``parallel.num_processes > 1``, one process per host): every process runs this
+function with the same config and ``WORKDIR`` on a shared filesystem. All take part in every
+step and evaluation, each building only its own devices' batches; only process 0 writes files
+(``config.yaml``, ``metrics.jsonl``, checkpoints, plot, ``summary.json``) and shows progress;
+every process reads the checkpoint on resume (and checks that all resumed the same step).
+
 Command line (the ``mpnn-jax train`` subcommand calls :func:`train`)::
 
     python -m mpnn_jax.training.loop CONFIG.yaml WORKDIR [section.key=value ...]
@@ -121,19 +127,21 @@ def train(config: Config | str | Path, workdir: str | Path, *, overrides=()) -> 
         num_processes=pc.num_processes,
         process_id=pc.process_id,
     )
+    primary = parallel.is_primary()  # the one process that writes files
     policy = get_policy(cfg.precision.policy)
     if policy.uses_x64:
         jax.config.update("jax_enable_x64", True)
     workdir = Path(workdir)
     ckpt_dir = workdir / "checkpoints"
-    workdir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, workdir / "config.yaml")
+    if primary:
+        workdir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, workdir / "config.yaml")
     tc = cfg.train
 
     devices = parallel.select_devices(pc.devices)
     n_dev = len(devices)
     mesh = parallel.make_mesh(devices) if n_dev > 1 else None
-    resume_path = ckpt.latest_checkpoint(ckpt_dir)
+    resume_path = ckpt.latest_checkpoint(ckpt_dir)  # read by every process
     resume_meta = ckpt.read_checkpoint(resume_path)["metadata"] if resume_path else None
     dtype = np.float64 if policy.uses_x64 else np.float32
     if resume_meta:
@@ -198,7 +206,9 @@ def train(config: Config | str | Path, workdir: str | Path, *, overrides=()) -> 
         state, meta = ckpt.restore_state(resume_path, state)
         best_val = float(meta.get("best_val_loss", float("inf")))
         elapsed_before = float(meta.get("elapsed_s", 0.0))
-        _truncate_metrics(workdir / "metrics.jsonl", int(meta["step"]))
+        if primary:
+            _truncate_metrics(workdir / "metrics.jsonl", int(meta["step"]))
+    parallel.assert_same_on_all_processes(int(state.step), "the step resumed from")
 
     step_kwargs = dict(
         loss_fn=loss_fn,
@@ -242,28 +252,31 @@ def train(config: Config | str | Path, workdir: str | Path, *, overrides=()) -> 
         }
 
     def save(name: str, elapsed: float) -> None:
-        ckpt.save_checkpoint(
-            ckpt_dir,
-            state=state,
-            ema_params=state.ema_params,
-            metadata=metadata(state, elapsed),
-            name=name,
-        )
+        """Process 0 writes; every process waits for it (the others may read the file next)."""
+        if primary:
+            ckpt.save_checkpoint(
+                ckpt_dir,
+                state=state,
+                ema_params=state.ema_params,
+                metadata=metadata(state, elapsed),
+                name=name,
+            )
+        parallel.sync_processes(f"checkpoint {name} {int(state.step)}")
 
     step = int(state.step)
     epoch, position = int(state.epoch), int(state.position)
     t_start = time.time()
     status, last_val = "done", None
-    metrics_file = open(workdir / "metrics.jsonl", "a")  # noqa: SIM115
+    metrics_file = open(workdir / "metrics.jsonl", "a") if primary else None  # noqa: SIM115
     bar = _progress(tc.max_steps, step)
     ckpt_every = tc.checkpoint_every or tc.eval_every
     if mesh is None:
         batches = _host_batches(train_loader, epoch, position)
     else:
-        groups = parallel.iterate_groups(
-            train_loader, n_devices=n_dev, epoch=epoch, position=position
+        # each process builds only the batches of its own devices
+        batches = parallel.iterate_sharded_groups(
+            train_loader, mesh, epoch=epoch, position=position
         )
-        batches = (parallel.shard_batch(g, mesh) for g in groups)
     try:
         while step < tc.max_steps and status == "done":
             # one optimiser step: n_dev host batches (one per device)
@@ -295,14 +308,15 @@ def train(config: Config | str | Path, workdir: str | Path, *, overrides=()) -> 
                 if last_val["loss"] < best_val:
                     best_val = last_val["loss"]
                     save(ckpt.BEST, elapsed)
-            if record is not None:
+            if record is not None and metrics_file is not None:
                 metrics_file.write(json.dumps(record) + "\n")
                 metrics_file.flush()
                 bar.set_postfix(_postfix(record, last_val), refresh=False)
             if is_eval or step % ckpt_every == 0:
                 save(ckpt.LATEST, elapsed)
             bar.update(1)
-            if tc.max_minutes is not None and elapsed > 60.0 * tc.max_minutes:
+            # process 0's clock decides, so that all processes stop after the same step
+            if tc.max_minutes is not None and parallel.agree(elapsed > 60.0 * tc.max_minutes):
                 status = "time_limit"
         save(ckpt.LATEST, elapsed_before + time.time() - t_start)
     except KeyboardInterrupt:
@@ -310,7 +324,8 @@ def train(config: Config | str | Path, workdir: str | Path, *, overrides=()) -> 
         save(ckpt.LATEST, elapsed_before + time.time() - t_start)
     finally:
         bar.close()
-        metrics_file.close()
+        if metrics_file is not None:
+            metrics_file.close()
     return _finish(workdir, status, state, best_val, last_val, data, evaluate_on, vbs, t_start)
 
 
@@ -323,6 +338,7 @@ def _host_batches(loader: Any, epoch: int, position: int) -> Any:
 
 
 def _finish(workdir, status, state, best_val, last_val, data, evaluate_on, vbs, t_start) -> dict:
+    """The test evaluation (every process: it is collective), then plot and summary (process 0)."""
     summary = {
         "status": status,
         "step": int(state.step),
@@ -333,10 +349,13 @@ def _finish(workdir, status, state, best_val, last_val, data, evaluate_on, vbs, 
         "minutes": (time.time() - t_start) / 60.0,
     }
     best = ckpt.checkpoint_path(workdir / "checkpoints", ckpt.BEST)
-    if status == "done" and data.test and best.exists():
+    # best_val (not the file) decides: it is the same on every process
+    if status == "done" and data.test and best_val < float("inf"):
         params, _ = ckpt.load_weights(best)
         loader = make_loader(data.test, batch_size=vbs, shuffle=False)
         summary["test"] = evaluate_on(params, loader).result()
+    if not parallel.is_primary():
+        return summary
     try:
         from mpnn_jax.training.plots import plot_learning_curve
 
@@ -381,9 +400,11 @@ def _config_dict(cfg: Config) -> dict:
 
 
 def _progress(total: int, initial: int):
+    """The progress bar: on a terminal, and on process 0 only."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, disable=not sys.stderr.isatty(), unit="step")
+    disable = not (sys.stderr.isatty() and parallel.is_primary())
+    return tqdm(total=total, initial=initial, disable=disable, unit="step")
 
 
 def _postfix(record: dict, val: dict | None) -> dict:

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Issue #8 measurements on one H100 in about 6 minutes, every result a JSON file under OUT.
+#
+#   source experiments/gpu_env.sh && bash experiments/perf/issue8_plan.sh "$OUT"
+#   QUICK=1 PYTHON=.venv/bin/python bash experiments/perf/issue8_plan.sh /tmp/plan  # CPU check
+#
+# Steps, in priority order (a later step gets what is left of BUDGET_S seconds, default 360, and
+# is skipped with under 25 s left; every JSON is rewritten after each row, so a step cut short
+# keeps its finished rows):
+#   a1  mace-mp-s on water:3000 (~160k edges), fp32 and bf16-mixed, ef and train, take_rows
+#       one-hot vs take, with --ceilings (matmul/copy ceilings) and the roofline columns.
+#   c   largest E+F water system that fits, mace-mp-s, fp32 vs bf16-mixed: one probe at 3000
+#       atoms (bytes/atom as the slope), the predicted size verified by a run, shrunk 15% after
+#       an out-of-memory error (memory only: the GEMM autotuner is off to keep compiles short;
+#       95% of the GPU memory is the allocator's).
+#   b   nequip-M on water:10000, fp32 vs bf16-mixed, ef and train, roofline (a1's ceilings).
+#   a2  mace-mp-s on water:3000, fp32: aggregation with sorted-edge promises, no promise vs
+#       sorted senders (the neighbour list's own order) vs sorted receivers (edges re-sorted);
+#       ef first, then train as far as the budget goes. The no-promise programs come from the
+#       persistent compilation cache that a1 filled.
+# Estimated from earlier H100 runs (compiles of 12-28 s per case): a1 ~220 s, c ~60 s, b ~130 s,
+# a2 ~90 s. With the default budget, b is cut after its ef rows; BUDGET_S=520 runs everything.
+# Logs: OUT/<step>.log; the elapsed time per step: OUT/plan_times.txt.
+set -u -o pipefail
+OUT=${1:?usage: bash experiments/perf/issue8_plan.sh OUT_DIR}
+PY=${PYTHON:-python3}
+QUICK=${QUICK:-0}
+if [ "$QUICK" = 1 ]; then BUDGET_S=${BUDGET_S:-1800}; else BUDGET_S=${BUDGET_S:-360}; fi
+mkdir -p "$OUT"
+T0=$SECONDS
+# one compilation cache for the steps (a2 reuses a1's no-promise programs); kept out of OUT
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/issue8_jax_cache}
+export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
+FAILED=0
+
+if [ "$QUICK" = 1 ]; then  # tiny CPU settings: the same commands, the same flags
+  MACE_SYS=water:24; NEQUIP_SYS=water:24; REPEATS=1; CEIL_N=256
+  LARGEST=(--systems water:24 --largest-probes 81 --largest-budget-mib 600)
+else
+  MACE_SYS=water:3000; NEQUIP_SYS=water:10000; REPEATS=20; CEIL_N=8192
+  LARGEST=(--systems water:3000 --largest-probes 3000)
+fi
+
+step() {  # step NAME [ENV=VALUE ...] -- ARGS...: one benchmark run under the remaining budget
+  local name=$1; shift
+  local envs=()
+  while [ "$1" != "--" ]; do envs+=("$1"); shift; done
+  shift
+  local left=$((BUDGET_S - (SECONDS - T0)))
+  if [ "$left" -lt 25 ]; then
+    echo "skip $name: ${left}s left" | tee -a "$OUT/plan_times.txt"
+    return
+  fi
+  local t=$SECONDS
+  echo "== $name (budget ${left}s): $*"
+  env "${envs[@]}" timeout -k 10 "$left" "$PY" experiments/benchmark.py "$@" \
+    --repeats "$REPEATS" --out "$OUT/$name.json" 2>&1 | tee "$OUT/$name.log" | grep -v '^{'
+  local rc=${PIPESTATUS[0]}
+  [ "$rc" = 0 ] || FAILED=1
+  echo "$name rc=$rc $((SECONDS - t))s" | tee -a "$OUT/plan_times.txt"
+}
+
+step a1_mace_take_rows -- --ceilings --ceilings-n "$CEIL_N" --sizes mace-mp-s \
+  --systems "$MACE_SYS" --presets fp32 bf16-mixed --modes ef train --variants onehot/none take/none
+
+CEIL=()
+[ -s "$OUT/a1_mace_take_rows.json" ] && CEIL=(--ceilings-from "$OUT/a1_mace_take_rows.json")
+
+step c_largest XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 \
+  XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=0" -- \
+  --only-largest --sizes mace-mp-s "${LARGEST[@]}" --modes ef --presets fp32 bf16-mixed \
+  --largest-tries 3
+
+step b_nequip -- "${CEIL[@]}" --sizes nequip-M --systems "$NEQUIP_SYS" \
+  --presets fp32 bf16-mixed --modes ef train
+
+step a2_mace_sorted -- "${CEIL[@]}" --sizes mace-mp-s --systems "$MACE_SYS" --presets fp32 \
+  --modes ef train --variants onehot/none onehot/senders onehot/receivers
+
+echo "total $((SECONDS - T0))s" | tee -a "$OUT/plan_times.txt"
+exit $FAILED
