@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     p.add_argument(
         "--variants",
         nargs="+",
-        default=["onehot/none"],
+        default=["take/none"],
         help="take_rows/sorted_edges, take_rows in onehot, take; sorted_edges in none, senders, "
         "receivers",
     )

@@ -473,7 +473,7 @@ def measure(
     repeats: int = 20,
     n_inputs: int = 3,
     warmup: int = 3,
-    take_rows: str = "onehot",
+    take_rows: str = "take",
     sorted_edges: str = "none",
     ceilings: dict[str, float] | None = None,
 ) -> dict[str, Any]:
@@ -614,7 +614,7 @@ def run_benchmark(
     repeats: int = 20,
     n_inputs: int = 3,
     warmup: int = 3,
-    variants: Sequence[tuple[str, str]] = (("onehot", "none"),),
+    variants: Sequence[tuple[str, str]] = (("take", "none"),),
     ceilings: dict[str, float] | None = None,
     progress: Callable[[dict], None] | None = None,
 ) -> list[dict[str, Any]]:

@@ -57,16 +57,18 @@ from mpnn_jax.precision import SEED_CLAIMS, STAGES, ablations, get_policy
 
 #: the presets of the study, after the single-stage ablations
 PRESET_POLICIES: tuple[str, ...] = ("fp32", "bf16-mixed", "fp16-mixed", "bf16-pure")
+#: the presets of the per-stage study: also the seed's table verbatim (radial MLP low too)
+STUDY_PRESETS: tuple[str, ...] = (*PRESET_POLICIES, "bf16-seed", "fp16-seed")
 #: stages the seed says may run in low precision (the others: keep FP32)
-SEED_LOW_OK: tuple[str, ...] = ("embedding", "messages", "update", "readout")
+SEED_LOW_OK: tuple[str, ...] = ("embedding", "radial", "messages", "update", "readout")
 SAFE_FRACTION, CAUTION_FRACTION = 0.1, 1.0  # of the model's own test error
 SAFE_ABS, CAUTION_ABS = 1.0, 10.0  # meV/Å and meV/atom, random init
 MEV = 1000.0
 
 
 def study_policies() -> list[str]:
-    """The 18 single-stage ablations (BF16 then FP16) followed by :data:`PRESET_POLICIES`."""
-    return [*ablations(("bf16", "f16")), *PRESET_POLICIES]
+    """The single-stage ablations (BF16 then FP16) followed by :data:`STUDY_PRESETS`."""
+    return [*ablations(("bf16", "f16")), *STUDY_PRESETS]
 
 
 def cast_graphs(graphs: Sequence[jraph.GraphsTuple], dtype: Any) -> list[jraph.GraphsTuple]:
@@ -196,7 +198,7 @@ def stage_errors(
         model: a model built by :func:`mpnn_jax.models.build_model` (any policy).
         params: its parameters (FP32 master weights; shared by all policies).
         graphs: unpadded single-configuration graphs (float64 preferred; cast per policy).
-        policies: policy specs; default :func:`study_policies` (18 ablations + 4 presets).
+        policies: policy specs; default :func:`study_policies` (20 ablations + 6 presets).
         reference: the reference policy (``"fp64"``: ``jax_enable_x64`` is switched on only
             while it runs).
         batch_size: configurations per padded batch (default: one batch).

@@ -131,7 +131,8 @@ def test_plot_stage_errors(rows, tmp_path):
 
 def test_study_policies_and_cast():
     pols = study.study_policies()
-    assert len(pols) == 22 and pols[-4:] == list(study.PRESET_POLICIES)
+    n = len(study.STUDY_PRESETS)
+    assert len(pols) == 2 * len(STAGES) + n and pols[-n:] == list(study.STUDY_PRESETS)
     assert "fp32+forces=f16" in pols
     g = study.cast_graphs([{"x": np.ones(2), "i": np.arange(2)}], np.float32)[0]
     assert g["x"].dtype == np.float32 and g["i"].dtype == np.arange(2).dtype

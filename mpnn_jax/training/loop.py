@@ -315,9 +315,12 @@ def train(config: Config | str | Path, workdir: str | Path, *, overrides=()) -> 
             if is_eval or step % ckpt_every == 0:
                 save(ckpt.LATEST, elapsed)
             bar.update(1)
-            # process 0's clock decides, so that all processes stop after the same step
-            if tc.max_minutes is not None and parallel.agree(elapsed > 60.0 * tc.max_minutes):
-                status = "time_limit"
+            # process 0's clock decides, so that all processes stop after the same step; with
+            # several processes that is a collective, so it is asked at logged steps only
+            check = parallel.single_process() or record is not None
+            if tc.max_minutes is not None and check:
+                if parallel.agree(elapsed > 60.0 * tc.max_minutes):
+                    status = "time_limit"
         save(ckpt.LATEST, elapsed_before + time.time() - t_start)
     except KeyboardInterrupt:
         status = "interrupted"

@@ -87,6 +87,11 @@ def sync_processes(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def single_process() -> bool:
+    """True when this is the only JAX process (no ``jax.distributed`` peers)."""
+    return jax.process_count() == 1
+
+
 def agree(flag: bool) -> bool:
     """Process 0's ``flag`` on every process, so that a host-side decision (stop on a time
     limit) cannot send the processes down different paths (no-op with one process)."""

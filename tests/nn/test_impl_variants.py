@@ -42,11 +42,11 @@ def _grad(fn, *args):
 
 
 def test_implementation_context_sets_and_restores():
-    with ops.implementation(take_rows="take", sorted_edges="receivers"):
-        assert (ops.TAKE_ROWS, ops.SORTED_EDGES) == ("take", "receivers")
+    with ops.implementation(take_rows="onehot", sorted_edges="receivers"):
+        assert (ops.TAKE_ROWS, ops.SORTED_EDGES) == ("onehot", "receivers")
         with ops.implementation(sorted_edges="senders"):
-            assert (ops.TAKE_ROWS, ops.SORTED_EDGES) == ("take", "senders")
-    assert (ops.TAKE_ROWS, ops.SORTED_EDGES) == ("onehot", "none")
+            assert (ops.TAKE_ROWS, ops.SORTED_EDGES) == ("onehot", "senders")
+    assert (ops.TAKE_ROWS, ops.SORTED_EDGES) == ("take", "none")
     with pytest.raises(ValueError, match="unknown take_rows"):
         with ops.implementation(take_rows="gather"):
             pass
