@@ -126,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="random-init seed")
     p.add_argument("--data", help="test file (default: the run's/config's test set)")
     p.add_argument("--n-configs", type=int, default=100)
-    p.add_argument("--policies", help="comma-separated (default: the 20 single-stage ablations + 6 presets)")
+    p.add_argument(
+        "--policies", help="comma-separated (default: the 20 single-stage ablations + 6 presets)"
+    )
     p.add_argument("--note", help="text put above the table (default: the backend it ran on)")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)

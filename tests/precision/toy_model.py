@@ -25,7 +25,8 @@ N_SPECIES = 3
 
 
 def init_params(seed: int = 0) -> dict[str, jax.Array]:
-    """FP32 parameters: embedding [n_species, F], radial [n_basis, F], message [F, F], update [F, F], out [F]."""
+    """FP32 parameters: embedding [n_species, F], radial [n_basis, F], message [F, F],
+    update [F, F], readout [F]."""
     rng = np.random.default_rng(seed)
 
     def w(*shape):
