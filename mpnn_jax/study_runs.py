@@ -237,6 +237,7 @@ def nve_drift(
     seed: int = 0,
     log_every: int | None = None,
     out: str | Path | None = None,
+    progress: bool = True,
 ) -> dict[str, dict]:
     """NVE (velocity Verlet) runs of ``structure`` under each policy, same initial velocities.
 
@@ -250,12 +251,15 @@ def nve_drift(
         temperature: initial Maxwell-Boltzmann temperature, K.
         seed: velocity seed.
         log_every: steps between logged energies (default ``max(steps // 200, 1)``).
-        out: if given, writes ``nve_drift.json`` and ``nve_energy.png`` there.
+        out: if given, writes ``nve_drift.json`` and ``nve_energy.png`` there (after each policy).
+        progress: a tqdm progress bar per policy.
 
     Returns:
         ``{policy: {"drift_meV_per_atom_per_ps", "fluctuation_meV_per_atom", "times_ps",
         "total_eV"}}``.
     """
+    from tqdm.auto import tqdm
+
     from mpnn_jax.md import energy_drift, make_force_fn, simulate
     from mpnn_jax.md.calculator import validate_atoms
     from mpnn_jax.md.run import maxwell_boltzmann, read_structure
@@ -279,13 +283,22 @@ def nve_drift(
             force_fn = make_force_fn(
                 predict, params, species=species, cell=atoms.cell[:], pbc=atoms.pbc
             )
+            bar = tqdm(total=steps, unit="step", desc=f"NVE {spec}", disable=not progress)
             try:
                 r = simulate(
-                    atoms, force_fn, steps=steps, dt=dt, cutoff=cutoff, log_every=log_every
+                    atoms,
+                    force_fn,
+                    steps=steps,
+                    dt=dt,
+                    cutoff=cutoff,
+                    log_every=log_every,
+                    progress=lambda done, bar=bar: bar.update(done - bar.n),
                 )
                 times, total = r.times_fs * 1e-3, r.total
             except FloatingPointError:
                 times, total = np.array([0.0, dt * 1e-3]), np.array([0.0, np.nan])
+            finally:
+                bar.close()
         drift, fluct = energy_drift(times, total, len(atoms))
         results[spec] = {
             "drift_meV_per_atom_per_ps": drift,
