@@ -114,7 +114,10 @@ def _model_fns(spec, graph):
     return params, predict, jax.grad(loss, has_aux=True)
 
 
-@pytest.mark.parametrize("spec", ["fp32", "bf16-mixed"])
+@pytest.mark.parametrize(
+    "spec",
+    ["fp32", pytest.param("bf16-mixed", marks=pytest.mark.slow)],  # 21 s on 2 cores
+)
 def test_mace_variants_same_outputs_and_parameter_gradients(spec, graph):
     sorted_graph = sort_edges(graph, by="receivers")
     assert np.all(np.diff(sorted_graph.receivers) >= 0)

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from mpnn_jax.training import checkpoint as ckpt
 
@@ -122,6 +123,7 @@ def test_two_processes_match_one_process_on_four_devices(tmp_path, compilation_c
     assert outs[0]["summary"]["best_val_loss"] == outs[1]["summary"]["best_val_loss"]
 
 
+@pytest.mark.slow  # 40 s on a 2-core CI machine; `make test-all` runs it
 def test_two_processes_resume_from_process_zeros_checkpoint(tmp_path, compilation_cache):
     """Every process reads the shared checkpoint (a process that started afresh would fail the
     loop's same-step check) and the run continues to the end on both."""
