@@ -276,6 +276,17 @@ def nve_drift(
     atoms.set_momenta(maxwell_boltzmann(atoms, temperature, seed=seed))
     log_every = log_every or max(steps // 200, 1)
     results = {}
+    if out is not None:  # the same for every policy's write below
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "steps": steps,
+            "dt_fs": dt,
+            "temperature_K": temperature,
+            "seed": seed,
+            "n_atoms": len(atoms),
+            "environment": environment_info(),
+        }
     for spec in policies:
         pol = get_policy(spec)
         with jax.enable_x64(pol.uses_x64):
@@ -307,16 +318,6 @@ def nve_drift(
             "total_eV": total.tolist(),
         }
         if out is not None:  # after every policy: a run stopped later keeps what it finished
-            meta = {
-                "steps": steps,
-                "dt_fs": dt,
-                "temperature_K": temperature,
-                "seed": seed,
-                "n_atoms": len(atoms),
-                "environment": environment_info(),
-            }
-            out = Path(out)
-            out.mkdir(parents=True, exist_ok=True)
             tmp = out / "nve_drift.json.tmp"
             tmp.write_text(json.dumps({**meta, "runs": results}, indent=1))
             tmp.replace(out / "nve_drift.json")
