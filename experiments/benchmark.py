@@ -7,10 +7,15 @@
         --presets fp32 bf16-mixed --variants onehot/none take/none --out take_rows.json
     python experiments/benchmark.py --only-largest --sizes nequip-S --systems water:2000 \
         --modes ef --presets fp32 bf16-mixed --out largest.json
+    python experiments/benchmark.py --backends e3nn,cueq --sizes mace-mp-s --systems water:3000 \
+        --presets fp32 bf16-mixed --out backends.json
 
 Each row carries the roofline columns (XLA's FLOPs and bytes, the lower-bound time against the
 ceilings measured with ``--ceilings``, else the H100 defaults). ``--variants`` are
 ``take_rows/sorted_edges`` implementation variants (:func:`mpnn_jax.nn.ops.implementation`).
+``--backends`` (comma- or space-separated) runs every case once per backend of the convolution and
+symmetric contraction (:func:`mpnn_jax.nn.backends.available_backends`); each row records its
+``backend``.
 The JSON file is rewritten after every row, so a run cut short keeps what it measured.
 The logic lives in :mod:`mpnn_jax.benchmark`; this file only parses arguments.
 """
@@ -47,6 +52,13 @@ def main(argv=None) -> int:
         default=["take/none"],
         help="take_rows/sorted_edges, take_rows in onehot, take; sorted_edges in none, senders, "
         "receivers",
+    )
+    p.add_argument(
+        "--backends",
+        nargs="+",
+        default=["e3nn"],
+        help="backends of the convolution and symmetric contraction, e.g. e3nn,cueq "
+        "(see mpnn_jax.nn.backends.available_backends)",
     )
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--cutoff", type=float, default=5.0)
@@ -96,6 +108,11 @@ def main(argv=None) -> int:
     variants = [tuple(v.split("/")) for v in args.variants]
     if any(len(v) != 2 for v in variants):
         p.error(f"--variants must be take_rows/sorted_edges, got {args.variants}")
+    backends = [b for arg in args.backends for b in arg.split(",") if b]
+    try:
+        args.backends = bm.backend_names(backends)  # the resolved list goes into the JSON
+    except ValueError as err:
+        p.error(f"--backends: {err}")
     print(json.dumps(bm.device_info()))
     t0 = time.time()
     result = {"info": bm.device_info(), "command": " ".join(sys.argv), "args": vars(args)}
@@ -131,6 +148,7 @@ def main(argv=None) -> int:
             cutoff=args.cutoff,
             repeats=args.repeats,
             variants=variants,
+            backends=backends,
             ceilings=ceilings,
             progress=progress,
         )
@@ -141,19 +159,21 @@ def main(argv=None) -> int:
         for size in args.sizes:
             for mode in args.modes:
                 for preset in args.presets:
-                    r = bm.largest_system(
-                        size=size,
-                        kind=systems[0][0],
-                        preset=preset,
-                        mode=mode,
-                        cutoff=args.cutoff,
-                        probe_atoms=tuple(args.largest_probes),
-                        budget_bytes=budget,
-                        tries=args.largest_tries,
-                    )
-                    largest.append(r)
-                    print(json.dumps(r), flush=True)
-                    save(largest=largest)
+                    for backend in backends:
+                        r = bm.largest_system(
+                            size=size,
+                            kind=systems[0][0],
+                            preset=preset,
+                            mode=mode,
+                            cutoff=args.cutoff,
+                            probe_atoms=tuple(args.largest_probes),
+                            budget_bytes=budget,
+                            tries=args.largest_tries,
+                            backend=backend,
+                        )
+                        largest.append(r)
+                        print(json.dumps(r), flush=True)
+                        save(largest=largest)
     save()
     if args.out:
         print(f"wrote {args.out}")

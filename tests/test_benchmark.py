@@ -1,6 +1,10 @@
 """The benchmark harness keeps working (CPU, tiny): no timing claim is made or checked here."""
 
+import importlib
+import importlib.util
 import json
+import pkgutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -80,8 +84,59 @@ def test_largest_system_prediction_fits_the_budget():
 def test_docstring_examples():
     import doctest
 
-    result = doctest.testmod(bm, optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0
+    attempted = 0
+    for info in pkgutil.iter_modules(bm.__path__):
+        module = importlib.import_module(f"{bm.__name__}.{info.name}")
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0, info.name
+        attempted += result.attempted
+    assert attempted > 0
+
+
+def test_public_names_are_re_exported():
+    """Every public name of every submodule is importable as ``mpnn_jax.benchmark.<name>``."""
+    for info in pkgutil.iter_modules(bm.__path__):
+        module = importlib.import_module(f"{bm.__name__}.{info.name}")
+        for name, value in vars(module).items():
+            if name.startswith("_") or getattr(value, "__module__", None) != module.__name__:
+                continue
+            assert getattr(bm, name) is value and name in bm.__all__, (info.name, name)
+
+
+def test_backend_option_records_the_backend_and_rejects_unknown_ones(tmp_path, capsys):
+    rows = bm.run_benchmark(
+        sizes=["nequip-S"],
+        systems=[("ethanol", 9)],
+        presets=["fp32"],
+        modes=["ef"],
+        repeats=1,
+        n_inputs=1,
+        warmup=1,
+        backends=["e3nn"],
+    )
+    assert [r["backend"] for r in rows] == ["e3nn"] and rows[0]["median_ms"] > 0
+    assert "backend" in bm.format_table(rows) and bm.backend_name({}) == "e3nn"
+    with pytest.raises(ValueError, match=r"'no-such-backend'.*available backends: .*e3nn"):
+        bm.run_benchmark(
+            sizes=["nequip-S"],
+            systems=[("lava", 9)],
+            presets=["fp32"],
+            backends=["no-such-backend"],
+        )  # fails on the name, before building the (unknown) system or compiling anything
+
+    script = Path(__file__).resolve().parents[1] / "experiments" / "benchmark.py"
+    spec = importlib.util.spec_from_file_location("benchmark_script", script)
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    out = tmp_path / "b.json"
+    argv = ["--sizes", "nequip-S", "--systems", "ethanol:9", "--presets", "fp32", "--modes", "ef"]
+    assert cli.main([*argv, "--repeats", "1", "--backends", "e3nn,", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["args"]["backends"] == ["e3nn"]
+    assert [r["backend"] for r in result["rows"]] == ["e3nn"]
+    with pytest.raises(SystemExit):
+        cli.main([*argv, "--backends", "e3nn,no-such-backend"])
+    assert "available backends: e3nn" in capsys.readouterr().err
 
 
 def test_roofline_columns_and_variants():

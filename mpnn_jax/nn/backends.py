@@ -7,15 +7,21 @@ edge_mask, *, irreps_out, avg_num_neighbors, policy)`` (see
 here; ``"e3nn"`` is the pure-JAX reference implementation. Faster kernels register themselves with
 :func:`register_backend` and are tested against the reference.
 
+Optional backends are registered lazily, on the first :func:`get_backend` or
+:func:`available_backends` call, only where their package imports: ``"cueq"``
+(:mod:`mpnn_jax.nn.cueq`, NVIDIA cuEquivariance) needs ``cuequivariance_jax``.
+
 Example:
     >>> get_backend("e3nn").name
     'e3nn'
-    >>> available_backends()
-    ['e3nn']
+    >>> available_backends()[0]
+    'e3nn'
 """
 
 from __future__ import annotations
 
+import importlib.util
+import warnings
 from typing import Any, Protocol
 
 from mpnn_jax.nn.convolution import e3nn_convolution
@@ -48,20 +54,41 @@ class E3nnBackend:
 
 
 _REGISTRY: dict[str, Backend] = {"e3nn": E3nnBackend()}
+_OPTIONAL_LOADED = False
+
+
+def _register_optional_backends() -> None:
+    """Registers ``"cueq"`` once, if ``cuequivariance_jax`` is installed and imports."""
+    global _OPTIONAL_LOADED
+    if _OPTIONAL_LOADED:
+        return
+    _OPTIONAL_LOADED = True
+    if importlib.util.find_spec("cuequivariance_jax") is None:
+        return
+    try:
+        from mpnn_jax.nn.cueq import CueqBackend
+    except Exception as err:  # noqa: BLE001 - installed but broken (e.g. too old for this JAX)
+        warnings.warn(f"cuequivariance_jax is installed but cueq failed: {err!r}", stacklevel=2)
+        return
+    _REGISTRY.setdefault("cueq", CueqBackend())
 
 
 def register_backend(name: str, backend: Backend) -> None:
     """Registers ``backend`` under ``name`` (replacing an existing entry)."""
+    _register_optional_backends()  # so that a later lazy registration cannot replace it
     _REGISTRY[name] = backend
 
 
 def get_backend(name: str) -> Backend:
     """The backend registered as ``name``; unknown names raise ``ValueError``."""
+    _register_optional_backends()
     if name not in _REGISTRY:
-        raise ValueError(f"unknown backend {name!r}; expected one of {sorted(_REGISTRY)}")
+        raise ValueError(f"unknown backend {name!r}; expected one of {available_backends()}")
     return _REGISTRY[name]
 
 
 def available_backends() -> list[str]:
-    """Names of the registered backends."""
-    return sorted(_REGISTRY)
+    """Names of the registered backends: the reference ``"e3nn"`` first, then the others in
+    registration order (``["e3nn"]`` where no optional backend is installed)."""
+    _register_optional_backends()
+    return list(_REGISTRY)

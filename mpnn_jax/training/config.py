@@ -45,6 +45,8 @@ class DataConfig:
         e0s: file of isolated atoms (one config per element), or ``least_squares``.
         n_train: use only the first ``n_train`` training configs (after the valid split).
         n_valid: use at most ``n_valid`` validation configs.
+        max_buckets: at most this many padded batch shapes per loader (each is one XLA
+            compilation); 1 pads every batch to the worst case (one compile, most padding).
     """
 
     train: str
@@ -57,6 +59,7 @@ class DataConfig:
     e0s: str = "least_squares"
     n_train: int | None = None
     n_valid: int | None = None
+    max_buckets: int = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,6 +246,8 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"train.{key} must be >= 1, got {getattr(cfg.train, key)}")
     if cfg.data.cutoff <= 0:
         raise ConfigError(f"data.cutoff must be > 0, got {cfg.data.cutoff}")
+    if cfg.data.max_buckets < 1:
+        raise ConfigError(f"data.max_buckets must be >= 1, got {cfg.data.max_buckets}")
     if cfg.train.ema_decay is not None and not 0.0 <= cfg.train.ema_decay < 1.0:
         raise ConfigError(f"train.ema_decay must be in [0, 1), got {cfg.train.ema_decay}")
     _validate_parallel(cfg.parallel)

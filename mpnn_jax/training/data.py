@@ -21,6 +21,7 @@ from mpnn_jax.data import (
     dataset_statistics,
     e0s_from_file,
     e0s_least_squares,
+    plan_buckets,
     read_xyz,
 )
 from mpnn_jax.training.config import DataConfig, resolve_data_path
@@ -121,10 +122,17 @@ def prepare_data(
 
 
 def make_loader(
-    graphs: list[jraph.GraphsTuple], *, batch_size: int, shuffle: bool, seed: int = 0
+    graphs: list[jraph.GraphsTuple],
+    *,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    max_buckets: int = 4,
 ) -> GraphLoader:
-    """A :class:`~mpnn_jax.data.GraphLoader` (no batches dropped)."""
-    return GraphLoader(graphs, batch_size=batch_size, shuffle=shuffle, seed=seed)
+    """A :class:`~mpnn_jax.data.GraphLoader` (no batches dropped) padding to at most
+    ``max_buckets`` shapes."""
+    plan = plan_buckets(graphs, batch_size, max_buckets=max_buckets)
+    return GraphLoader(graphs, batch_size=batch_size, shuffle=shuffle, seed=seed, plan=plan)
 
 
 def species_from_list(numbers: list[int]) -> SpeciesTable:

@@ -105,7 +105,7 @@ def evaluate(
     species = SpeciesTable.from_list(meta["species"])
     graphs = configs_to_graphs(configs, cutoff=meta["cutoff"], species=species, dtype=dtype)
     bs = batch_size or cfg.train.valid_batch_size or cfg.train.batch_size
-    loader = make_loader(graphs, batch_size=bs, shuffle=False)
+    loader = make_loader(graphs, batch_size=bs, shuffle=False, max_buckets=cfg.data.max_buckets)
     predict = make_predictor(model)
 
     def sums_fn(p, g):

@@ -167,9 +167,12 @@ def train(config: Config | str | Path, workdir: str | Path, *, overrides=()) -> 
 
     predict = make_predictor(model)
 
-    train_loader = make_loader(data.train, batch_size=tc.batch_size, shuffle=True, seed=tc.seed)
+    nb = cfg.data.max_buckets
+    train_loader = make_loader(
+        data.train, batch_size=tc.batch_size, shuffle=True, seed=tc.seed, max_buckets=nb
+    )
     vbs = tc.valid_batch_size or tc.batch_size
-    valid_loader = make_loader(data.valid, batch_size=vbs, shuffle=False)
+    valid_loader = make_loader(data.valid, batch_size=vbs, shuffle=False, max_buckets=nb)
     n_batches = len(train_loader)
 
     plateau = tc.schedule == "plateau"
@@ -329,7 +332,7 @@ def train(config: Config | str | Path, workdir: str | Path, *, overrides=()) -> 
         bar.close()
         if metrics_file is not None:
             metrics_file.close()
-    return _finish(workdir, status, state, best_val, last_val, data, evaluate_on, vbs, t_start)
+    return _finish(workdir, status, state, best_val, last_val, data, evaluate_on, vbs, nb, t_start)
 
 
 def _host_batches(loader: Any, epoch: int, position: int) -> Any:
@@ -340,7 +343,9 @@ def _host_batches(loader: Any, epoch: int, position: int) -> Any:
         epoch, position = epoch + 1, 0
 
 
-def _finish(workdir, status, state, best_val, last_val, data, evaluate_on, vbs, t_start) -> dict:
+def _finish(
+    workdir, status, state, best_val, last_val, data, evaluate_on, vbs, max_buckets, t_start
+) -> dict:
     """The test evaluation (every process: it is collective), then plot and summary (process 0)."""
     summary = {
         "status": status,
@@ -355,7 +360,7 @@ def _finish(workdir, status, state, best_val, last_val, data, evaluate_on, vbs, 
     # best_val (not the file) decides: it is the same on every process
     if status == "done" and data.test and best_val < float("inf"):
         params, _ = ckpt.load_weights(best)
-        loader = make_loader(data.test, batch_size=vbs, shuffle=False)
+        loader = make_loader(data.test, batch_size=vbs, shuffle=False, max_buckets=max_buckets)
         summary["test"] = evaluate_on(params, loader).result()
     if not parallel.is_primary():
         return summary

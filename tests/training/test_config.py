@@ -44,6 +44,7 @@ def test_unknown_key_is_named_with_valid_keys():
         ("model", "sizes", 3, "expected a mapping"),
         ("data", "valid", 1.5, "fraction"),
         ("data", "cutoff", -1.0, "cutoff"),
+        ("data", "max_buckets", 0, r"data\.max_buckets must be >= 1"),
         ("precision", "policy", "fp8", "precision.policy"),
     ],
 )

@@ -1,0 +1,201 @@
+"""Benchmark cases: compile and time one (size, system, preset, mode, variant, backend) case, or
+every combination of them side by side with the same weights.
+
+:func:`measure` builds the model (:func:`~mpnn_jax.benchmark.make_model`), lowers and compiles the
+jitted predictor (``mode="ef"``: energy + forces) or the library's full training step
+(``mode="train"``: energy + force loss, so second derivatives), and returns one JSON-able row:
+compile time, the timing of :func:`~mpnn_jax.benchmark.time_compiled` over perturbed copies of the
+input, the compiled program's memory, the device's peak bytes where reported and the roofline
+columns (:func:`~mpnn_jax.benchmark.roofline`). :func:`run_benchmark` loops over the cases.
+
+Implementation variants of the nn blocks (:func:`mpnn_jax.nn.ops.implementation`: ``take_rows``
+"onehot"/"take", ``sorted_edges`` "none"/"senders"/"receivers") and backends of the convolution
+and symmetric contraction (:func:`mpnn_jax.nn.backends.available_backends`) are per-case choices.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+
+from mpnn_jax.benchmark.models import (
+    backend_names,
+    init_for,
+    make_model,
+    make_train_state_and_step,
+    policy_names,
+)
+from mpnn_jax.benchmark.roofline import cost_analysis, roofline
+from mpnn_jax.benchmark.systems import (
+    System,
+    avg_neighbours,
+    build_system,
+    perturbed_inputs,
+    sort_edges,
+    to_device,
+)
+from mpnn_jax.benchmark.timing import compiled_bytes, is_oom, peak_device_bytes, time_compiled
+from mpnn_jax.precision import get_policy
+
+
+def measure(
+    *,
+    size: str,
+    system: System,
+    preset: str,
+    mode: str,
+    params: Any,
+    avg_num_neighbors: float,
+    cutoff: float,
+    repeats: int = 20,
+    n_inputs: int = 3,
+    warmup: int = 3,
+    take_rows: str = "take",
+    sorted_edges: str = "none",
+    backend: str = "e3nn",
+    ceilings: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """Compiles and times one (model size, system, preset, mode) case; ``mode`` is "ef" or "train".
+
+    ``take_rows`` and ``sorted_edges`` select the implementation variant
+    (:func:`mpnn_jax.nn.ops.implementation`); with sorted edges the graph is re-sorted first.
+    ``backend`` names the convolution and symmetric contraction backend
+    (:mod:`mpnn_jax.nn.backends`). ``ceilings`` (from :func:`device_ceilings`) feed the roofline
+    columns (:func:`roofline`).
+
+    Returns a JSON-able dict with the case (including ``backend``), compile_s, median_ms,
+    atom_steps_per_s, compiled_bytes, the roofline entries and, where the device reports it,
+    peak_bytes; an out-of-memory case returns ``{"oom": True}``.
+    """
+    from mpnn_jax.nn import ops
+    from mpnn_jax.potential import make_predictor
+
+    policy = get_policy(preset)
+    model = make_model(
+        size,
+        policy=preset,
+        n_species=system.n_species,
+        cutoff=cutoff,
+        avg_num_neighbors=avg_num_neighbors,
+        backend=backend,
+    )
+    graph = system.graph if sorted_edges == "none" else sort_edges(system.graph, by=sorted_edges)
+    graphs = [to_device(g) for g in perturbed_inputs(graph, n_inputs)]
+    row: dict[str, Any] = dict(
+        model=size,
+        system=system.name,
+        n_atoms=system.n_atoms,
+        n_edges=system.n_edges,
+        preset=preset,
+        mode=mode,
+        take_rows=take_rows,
+        sorted_edges=sorted_edges,
+        backend=backend,
+    )
+    try:
+        impl = ops.implementation(take_rows=take_rows, sorted_edges=sorted_edges)
+        with impl, policy.matmul_context():
+            if mode == "ef":
+                fn = jax.jit(make_predictor(model))
+                t0 = time.perf_counter()
+                compiled = fn.lower(params, graphs[0]).compile()
+                row["compile_s"] = time.perf_counter() - t0
+                inputs = [(params, g) for g in graphs]
+            elif mode == "train":
+                state, step = make_train_state_and_step(model, params)
+                fn = jax.jit(step)
+                t0 = time.perf_counter()
+                compiled = fn.lower(state, graphs[0]).compile()
+                row["compile_s"] = time.perf_counter() - t0
+                inputs = [(state, g) for g in graphs]
+            else:
+                raise ValueError(f"unknown mode {mode!r}; expected 'ef' or 'train'")
+            row["compiled_bytes"] = compiled_bytes(compiled)
+            cost = cost_analysis(compiled)
+            row.update(time_compiled(compiled, inputs, warmup=warmup, repeats=repeats))
+    except Exception as err:  # noqa: BLE001 - OOM surfaces as several exception types
+        if is_oom(err):
+            row["oom"] = True
+            return row
+        raise
+    row["atom_steps_per_s"] = system.n_atoms / (row["median_ms"] * 1e-3)
+    row["peak_bytes"] = peak_device_bytes()
+    row.update(roofline(cost, preset=preset, median_ms=row["median_ms"], ceilings=ceilings))
+    return row
+
+
+def run_benchmark(
+    *,
+    sizes: Sequence[str],
+    systems: Sequence[tuple[str, int]],
+    presets: Sequence[str],
+    modes: Sequence[str] = ("ef", "train"),
+    cutoff: float = 5.0,
+    repeats: int = 20,
+    n_inputs: int = 3,
+    warmup: int = 3,
+    variants: Sequence[tuple[str, str]] = (("take", "none"),),
+    backends: Sequence[str] = ("e3nn",),
+    ceilings: dict[str, float] | None = None,
+    progress: Callable[[dict], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Every (size, system, mode, preset, variant, backend) case, side by side, same weights.
+
+    Args:
+        sizes: names from ``MODEL_SIZES``.
+        systems: ``(kind, n_atoms)`` pairs, kind in {"cu", "water", "ethanol", "aspirin"}.
+        presets: precision presets, e.g. ``("fp32", "bf16-mixed", "fp16-mixed", "fp32-highest")``.
+        modes: ``"ef"`` (energy + forces) and/or ``"train"`` (a full training step).
+        variants: ``(take_rows, sorted_edges)`` implementation variants, e.g.
+            ``[("onehot", "none"), ("take", "none")]`` (see :func:`measure`).
+        backends: names from :func:`mpnn_jax.nn.backends.available_backends`; each case runs
+            once per backend (innermost loop, so backends sit side by side). An unknown or
+            unavailable name raises ``ValueError`` before any compile.
+        ceilings: :func:`device_ceilings` of this device for the roofline columns (None: the
+            H100 defaults).
+        progress: called with each finished row (e.g. to print it).
+
+    Returns:
+        The rows (see :func:`measure`).
+    """
+    from mpnn_jax.data import SpeciesTable
+    from mpnn_jax.nn import ops
+
+    policy_names(presets)
+    backend_names(backends)
+    for take_rows, sorted_edges in variants:  # validates names before any compile
+        with ops.implementation(take_rows=take_rows, sorted_edges=sorted_edges):
+            pass
+    table = SpeciesTable((1, 6, 8, 29))  # H, C, O, Cu: one table for every system
+    rows = []
+    for kind, n_atoms in systems:
+        system = build_system(kind, n_atoms, cutoff=cutoff, species_table=table)
+        for size in sizes:
+            params = init_for(size, system, cutoff=cutoff)
+            for mode in modes:
+                for preset in presets:
+                    for take_rows, sorted_edges in variants:
+                        for backend in backends:
+                            row = measure(
+                                size=size,
+                                system=system,
+                                preset=preset,
+                                mode=mode,
+                                params=params,
+                                avg_num_neighbors=avg_neighbours(system),
+                                cutoff=cutoff,
+                                repeats=repeats,
+                                n_inputs=n_inputs,
+                                warmup=warmup,
+                                take_rows=take_rows,
+                                sorted_edges=sorted_edges,
+                                backend=backend,
+                                ceilings=ceilings,
+                            )
+                            rows.append(row)
+                            if progress is not None:
+                                progress(row)
+    return rows

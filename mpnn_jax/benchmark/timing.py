@@ -1,0 +1,119 @@
+"""Wall time and memory of compiled programs, and the facts about the device they ran on.
+
+* :func:`time_compiled`: the median (and spread) of ``repeats`` calls after warm-up, each
+  synchronised with ``block_until_ready``, rotating among several inputs so caches do not flatter.
+* :func:`compiled_bytes`: arguments + outputs + temporaries of a compiled program (XLA's memory
+  analysis); :func:`peak_device_bytes` and :func:`device_memory_budget`: what a GPU/TPU reports
+  (None on the CPU); :func:`is_oom`: recognises XLA's out-of-memory error.
+* :func:`device_info`: device kind, versions, commit and host, for every result file.
+
+Compile time is measured where the program is lowered (:func:`mpnn_jax.benchmark.measure`).
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def device_info() -> dict[str, Any]:
+    """Device kind, platform, JAX/jaxlib versions, commit and host, for every result file."""
+    dev = jax.devices()[0]
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+    except OSError:
+        commit = ""
+    info = {
+        "device": getattr(dev, "device_kind", str(dev)),
+        "platform": dev.platform,
+        "n_devices": jax.device_count(),
+        "jax": jax.__version__,
+        "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else "",
+        "python": platform.python_version(),
+        "host": platform.node(),
+        "commit": commit,
+    }
+    try:
+        import jaxlib
+
+        info["jaxlib"] = jaxlib.__version__
+    except (ImportError, AttributeError):
+        pass
+    return info
+
+
+def peak_device_bytes() -> int | None:
+    """The device's peak bytes in use so far (GPU/TPU), None where the backend does not say."""
+    try:
+        stats = jax.devices()[0].memory_stats()
+    except Exception:  # noqa: BLE001 - backends without memory stats raise various errors
+        return None
+    return None if not stats else int(stats.get("peak_bytes_in_use", 0))
+
+
+def device_memory_budget(fraction: float = 0.9) -> int | None:
+    """``fraction`` of the device's allocatable bytes (GPU/TPU), None where not reported."""
+    try:
+        stats = jax.devices()[0].memory_stats()
+    except Exception:  # noqa: BLE001
+        return None
+    if not stats or "bytes_limit" not in stats:
+        return None
+    return int(fraction * stats["bytes_limit"])
+
+
+def compiled_bytes(compiled: Any) -> int | None:
+    """Arguments + outputs + temporaries of a compiled XLA program (bytes), if reported."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001
+        return None
+    if m is None:
+        return None
+    total = 0
+    for key in (
+        "argument_size_in_bytes",
+        "output_size_in_bytes",
+        "temp_size_in_bytes",
+        "generated_code_size_in_bytes",
+    ):
+        total += int(getattr(m, key, 0) or 0)
+    return total
+
+
+def is_oom(err: BaseException) -> bool:
+    """True if ``err`` is XLA's out-of-memory error."""
+    text = str(err)
+    return "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "out of memory" in text
+
+
+def time_compiled(
+    fn: Callable[..., Any], inputs: Sequence[tuple], *, warmup: int = 3, repeats: int = 20
+) -> dict[str, float]:
+    """Median/min/max and 10th/90th percentile wall time (ms) of ``fn(*inputs[i % len(inputs)])``,
+    synchronised each call."""
+    for i in range(warmup):
+        jax.block_until_ready(fn(*inputs[i % len(inputs)]))
+    times = []
+    for i in range(repeats):
+        args = inputs[i % len(inputs)]
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append((time.perf_counter() - t0) * 1e3)
+    return {
+        "median_ms": statistics.median(times),
+        "min_ms": min(times),
+        "max_ms": max(times),
+        "p10_ms": float(np.percentile(times, 10)),
+        "p90_ms": float(np.percentile(times, 90)),
+        "repeats": repeats,
+    }
