@@ -72,7 +72,12 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings. Weights multiply the per-atom energy, force and stress MSE/Huber."""
+    """Optimisation settings. Weights multiply the per-atom energy, force and stress MSE/Huber.
+
+    ``steps_per_call`` optimiser steps run in one device call (a ``lax.scan`` over that many
+    batches of one padded shape), which removes the host's per-step dispatch cost on small
+    batches; ``eval_every``, ``log_every`` and ``checkpoint_every`` must be multiples of it.
+    """
 
     batch_size: int = 5
     valid_batch_size: int | None = None
@@ -92,6 +97,7 @@ class TrainConfig:
     eval_every: int = 100
     checkpoint_every: int | None = None
     log_every: int = 10
+    steps_per_call: int = 1
     energy_weight: float = 1.0
     forces_weight: float = 100.0
     stress_weight: float = 0.0
@@ -241,9 +247,17 @@ def _validate(cfg: Config) -> None:
     choice(cfg.train.loss, LOSSES, "train.loss")
     if isinstance(cfg.data.valid, float) and not 0.0 < cfg.data.valid < 1.0:
         raise ConfigError(f"data.valid: a fraction must be in (0, 1), got {cfg.data.valid}")
-    for key in ("batch_size", "max_steps", "eval_every", "log_every"):
+    for key in ("batch_size", "max_steps", "eval_every", "log_every", "steps_per_call"):
         if getattr(cfg.train, key) < 1:
             raise ConfigError(f"train.{key} must be >= 1, got {getattr(cfg.train, key)}")
+    k = cfg.train.steps_per_call
+    for key in ("eval_every", "log_every", "checkpoint_every"):
+        value = getattr(cfg.train, key)
+        if value is not None and value % k:
+            raise ConfigError(
+                f"train.{key} ({value}) must be a multiple of train.steps_per_call ({k}): "
+                "logging, evaluation and checkpoints happen between device calls"
+            )
     if cfg.data.cutoff <= 0:
         raise ConfigError(f"data.cutoff must be > 0, got {cfg.data.cutoff}")
     if cfg.data.max_buckets < 1:

@@ -54,7 +54,12 @@ from mpnn_jax.training.data import PreparedData, make_loader, prepare_data
 from mpnn_jax.training.loss import make_loss_fn
 from mpnn_jax.training.metrics import batch_error_sums, evaluate_batches, mse_loss_from_sums
 from mpnn_jax.training.optim import current_lr, make_optimizer
-from mpnn_jax.training.state import TrainState, init_train_state, make_train_step
+from mpnn_jax.training.state import (
+    TrainState,
+    init_train_state,
+    make_multi_step,
+    make_train_step,
+)
 
 
 def model_spec(cfg: Config, data: PreparedData) -> dict:
@@ -221,14 +226,22 @@ def train(config: Config | str | Path, workdir: str | Path, *, overrides=()) -> 
         plateau=plateau,
     )
     sums_fn = jax.jit(lambda p, g: batch_error_sums(predict(p, g), g))
+    k = tc.steps_per_call
     if mesh is None:
-        step_fn = jax.jit(make_train_step(predict, **step_kwargs))
+        one_step = make_train_step(predict, **step_kwargs)
+        step_fn = jax.jit(one_step)
+        multi_fn = jax.jit(make_multi_step(one_step)) if k > 1 else None
 
         def evaluate_on(params: Any, loader: Any) -> Any:
             return evaluate_batches(sums_fn, params, loader.iterate(0))
 
     else:
+        if k > 1:
+            raise ValueError(
+                f"train.steps_per_call={k} runs on one device; with {n_dev} devices use 1"
+            )
         step_fn = parallel.make_parallel_train_step(predict, mesh=mesh, **step_kwargs)
+        multi_fn = None
         sharded_sums = parallel.make_sharded_sums_fn(
             lambda p, g: batch_error_sums(predict(p, g), g), mesh
         )
@@ -282,12 +295,14 @@ def train(config: Config | str | Path, workdir: str | Path, *, overrides=()) -> 
         )
     try:
         while step < tc.max_steps and status == "done":
-            # one optimiser step: n_dev host batches (one per device)
-            state, m = step_fn(state, next(batches))
-            step += 1
-            batch_epoch = epoch
-            epoch += (position + n_dev) // n_batches
-            position = (position + n_dev) % n_batches
+            # one device call: up to the next multiple of k steps (so that logging, evaluation
+            # and checkpoints fall between calls, also after a resume), each on n_dev batches
+            n = min(k - step % k, tc.max_steps - step)
+            state, m = _advance(state, batches, step_fn, multi_fn if n == k else None, n)
+            batch_epoch = epoch + (position + (n - 1) * n_dev) // n_batches
+            epoch += (position + n * n_dev) // n_batches
+            position = (position + n * n_dev) % n_batches
+            step += n
             elapsed = elapsed_before + time.time() - t_start
             is_eval = step % tc.eval_every == 0 or step == tc.max_steps
             record = None
@@ -317,7 +332,7 @@ def train(config: Config | str | Path, workdir: str | Path, *, overrides=()) -> 
                 bar.set_postfix(_postfix(record, last_val), refresh=False)
             if is_eval or step % ckpt_every == 0:
                 save(ckpt.LATEST, elapsed)
-            bar.update(1)
+            bar.update(n)
             # process 0's clock decides, so that all processes stop after the same step; with
             # several processes that is a collective, so it is asked at logged steps only
             check = parallel.single_process() or record is not None
@@ -333,6 +348,21 @@ def train(config: Config | str | Path, workdir: str | Path, *, overrides=()) -> 
         if metrics_file is not None:
             metrics_file.close()
     return _finish(workdir, status, state, best_val, last_val, data, evaluate_on, vbs, nb, t_start)
+
+
+def _advance(state: TrainState, batches: Any, step_fn: Any, multi_fn: Any, n: int) -> tuple:
+    """Runs ``n`` optimiser steps on the next ``n`` batches: one ``multi_fn`` call when there
+    is more than one and they share a padded shape, else ``step_fn`` per batch (the same
+    updates). Returns ``(state, metrics of the last step)``."""
+    group = [next(batches) for _ in range(n)]
+    shapes = {tuple(np.shape(x) for x in jax.tree_util.tree_leaves(g)) for g in group}
+    if n > 1 and multi_fn is not None and len(shapes) == 1:
+        stacked = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *group)
+        state, ms = multi_fn(state, stacked)
+        return state, jax.tree_util.tree_map(lambda x: x[-1], ms)
+    for g in group:
+        state, m = step_fn(state, g)
+    return state, m
 
 
 def _host_batches(loader: Any, epoch: int, position: int) -> Any:

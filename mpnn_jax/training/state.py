@@ -169,3 +169,20 @@ def make_train_step(
         return new_state, metrics
 
     return step
+
+
+def make_multi_step(
+    step: Callable[[TrainState, jraph.GraphsTuple], tuple[TrainState, dict]],
+) -> Callable[[TrainState, jraph.GraphsTuple], tuple[TrainState, dict]]:
+    """``multi(state, graphs) -> (state, metrics)``: ``k`` optimiser steps in one device call.
+
+    ``graphs`` holds ``k`` batches of one padded shape stacked on a leading axis (every leaf
+    ``[k, ...]``); ``step`` (from :func:`make_train_step`) runs over them in a ``lax.scan``, so
+    the host dispatches once per ``k`` steps. ``metrics`` leaves are ``[k]``, one per step. The
+    result equals ``k`` calls of ``step`` up to the order XLA picks for floating-point sums.
+    """
+
+    def multi(state: TrainState, graphs: jraph.GraphsTuple) -> tuple[TrainState, dict]:
+        return jax.lax.scan(step, state, graphs)
+
+    return multi

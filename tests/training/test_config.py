@@ -45,6 +45,8 @@ def test_unknown_key_is_named_with_valid_keys():
         ("data", "valid", 1.5, "fraction"),
         ("data", "cutoff", -1.0, "cutoff"),
         ("data", "max_buckets", 0, r"data\.max_buckets must be >= 1"),
+        ("train", "steps_per_call", 0, "must be >= 1"),
+        ("train", "steps_per_call", 3, r"train\.eval_every \(100\) must be a multiple"),
         ("precision", "policy", "fp8", "precision.policy"),
     ],
 )

@@ -124,3 +124,21 @@ def test_resume_with_other_data_order_warns(tmp_path, reference_run):
     with pytest.warns(UserWarning, match=r"train\.seed: 0 -> 1"):
         summary = train(load_config(TINY, overrides=[*RESUME, "train.seed=1"]), workdir)
     assert summary["step"] == 45  # already finished: nothing more to do
+
+
+def test_steps_per_call_gives_the_same_curve(tmp_path, reference_run):
+    """Three optimiser steps per device call (a lax.scan) follow the one-step-per-call run."""
+    every3 = ["train.steps_per_call=3", "train.log_every=3", "train.checkpoint_every=3"]
+    summary = train(load_config(TINY, overrides=[*RESUME, *every3]), tmp_path)
+    assert summary["status"] == "done" and summary["step"] == 45
+    ra = {r["step"]: r for r in _records(reference_run)}
+    rb = _records(tmp_path)
+    assert [r["step"] for r in rb] == list(range(3, 46, 3))
+    for key in ("loss", "grad_norm", "lr", "epoch", "loss_scale"):
+        np.testing.assert_allclose(
+            [r[key] for r in rb], [ra[r["step"]][key] for r in rb], rtol=2e-5, err_msg=key
+        )
+    vb = [r["val"]["forces_mae_mev_per_A"] for r in rb if "val" in r]
+    va = [ra[r["step"]]["val"]["forces_mae_mev_per_A"] for r in rb if "val" in r]
+    assert len(vb) == 3
+    np.testing.assert_allclose(vb, va, rtol=2e-5)
