@@ -25,7 +25,7 @@ declare -A CFG=(
 POLICIES=${POLICIES:-fp32 bf16-mixed fp16-mixed bf16-seed bf16-pure}; SETS=${SETS:-ethanol aspirin acac cu}
 NFP64=${NFP64:-100}; NSTAGE=100
 if [ "${QUICK:-0}" = 1 ]; then  # a CPU check of the script itself: tiny, a few steps
-  SIZE+=(--set model.sizes.num_channels=4 --set train.max_steps=3 --set data.n_train=10
+  SIZE+=(--set model.sizes.num_channels=4 --set train.max_steps=3 --set data.n_train=10 --set train.steps_per_call=1
          --set data.n_valid=4 --set train.eval_every=3)
   POLICIES="fp32 bf16-mixed"; NFP64=3; NSTAGE=2
 fi
