@@ -28,7 +28,7 @@ import jax
 from mpnn_jax import benchmark as bm
 from mpnn_jax.data import SpeciesTable
 from mpnn_jax.potential import make_predictor
-from mpnn_jax.precision import get_policy, loss_scale_for
+from mpnn_jax.precision import get_policy
 
 
 def compile_case(size, system, preset, mode, params):
@@ -43,9 +43,9 @@ def compile_case(size, system, preset, mode, params):
             fn = jax.jit(make_predictor(model))
             args = (params, graph)
         else:
-            init_opt, step = bm.make_train_step(model)
+            state, step = bm.make_train_state_and_step(model, params)
             fn = jax.jit(step)
-            args = (params, init_opt(params), loss_scale_for(policy), graph)
+            args = (state, graph)
         return fn.lower(*args).compile(), args
 
 
