@@ -4,9 +4,13 @@
 #   source experiments/gpu_env.sh && bash experiments/perf/issue8_plan.sh "$OUT"
 #   QUICK=1 PYTHON=.venv/bin/python bash experiments/perf/issue8_plan.sh /tmp/plan  # CPU check
 #
-# Steps, in priority order (a later step gets what is left of BUDGET_S seconds, default 360, and
-# is skipped with under 25 s left; every JSON is rewritten after each row, so a step cut short
-# keeps its finished rows):
+# Steps, run in the order STEPS names them (default "d b a2": what session 2 left unmeasured; a1
+# and c ran there); a later step gets what is left of BUDGET_S seconds, default 360, and is
+# skipped with under 25 s left; every JSON is rewritten after each row, so a step cut short keeps
+# its finished rows:
+#   d   mace-mp-s on water:3000, fp32 and bf16-mixed, ef and train, backend e3nn vs cueq (the
+#       cuEquivariance kernels: install the wheels of `.whl_cueq/` first, see
+#       experiments/perf/cueq_vs_xla.py; skipped when `cueq` is not an available backend).
 #   a1  mace-mp-s on water:3000 (~160k edges), fp32 and bf16-mixed, ef and train, take_rows
 #       one-hot vs take, with --ceilings (matmul/copy ceilings) and the roofline columns.
 #   c   largest E+F water system that fits, mace-mp-s, fp32 vs bf16-mixed: one probe at 3000
@@ -14,7 +18,7 @@
 #       an out-of-memory error (memory only: the GEMM autotuner is off to keep compiles short;
 #       95% of the GPU memory is the allocator's).
 #   b   nequip-M on water:10000, fp32 vs bf16-mixed, ef and train, roofline (a1's ceilings).
-#   a2  mace-mp-s on water:3000, fp32: aggregation with sorted-edge promises, no promise vs
+#   a2  mace-mp-s on water:3000, fp32 (take_rows): sorted-edge promises, no promise vs
 #       sorted senders (the neighbour list's own order) vs sorted receivers (edges re-sorted);
 #       ef first, then train as far as the budget goes. The no-promise programs come from the
 #       persistent compilation cache that a1 filled.
@@ -60,22 +64,38 @@ step() {  # step NAME [ENV=VALUE ...] -- ARGS...: one benchmark run under the re
   echo "$name rc=$rc $((SECONDS - t))s" | tee -a "$OUT/plan_times.txt"
 }
 
-step a1_mace_take_rows -- --ceilings --ceilings-n "$CEIL_N" --sizes mace-mp-s \
-  --systems "$MACE_SYS" --presets fp32 bf16-mixed --modes ef train --variants onehot/none take/none
-
 CEIL=()
-[ -s "$OUT/a1_mace_take_rows.json" ] && CEIL=(--ceilings-from "$OUT/a1_mace_take_rows.json")
+for f in "$OUT/a1_mace_take_rows.json" "$OUT/d_cueq.json"; do
+  [ ${#CEIL[@]} = 0 ] && [ -s "$f" ] && CEIL=(--ceilings-from "$f")
+done
 
-step c_largest XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 \
-  XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=0" -- \
-  --only-largest --sizes mace-mp-s "${LARGEST[@]}" --modes ef --presets fp32 bf16-mixed \
-  --largest-tries 3
-
-step b_nequip -- "${CEIL[@]}" --sizes nequip-M --systems "$NEQUIP_SYS" \
-  --presets fp32 bf16-mixed --modes ef train
-
-step a2_mace_sorted -- "${CEIL[@]}" --sizes mace-mp-s --systems "$MACE_SYS" --presets fp32 \
-  --modes ef train --variants onehot/none onehot/senders onehot/receivers
+run_step() {
+  case $1 in
+    a1) step a1_mace_take_rows -- --ceilings --ceilings-n "$CEIL_N" --sizes mace-mp-s \
+          --systems "$MACE_SYS" --presets fp32 bf16-mixed --modes ef train \
+          --variants onehot/none take/none ;;
+    d)  if "$PY" -c "import sys; from mpnn_jax.nn.backends import available_backends as a; \
+sys.exit('cueq' not in a())"; then
+          step d_cueq -- --ceilings --ceilings-n "$CEIL_N" --sizes mace-mp-s \
+            --systems "$MACE_SYS" --presets fp32 bf16-mixed --modes ef train --backends e3nn cueq
+        else echo "skip d: the cueq backend is not available" | tee -a "$OUT/plan_times.txt"; fi ;;
+    c)  step c_largest XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 \
+          XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=0" -- \
+          --only-largest --sizes mace-mp-s "${LARGEST[@]}" --modes ef --presets fp32 bf16-mixed \
+          --largest-tries 3 ;;
+    b)  step b_nequip -- "${CEIL[@]}" --sizes nequip-M --systems "$NEQUIP_SYS" \
+          --presets fp32 bf16-mixed --modes ef train ;;
+    a2) step a2_mace_sorted -- "${CEIL[@]}" --sizes mace-mp-s --systems "$MACE_SYS" \
+          --presets fp32 --modes ef train --variants take/none take/senders take/receivers ;;
+    *)  echo "unknown step $1 (a1 d c b a2)" >&2; FAILED=1 ;;
+  esac
+  if [ ${#CEIL[@]} = 0 ]; then  # the first step with --ceilings gives the others its ceilings
+    for f in "$OUT/a1_mace_take_rows.json" "$OUT/d_cueq.json"; do
+      [ ${#CEIL[@]} = 0 ] && [ -s "$f" ] && CEIL=(--ceilings-from "$f")
+    done
+  fi
+}
+for s in ${STEPS:-d b a2}; do run_step "$s"; done
 
 echo "total $((SECONDS - T0))s" | tee -a "$OUT/plan_times.txt"
 exit $FAILED
