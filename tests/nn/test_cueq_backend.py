@@ -321,6 +321,7 @@ def test_mace_forces_match_fp64_finite_differences(models, x64):
 
 
 # --- the benchmark entry point ------------------------------------------------------------------
+@pytest.mark.slow
 def test_quick_benchmark_writes_rows(tmp_path):
     script = Path(__file__).resolve().parents[2] / "experiments" / "perf" / "cueq_vs_xla.py"
     spec = importlib.util.spec_from_file_location("cueq_vs_xla", script)
