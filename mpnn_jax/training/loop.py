@@ -13,7 +13,9 @@ One run lives in one directory ``W``:
 If ``W`` holds a checkpoint the run resumes from it: same data order (a pure function of seed
 and epoch), RNG, step, loss scale, EMA and optimiser state, so a stopped-and-resumed run has the
 same loss curve as an uninterrupted one. ``KeyboardInterrupt`` saves a checkpoint and returns;
-``train.max_minutes`` stops cleanly after the step that exceeds it.
+``train.max_minutes`` stops cleanly after the step that exceeds it. With
+``train.steps_per_call = k > 1`` (one device) each device call runs k optimiser steps (a
+``lax.scan`` over k batches of one padded shape); the curve is the same as with k = 1.
 
 Data parallelism (the ``parallel`` section, see :mod:`mpnn_jax.training.parallel`): with more
 than one selected device each step takes ``n_devices`` consecutive host batches, one per device,
@@ -237,9 +239,12 @@ def train(config: Config | str | Path, workdir: str | Path, *, overrides=()) -> 
 
     else:
         if k > 1:
-            raise ValueError(
-                f"train.steps_per_call={k} runs on one device; with {n_dev} devices use 1"
+            warnings.warn(
+                f"train.steps_per_call={k} runs on one device only; with {n_dev} devices each "
+                "call runs one step",
+                stacklevel=2,
             )
+            k = 1
         step_fn = parallel.make_parallel_train_step(predict, mesh=mesh, **step_kwargs)
         multi_fn = None
         sharded_sums = parallel.make_sharded_sums_fn(

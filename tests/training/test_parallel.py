@@ -58,6 +58,7 @@ def test_overflow_on_one_device_skips_everywhere(tmp_path, compilation_cache):
     assert "ok" in _run_check("overflow", tmp_path, compilation_cache)
 
 
+@pytest.mark.slow  # 21 s on 2 cores
 def test_four_device_checkpoint_resumes_on_one(tmp_path, compilation_cache):
     from mpnn_jax.data import SpeciesTable
     from mpnn_jax.potential import make_predictor
