@@ -94,14 +94,19 @@ _PROBE = textwrap.dedent(
 )
 
 
-@pytest.fixture(scope="module")
-def unpatched():
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}  # the parent may hold the GPU's memory
+def _run_probe(code: str, env: dict, timeout: int):
+    """Runs ``code`` in a fresh Python process; returns the JSON of its last output line."""
     res = subprocess.run(
-        [sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=300, env=env
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env
     )
     assert res.returncode == 0, res.stderr[-2000:]
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def unpatched():
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}  # the parent may hold the GPU's memory
+    return _run_probe(_PROBE, env, timeout=300)
 
 
 @pytest.mark.xfail(
@@ -187,11 +192,7 @@ def _mace64_fp32_force_error(workaround: bool) -> float:
     )
     if not workaround:
         env["MPNN_JAX_NO_XLA_WORKAROUNDS"] = "1"
-    res = subprocess.run(
-        [sys.executable, "-c", _MACE64], capture_output=True, text=True, timeout=600, env=env
-    )
-    assert res.returncode == 0, res.stderr[-2000:]
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return _run_probe(_MACE64, env, timeout=600)
 
 
 def test_fp32_mace_forces_on_cpu_match_fp64():

@@ -65,9 +65,13 @@ step() {  # step NAME [ENV=VALUE ...] -- ARGS...: one benchmark run under the re
 }
 
 CEIL=()
-for f in "$OUT/a1_mace_take_rows.json" "$OUT/d_cueq.json"; do
-  [ ${#CEIL[@]} = 0 ] && [ -s "$f" ] && CEIL=(--ceilings-from "$f")
-done
+find_ceilings() {  # the first step with --ceilings gives the others its ceilings
+  for f in "$OUT/a1_mace_take_rows.json" "$OUT/d_cueq.json"; do
+    [ ${#CEIL[@]} = 0 ] && [ -s "$f" ] && CEIL=(--ceilings-from "$f")
+  done
+  return 0
+}
+find_ceilings
 
 run_step() {
   case $1 in
@@ -89,11 +93,7 @@ sys.exit('cueq' not in a())"; then
           --presets fp32 --modes ef train --variants take/none take/senders take/receivers ;;
     *)  echo "unknown step $1 (a1 d c b a2)" >&2; FAILED=1 ;;
   esac
-  if [ ${#CEIL[@]} = 0 ]; then  # the first step with --ceilings gives the others its ceilings
-    for f in "$OUT/a1_mace_take_rows.json" "$OUT/d_cueq.json"; do
-      [ ${#CEIL[@]} = 0 ] && [ -s "$f" ] && CEIL=(--ceilings-from "$f")
-    done
-  fi
+  find_ceilings
 }
 for s in ${STEPS:-d b a2}; do run_step "$s"; done
 

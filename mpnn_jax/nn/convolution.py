@@ -49,7 +49,7 @@ def tp_paths(
     ]
 
 
-def _path_irreps(irreps_in, irreps_sh, irreps_filter) -> e3nn.Irreps:
+def path_irreps(irreps_in, irreps_sh, irreps_filter) -> e3nn.Irreps:
     irreps_in = e3nn.Irreps(irreps_in)
     return e3nn.Irreps(
         [(irreps_in[i].mul, ir) for i, _, ir in tp_paths(irreps_in, irreps_sh, irreps_filter)]
@@ -58,12 +58,12 @@ def _path_irreps(irreps_in, irreps_sh, irreps_filter) -> e3nn.Irreps:
 
 def conv_irreps(irreps_in, irreps_sh, irreps_filter) -> e3nn.Irreps:
     """Output irreps of the convolution (path outputs, sorted and merged)."""
-    return _path_irreps(irreps_in, irreps_sh, irreps_filter).regroup()
+    return path_irreps(irreps_in, irreps_sh, irreps_filter).regroup()
 
 
 def num_path_weights(irreps_in, irreps_sh, irreps_filter) -> int:
     """Number of radial weights per edge: one per path and input channel."""
-    return _path_irreps(irreps_in, irreps_sh, irreps_filter).num_irreps
+    return path_irreps(irreps_in, irreps_sh, irreps_filter).num_irreps
 
 
 def e3nn_convolution(

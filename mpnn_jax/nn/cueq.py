@@ -64,7 +64,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mpnn_jax.nn.convolution import tp_paths
+from mpnn_jax.nn.convolution import path_irreps, tp_paths
 from mpnn_jax.nn.symmetric_contraction import contraction_basis, irreps_out_of, weight_name
 from mpnn_jax.precision import Policy
 
@@ -219,8 +219,7 @@ def conv_polynomial(
     chunk = math.gcd(*[mul for mul, _ in irreps_in])
     if any(mul != chunk for mul, _ in irreps_in):
         poly = poly.split_mode("u", chunk)
-    path_irreps = e3nn.Irreps([(irreps_in[i].mul, ir) for i, _, ir in paths])
-    return poly, path_irreps
+    return poly, path_irreps(irreps_in, irreps_sh, irreps_filter)
 
 
 def cueq_convolution(
@@ -254,7 +253,7 @@ def cueq_convolution(
         [n_nodes, conv_irreps(irreps_in, irreps_sh, irreps_out)] in the ``aggregation`` dtype.
     """
     n_nodes = node_feats.shape[0]
-    poly, path_irreps = conv_polynomial(
+    poly, message_irreps = conv_polynomial(
         node_feats.irreps, sh.irreps, e3nn.Irreps(irreps_out), 1.0 / avg_num_neighbors
     )
     if weights.shape[-1] != poly.inputs[0].size:
@@ -278,9 +277,9 @@ def cueq_convolution(
             method=_resolve(method),
             options={"math_dtype": jnp.dtype(policy.accum("messages")).name},
             name="cueq_convolution",
-        )  # [n_nodes, path_irreps] ir_mul, summed over each receiver's edges / avg
+        )  # [n_nodes, message_irreps] ir_mul, summed over each receiver's edges / avg
     with Policy.scope("aggregation"):
-        return _from_ir_mul(path_irreps, out).regroup()  # [n_nodes, conv_irreps]
+        return _from_ir_mul(message_irreps, out).regroup()  # [n_nodes, conv_irreps]
 
 
 # --- the symmetric contraction ------------------------------------------------------------------
