@@ -44,6 +44,11 @@ CPU_NOTE = (
     "hardware-independent up to the order of floating-point sums."
 )
 
+STRICT_NOTE = (
+    "Run with XLA_FLAGS=--xla_allow_excess_precision=false: every 16-bit cast rounds (XLA's "
+    "default may drop some round trips, so compiled programs can be slightly more accurate)."
+)
+
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
@@ -130,8 +135,16 @@ def main(argv: list[str] | None = None) -> int:
         "--policies", help="comma-separated (default: the 20 single-stage ablations + 6 presets)"
     )
     p.add_argument("--note", help="text put above the table (default: the backend it ran on)")
+    p.add_argument(
+        "--allow-excess-precision",
+        action="store_true",
+        help="let XLA drop 16-bit round trips (its default; the study forbids it so that every "
+        "ablation rounds where its dtype says)",
+    )
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
+    if not a.allow_excess_precision:
+        study_runs.study.forbid_excess_precision()
     if a.workdir is None and a.model is None and a.config is None:
         p.error("give --workdir RUN, or --random-init with --model or --config")
     config = a.config or (DEFAULT_CONFIGS[a.model] if a.workdir is None else None)
@@ -140,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     env = study_runs.environment_info()
     note = a.note or (CPU_NOTE if env["backend"] == "cpu" else f"{env['device']} run.")
+    if env["strict_rounding"] and not a.note:
+        note += " " + STRICT_NOTE
     data = a.data or info["test"]
     graphs = study_runs.read_study_graphs(data, info, n_configs=a.n_configs)
     info.update(data_file=data, n_configs_selection="evenly spaced")

@@ -33,6 +33,13 @@ for BF16; FP16 safe", or "seed over-cautious" if both are safe), :func:`save_jso
 :func:`load_json`, :func:`plot_stage_errors` (log-scale bars).
 Host-side driver code; the predictors it builds are jitted, one compilation per policy.
 
+**Every stage rounds where its dtype says** (:func:`forbid_excess_precision`, on by default in
+``experiments/precision_study.py``): XLA may drop a round trip ``f32 -> bf16 -> f32`` ("excess
+precision", on by default on CPU and GPU), which made some single-stage ablations measure less
+rounding than their dtype names (a species lookup gathered in FP32 and cast to BF16 and back came
+out exact). With ``--xla_allow_excess_precision=false`` each ablation measures its dtype; real
+programs compiled with XLA's default may be slightly *more* accurate than the table.
+
 Example:
     >>> verdict({"forces_mae_mev_per_A": 0.3, "energy_mae_mev_per_atom": 0.01})
     'safe'
@@ -45,7 +52,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+import os
+import warnings
+from collections.abc import MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +73,45 @@ SEED_LOW_OK: tuple[str, ...] = ("embedding", "radial", "messages", "update", "re
 SAFE_FRACTION, CAUTION_FRACTION = 0.1, 1.0  # of the model's own test error
 SAFE_ABS, CAUTION_ABS = 1.0, 10.0  # meV/Å and meV/atom, random init
 MEV = 1000.0
+
+
+#: the XLA flag that makes every low-precision cast round (see the module docstring)
+STRICT_ROUNDING_FLAG = "--xla_allow_excess_precision=false"
+
+
+def forbid_excess_precision(environ: MutableMapping[str, str] = os.environ) -> bool:
+    """Adds :data:`STRICT_ROUNDING_FLAG` to ``XLA_FLAGS`` (before JAX starts its backends).
+
+    Returns:
+        True if ``XLA_FLAGS`` was changed (False if it already names
+        ``xla_allow_excess_precision``). Warns if JAX's backends have already started: then the
+        flag cannot take effect in this process.
+
+    Example:
+        >>> env = {"XLA_FLAGS": "--foo"}
+        >>> forbid_excess_precision(env), env["XLA_FLAGS"]
+        (True, '--foo --xla_allow_excess_precision=false')
+        >>> forbid_excess_precision(env)
+        False
+    """
+    from mpnn_jax.compat import _backends_started
+
+    flags = environ.get("XLA_FLAGS", "")
+    if "xla_allow_excess_precision" in flags:
+        return False
+    environ["XLA_FLAGS"] = f"{flags} {STRICT_ROUNDING_FLAG}".strip()
+    if environ is os.environ and _backends_started():
+        warnings.warn(
+            "JAX's backends already started: XLA may still drop 16-bit round trips in this "
+            f"process (set XLA_FLAGS={STRICT_ROUNDING_FLAG} before starting Python)",
+            stacklevel=2,
+        )
+    return True
+
+
+def strict_rounding() -> bool:
+    """Whether this process's ``XLA_FLAGS`` forbid excess precision (recorded in results)."""
+    return STRICT_ROUNDING_FLAG in os.environ.get("XLA_FLAGS", "")
 
 
 def study_policies() -> list[str]:

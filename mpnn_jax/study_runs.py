@@ -47,6 +47,8 @@ def environment_info() -> dict:
         "machine": f"{platform.machine()} {platform.platform()}",
         "cpu": _cpu_model(),
         "n_cpus": os.cpu_count(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "strict_rounding": study.strict_rounding(),
     }
 
 

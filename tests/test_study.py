@@ -233,3 +233,40 @@ def test_stress_error_on_periodic_graphs(tiny):
     (row,) = study.stage_errors(model, params, cells, policies=["fp32+geometry=bf16"])
     assert row["stress_mae_mev_per_A3"] is not None and row["stress_mae_mev_per_A3"] > 0
     assert "S " in study._cell(row)
+
+
+_ROUNDING_PROBE = """
+import json, os, sys
+from mpnn_jax import study
+if sys.argv[1] == "strict":
+    study.forbid_excess_precision()
+import jax, jax.numpy as jnp, ml_dtypes, numpy as np
+x = np.random.default_rng(0).normal(size=4096).astype(np.float32)
+# a BF16 multiply whose result is cast to FP32: strict rounding must round the product
+y = jax.jit(lambda x: (x.astype(jnp.bfloat16) * jnp.bfloat16(3.0)).astype(jnp.float32))(x)
+b = ml_dtypes.bfloat16
+want = (x.astype(b) * b(3.0)).astype(b).astype(np.float32)  # numpy's BF16 arithmetic
+print(json.dumps({"strict": study.strict_rounding(), "max_diff": float(np.abs(np.asarray(y) - want).max())}))
+"""
+
+
+@pytest.mark.parametrize("mode", ["strict", "default"])
+def test_forbid_excess_precision_makes_bf16_ops_round(mode):
+    """Under the study's flag a BF16 op rounds its result exactly as BF16 arithmetic does; the
+    flag is recorded (``strict_rounding``). XLA's default is free to keep the product in FP32,
+    so there only the recording is checked."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace(study.STRICT_ROUNDING_FLAG, "")
+    res = subprocess.run(
+        [sys.executable, "-c", _ROUNDING_PROBE, mode],
+        capture_output=True, text=True, timeout=120, env=env,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["strict"] is (mode == "strict")
+    if mode == "strict":
+        assert out["max_diff"] == 0.0
