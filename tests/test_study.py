@@ -246,7 +246,8 @@ x = np.random.default_rng(0).normal(size=4096).astype(np.float32)
 y = jax.jit(lambda x: (x.astype(jnp.bfloat16) * jnp.bfloat16(3.0)).astype(jnp.float32))(x)
 b = ml_dtypes.bfloat16
 want = (x.astype(b) * b(3.0)).astype(b).astype(np.float32)  # numpy's BF16 arithmetic
-print(json.dumps({"strict": study.strict_rounding(), "max_diff": float(np.abs(np.asarray(y) - want).max())}))
+diff = float(np.abs(np.asarray(y) - want).max())
+print(json.dumps({"strict": study.strict_rounding(), "max_diff": diff}))
 """
 
 
