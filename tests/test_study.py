@@ -264,7 +264,10 @@ def test_forbid_excess_precision_makes_bf16_ops_round(mode):
     env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace(study.STRICT_ROUNDING_FLAG, "")
     res = subprocess.run(
         [sys.executable, "-c", _ROUNDING_PROBE, mode],
-        capture_output=True, text=True, timeout=120, env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
     )
     assert res.returncode == 0, res.stderr[-2000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
