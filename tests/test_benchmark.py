@@ -38,6 +38,14 @@ def test_quick_benchmark_rows_table_and_plot(tmp_path):
     assert "bf16-mixed" in table and "1.00x" in table
     bm.plot_throughput(rows, str(tmp_path / "t.png"))
     assert (tmp_path / "t.png").stat().st_size > 1000
+    # one panel per mode present: an E+F-only sweep draws no empty training panel
+    import matplotlib.image
+
+    both = matplotlib.image.imread(tmp_path / "t.png").shape[1]
+    bm.plot_throughput([r for r in rows if r["mode"] == "ef"], str(tmp_path / "ef.png"))
+    assert matplotlib.image.imread(tmp_path / "ef.png").shape[1] == pytest.approx(
+        both / 2, rel=0.02
+    )
 
 
 @pytest.mark.parametrize("kind", ["cu", "water"])

@@ -4,8 +4,8 @@
 #   source experiments/gpu_env.sh && bash experiments/perf/issue8_plan.sh "$OUT"
 #   QUICK=1 PYTHON=.venv/bin/python bash experiments/perf/issue8_plan.sh /tmp/plan  # CPU check
 #
-# Steps, run in the order STEPS names them (default "d b a2": what session 2 left unmeasured; a1
-# and c ran there); a later step gets what is left of BUDGET_S seconds, default 360, and is
+# Steps, run in the order STEPS names them (default "d b e a2": what sessions 2 and 3 left
+# unmeasured; a1 and c ran in session 2); a later step gets what is left of BUDGET_S seconds, default 360, and is
 # skipped with under 25 s left; every JSON is rewritten after each row, so a step cut short keeps
 # its finished rows:
 #   d   mace-mp-s on water:3000, fp32 and bf16-mixed, ef and train, backend e3nn vs cueq (the
@@ -18,6 +18,8 @@
 #       an out-of-memory error (memory only: the GEMM autotuner is off to keep compiles short;
 #       95% of the GPU memory is the allocator's).
 #   b   nequip-M on water:10000, fp32 vs bf16-mixed, ef and train, roofline (a1's ceilings).
+#   e   throughput against atoms (the README's plot): mace-mp-s and nequip-M E+F on water of
+#       300 to 30,000 atoms, fp32 vs bf16-mixed; OUT/e_sweep.png.
 #   a2  mace-mp-s on water:3000, fp32 (take_rows): sorted-edge promises, no promise vs
 #       sorted senders (the neighbour list's own order) vs sorted receivers (edges re-sorted);
 #       ef first, then train as far as the budget goes. The no-promise programs come from the
@@ -38,10 +40,11 @@ export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
 FAILED=0
 
 if [ "$QUICK" = 1 ]; then  # tiny CPU settings: the same commands, the same flags
-  MACE_SYS=water:24; NEQUIP_SYS=water:24; REPEATS=1; CEIL_N=256
+  MACE_SYS=water:24; NEQUIP_SYS=water:24; REPEATS=1; CEIL_N=256; SWEEP=(water:24 water:48)
   LARGEST=(--systems water:24 --largest-probes 81 --largest-budget-mib 600)
 else
   MACE_SYS=water:3000; NEQUIP_SYS=water:10000; REPEATS=20; CEIL_N=8192
+  SWEEP=(water:300 water:1000 water:3000 water:10000 water:30000)
   LARGEST=(--systems water:3000 --largest-probes 3000)
 fi
 
@@ -89,13 +92,15 @@ sys.exit('cueq' not in a())"; then
           --largest-tries 3 ;;
     b)  step b_nequip -- "${CEIL[@]}" --sizes nequip-M --systems "$NEQUIP_SYS" \
           --presets fp32 bf16-mixed --modes ef train ;;
+    e)  step e_sweep -- "${CEIL[@]}" --sizes mace-mp-s nequip-M --systems "${SWEEP[@]}" \
+          --presets fp32 bf16-mixed --modes ef --plot "$OUT/e_sweep.png" ;;
     a2) step a2_mace_sorted -- "${CEIL[@]}" --sizes mace-mp-s --systems "$MACE_SYS" \
           --presets fp32 --modes ef train --variants take/none take/senders take/receivers ;;
-    *)  echo "unknown step $1 (a1 d c b a2)" >&2; FAILED=1 ;;
+    *)  echo "unknown step $1 (a1 d c b e a2)" >&2; FAILED=1 ;;
   esac
   find_ceilings
 }
-for s in ${STEPS:-d b a2}; do run_step "$s"; done
+for s in ${STEPS:-d b e a2}; do run_step "$s"; done
 
 echo "total $((SECONDS - T0))s" | tee -a "$OUT/plan_times.txt"
 exit $FAILED

@@ -64,15 +64,19 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def plot_throughput(rows: Sequence[dict[str, Any]], path: str) -> None:
-    """Throughput (atom-steps/s) against atoms, one line per (model, mode, preset, backend); the
-    backend is named in the legend where it is not the default ``"e3nn"``."""
+    """Throughput (atom-steps/s) against atoms, one panel per mode present (``ef``, ``train``),
+    one line per (model, preset, backend); the backend is named in the legend where it is not the
+    default ``"e3nn"``. Same colour per model, solid for FP32 presets, dashed for the others."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=False)
-    for ax, mode in zip(axes, ("ef", "train")):
+    modes = [m for m in ("ef", "train") if any(r["mode"] == m for r in rows)] or ["ef"]
+    fig, axes = plt.subplots(1, len(modes), figsize=(5.5 * len(modes), 4.2), squeeze=False)
+    models = sorted({r["model"] for r in rows})
+    colours = {m: f"C{i}" for i, m in enumerate(models)}
+    for ax, mode in zip(axes[0], modes):
         groups: dict[tuple, list] = {}
         for r in rows:
             if r["mode"] == mode and not r.get("oom"):
@@ -81,7 +85,8 @@ def plot_throughput(rows: Sequence[dict[str, Any]], path: str) -> None:
         for (model, kind, preset, backend), pts in sorted(groups.items()):
             pts.sort()
             label = f"{model} {kind} {preset}" + ("" if backend == "e3nn" else f" {backend}")
-            ax.plot(*zip(*pts), marker="o", label=label)
+            style = "-" if preset.startswith("fp32") else "--"
+            ax.plot(*zip(*pts), style, marker="o", color=colours[model], label=label)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("atoms")
