@@ -14,6 +14,11 @@ Re-render stage_table.md and stage_errors.png from a stage_errors.json::
 
     python experiments/precision_study.py table DIR/stage_errors.json
 
+Several per-stage studies side by side (force error vs fp64, BF16 / FP16 per stage)::
+
+    python experiments/precision_study.py summary "MACE=DIR1/stage_errors.json" \
+        "NequIP=DIR2/stage_errors.json" [--out SUMMARY.md]
+
 Side by side, one process per policy (e.g. on one GPU), then merged::
 
     python experiments/precision_study.py train --config C --workdir W/fp32 --policies fp32 &
@@ -96,6 +101,22 @@ def main(argv: list[str] | None = None) -> int:
         rows, meta = study_runs.study.load_json(a.json)
         study_runs.write_stage_outputs(rows, Path(a.json).parent, meta=meta)
         print((Path(a.json).parent / "stage_table.md").read_text())
+        return 0
+    if argv[:1] == ["summary"]:
+        p = argparse.ArgumentParser(prog="precision_study.py summary")
+        p.add_argument("runs", nargs="+", metavar="LABEL=JSON", help="stage_errors.json files")
+        p.add_argument("--out", help="also write the table here")
+        a = p.parse_args(argv[1:])
+        runs = {}
+        for item in a.runs:
+            label, sep, path = item.partition("=")
+            if not sep:
+                p.error(f"expected LABEL=JSON, got {item!r}")
+            runs[label] = study_runs.study.load_json(path)[0]
+        table = study_runs.study.summary_table(runs)
+        if a.out:
+            Path(a.out).write_text(table)
+        print(table)
         return 0
     if argv[:1] == ["nve"]:
         p = argparse.ArgumentParser(prog="precision_study.py nve")

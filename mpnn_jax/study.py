@@ -376,6 +376,63 @@ def stage_table(rows: Sequence[dict], *, model_error: dict | None = None) -> str
     return "\n".join(lines) + "\n"
 
 
+def _force_cell(row: dict | None) -> str:
+    if row is None:
+        return "-"
+    if not row["finite"]:
+        return "non-finite"
+    text = f"{row['forces_mae_mev_per_A']:.2g}"
+    if row.get("forces_frac") is not None:
+        pct = 100 * row["forces_frac"]
+        text += f" ({pct:.0f}%)" if pct >= 10 else f" ({pct:.2g}%)"
+    return text
+
+
+def summary_table(runs: dict[str, Sequence[dict]]) -> str:
+    """Markdown: several per-stage studies side by side, force MAE against fp64 in meV/Å.
+
+    One row per stage (``BF16 / FP16`` per run) and per preset, one column per run; for trained
+    runs (rows with ``forces_frac``) the error is also given as a % of that model's own test
+    force MAE.
+
+    Args:
+        runs: ``{label: rows}``, rows as :func:`stage_errors` returns them (or :func:`load_json`).
+
+    Example:
+        >>> row = {"kind": "ablation", "stage": "messages", "dtype": "bf16", "finite": True,
+        ...        "forces_mae_mev_per_A": 3.6, "forces_frac": 0.07}
+        >>> print(summary_table({"MACE": [row]}).splitlines()[6])
+        | messages | 3.6 (7%) / - |
+        >>> print(summary_table({"MACE": [{**row, "forces_frac": 1.3}]}).splitlines()[6])
+        | messages | 3.6 (130%) / - |
+    """
+    labels = list(runs)
+    by = {
+        label: {
+            (r["stage"], r["dtype"]) if r["kind"] == "ablation" else r["policy"]: r for r in rows
+        }
+        for label, rows in runs.items()
+    }
+    lines = [
+        "| stage | " + " | ".join(f"{label} BF16 / FP16" for label in labels) + " |",
+        "|---|" + "---|" * len(labels),
+    ]
+    for st in STAGES:
+        cells = [
+            f"{_force_cell(by[lb].get((st, 'bf16')))} / {_force_cell(by[lb].get((st, 'fp16')))}"
+            for lb in labels
+        ]
+        lines.append(f"| {st} | " + " | ".join(cells) + " |")
+    presets = [k for k in dict.fromkeys(k for b in by.values() for k in b) if isinstance(k, str)]
+    for pr in presets:
+        lines.append(
+            f"| preset **{pr}** | "
+            + " | ".join(_force_cell(by[lb].get(pr)) for lb in labels)
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def save_json(path: str | Path, rows: Sequence[dict], **meta: Any) -> Path:
     """Writes ``{"rows": rows, **meta}`` as JSON (``meta``: command, versions, seeds, ...)."""
     path = Path(path)

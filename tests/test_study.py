@@ -303,3 +303,29 @@ def test_forbid_excess_precision_makes_bf16_ops_round(mode):
     assert out["strict"] is (mode == "strict")
     if mode == "strict":
         assert out["max_diff"] == 0.0
+
+
+def test_script_summary_and_table(rows, tmp_path, capsys):
+    """``precision_study.py summary`` puts several studies side by side; ``table`` re-renders."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "precision_study.py"
+    spec = importlib.util.spec_from_file_location("precision_study_script", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    meta = {"command": "test", "note": "", "source": {"model": {"name": "nequip"}}, "n_configs": 4}
+    study.save_json(tmp_path / "a" / "stage_errors.json", rows, **meta)
+    assert script.main(["table", str(tmp_path / "a" / "stage_errors.json")]) == 0
+    assert (tmp_path / "a" / "stage_table.md").exists()
+    out = tmp_path / "summary.md"
+    argv = ["summary", f"A={tmp_path / 'a' / 'stage_errors.json'}", "--out", str(out)]
+    assert script.main(argv) == 0
+    table = out.read_text().splitlines()
+    assert table[0] == "| stage | A BF16 / FP16 |"
+    msg = next(r for r in rows if r["policy"] == "fp32+messages=bf16")
+    line = next(t for t in table if t.startswith("| messages |"))
+    assert line.startswith(f"| messages | {msg['forces_mae_mev_per_A']:.2g} (")
+    assert any(t.startswith("| preset **bf16-pure** |") for t in table)
+    with pytest.raises(SystemExit):
+        script.main(["summary", "no-label-given.json"])
