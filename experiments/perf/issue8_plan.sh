@@ -19,7 +19,8 @@
 #       95% of the GPU memory is the allocator's).
 #   b   nequip-M on water:10000, fp32 vs bf16-mixed, ef and train, roofline (a1's ceilings).
 #   e   throughput against atoms (the README's plot): mace-mp-s and nequip-M E+F on water of
-#       300 to 30,000 atoms, fp32 vs bf16-mixed; OUT/e_sweep.png.
+#       300 to 30,000 atoms, fp32, bf16-mixed, fp16-mixed (the accurate 16-bit policy: never timed
+#       on a GPU so far) and fp32-highest; OUT/e_sweep.png.
 #   a2  mace-mp-s on water:3000, fp32 (take_rows): sorted-edge promises, no promise vs
 #       sorted senders (the neighbour list's own order) vs sorted receivers (edges re-sorted);
 #       ef first, then train as far as the budget goes. The no-promise programs come from the
@@ -93,7 +94,8 @@ sys.exit('cueq' not in a())"; then
     b)  step b_nequip -- "${CEIL[@]}" --sizes nequip-M --systems "$NEQUIP_SYS" \
           --presets fp32 bf16-mixed --modes ef train ;;
     e)  step e_sweep -- "${CEIL[@]}" --sizes mace-mp-s nequip-M --systems "${SWEEP[@]}" \
-          --presets fp32 bf16-mixed --modes ef --plot "$OUT/e_sweep.png" ;;
+          --presets fp32 bf16-mixed fp16-mixed fp32-highest --modes ef \
+          --plot "$OUT/e_sweep.png" ;;
     a2) step a2_mace_sorted -- "${CEIL[@]}" --sizes mace-mp-s --systems "$MACE_SYS" \
           --presets fp32 --modes ef train --variants take/none take/senders take/receivers ;;
     *)  echo "unknown step $1 (a1 d c b e a2)" >&2; FAILED=1 ;;
