@@ -309,19 +309,29 @@ def verdict(row: dict) -> str:
     return "caution" if worst < CAUTION_ABS else "unsafe"
 
 
-def _cell(row: dict | None) -> str:
-    if row is None:
-        return "-"
-    if not row["finite"]:
-        return "non-finite"
-    text = f"F {row['forces_mae_mev_per_A']:.3g} meV/Å"
+def _force_text(row: dict, *, full: bool) -> str:
+    """The force error of ``row`` (with its % of the model's test MAE when known); ``full``:
+    with units and the energy and stress errors."""
+    text = (
+        f"F {row['forces_mae_mev_per_A']:.3g} meV/Å"
+        if full
+        else f"{row['forces_mae_mev_per_A']:.2g}"
+    )
     if row.get("forces_frac") is not None:
         pct = 100 * row["forces_frac"]
-        text += f" ({pct:.0f}% of test MAE)" if pct >= 10 else f" ({pct:.2g}% of test MAE)"
-    text += f"; E {row['energy_mae_mev_per_atom']:.2g} meV/atom"
-    if row.get("stress_mae_mev_per_A3") is not None:
-        text += f"; S {row['stress_mae_mev_per_A3']:.2g} meV/Å³"
+        of = " of test MAE" if full else ""
+        text += f" ({pct:.0f}%{of})" if pct >= 10 else f" ({pct:.2g}%{of})"
+    if full:
+        text += f"; E {row['energy_mae_mev_per_atom']:.2g} meV/atom"
+        if row.get("stress_mae_mev_per_A3") is not None:
+            text += f"; S {row['stress_mae_mev_per_A3']:.2g} meV/Å³"
     return text
+
+
+def _cell(row: dict | None, *, full: bool = True) -> str:
+    if row is None:
+        return "-"
+    return _force_text(row, full=full) if row["finite"] else "non-finite"
 
 
 def _stage_verdict(stage: str, bf16: dict | None, fp16: dict | None) -> str:
@@ -377,15 +387,7 @@ def stage_table(rows: Sequence[dict], *, model_error: dict | None = None) -> str
 
 
 def _force_cell(row: dict | None) -> str:
-    if row is None:
-        return "-"
-    if not row["finite"]:
-        return "non-finite"
-    text = f"{row['forces_mae_mev_per_A']:.2g}"
-    if row.get("forces_frac") is not None:
-        pct = 100 * row["forces_frac"]
-        text += f" ({pct:.0f}%)" if pct >= 10 else f" ({pct:.2g}%)"
-    return text
+    return _cell(row, full=False)
 
 
 def summary_table(runs: dict[str, Sequence[dict]]) -> str:
