@@ -13,6 +13,9 @@
 # QUICK=1: a CPU smoke run of the whole chain (tiny models, a few steps; ~15 min on 2 cores).
 set -u
 OUT=$(realpath -m "$1"); MIN=${2:-4}; W=/tmp/study_gpu; R=$OUT/work
+# the project's virtual environment (make demo / make test create it) where there is one; the
+# GPU machine's python3 has the packages itself
+if [ -x .venv/bin/python3 ]; then export PATH="$PWD/.venv/bin:$PATH"; fi
 mkdir -p "$OUT" "$R"
 if [ ! -d data ] && [ -d ../shared/data ]; then  # this project's layout: link the shared data sets
   mkdir data && ln -s ../../shared/data/rmd17_ethanol data/ethanol && \

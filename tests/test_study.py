@@ -329,3 +329,35 @@ def test_script_summary_and_table(rows, tmp_path, capsys):
     assert any(t.startswith("| preset **bf16-pure** |") for t in table)
     with pytest.raises(SystemExit):
         script.main(["summary", "no-label-given.json"])
+
+
+@pytest.mark.slow
+def test_study_all_quick_runs_end_to_end(tmp_path):
+    """The whole study from one command (``QUICK=1``: tiny models, a few steps; ~10 min on two
+    cores): training under two policies per data set, NVE, per-stage tables, one SUMMARY.md."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "data").exists() and not (root.parent / "shared" / "data").exists():
+        pytest.skip("the study's data sets (../shared/data) are not here")
+    env = {**os.environ, "QUICK": "1", "JAX_PLATFORMS": "cpu"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    proc = subprocess.run(
+        ["bash", "experiments/study_all.sh", str(tmp_path / "study")],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3000,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = (tmp_path / "study" / "SUMMARY.md").read_text()
+    for section in ("Training under each policy: ethanol", "acac", "cu", "## NVE"):
+        assert section in summary, section
+    for table in ("stages_mace_trained", "stages_nequip_trained", "stages_mace_random_init"):
+        assert f"## Per-stage errors: {table}" in summary
+        assert (tmp_path / "study" / table / "stage_errors.png").exists()
+    assert "| bf16-mixed |" in summary
