@@ -27,7 +27,9 @@
 #       persistent compilation cache that a1 filled.
 # Estimated from earlier H100 runs (compiles of 12-28 s per case): a1 ~220 s, c ~60 s, b ~130 s,
 # a2 ~90 s. With the default budget, b is cut after its ef rows; BUDGET_S=520 runs everything.
-# Logs: OUT/<step>.log; the elapsed time per step: OUT/plan_times.txt.
+# Logs: OUT/logs.tgz (<step>.log, packed at the end: the device tool brings back at most 8 files,
+# so OUT holds one JSON per step, the sweep's PNG, plan_times.txt and logs.tgz); the elapsed time
+# per step: OUT/plan_times.txt.
 set -u -o pipefail
 OUT=${1:?usage: bash experiments/perf/issue8_plan.sh OUT_DIR}
 PY=${PYTHON:-python3}
@@ -105,4 +107,7 @@ sys.exit('cueq' not in a())"; then
 for s in ${STEPS:-d b e a2}; do run_step "$s"; done
 
 echo "total $((SECONDS - T0))s" | tee -a "$OUT/plan_times.txt"
+if ls "$OUT"/*.log > /dev/null 2>&1; then
+  tar -C "$OUT" -czf "$OUT/logs.tgz" $(cd "$OUT" && ls *.log) && rm -f "$OUT"/*.log
+fi
 exit $FAILED
