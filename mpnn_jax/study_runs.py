@@ -228,6 +228,11 @@ def write_stage_outputs(rows: Sequence[dict], out: str | Path, *, meta: dict) ->
 
 
 # --- NVE energy conservation -------------------------------------------------------------------
+#: :func:`plot_nve` gives a policy its own panel when its fluctuation exceeds this many times the
+#: median fluctuation of all policies
+NVE_OUTLIER = 30.0
+
+
 def nve_drift(
     workdir_or_model: str | Path | tuple,
     structure: Any,
@@ -328,24 +333,38 @@ def nve_drift(
 
 
 def plot_nve(results: dict[str, dict], path: str | Path, *, n_atoms: int) -> Path:
-    """Total energy (meV/atom, relative to its first value) against time, one line per policy."""
+    """Total energy (meV/atom, relative to its own mean) against time, one line per policy.
+
+    A policy whose fluctuation is more than :data:`NVE_OUTLIER` times the median of the others
+    (or not finite: ``bf16-pure``, whose E0-shifted totals are quantised in eV) would flatten every
+    other line, so it gets the left panel alone and the others share the right one.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for spec, r in results.items():
-        e = np.asarray(r["total_eV"], np.float64)
-        ax.plot(
-            r["times_ps"],
-            1000.0 * (e - e[0]) / n_atoms,
-            lw=0.8,
-            label=f"{spec}: {r['drift_meV_per_atom_per_ps']:.3g} meV/atom/ps",
-        )
-    ax.set_xlabel("time (ps)")
-    ax.set_ylabel("total energy - E(0) (meV/atom)")
-    ax.legend(fontsize=8)
+    fluct = {s: r["fluctuation_meV_per_atom"] for s, r in results.items()}
+    median = float(np.median([v for v in fluct.values() if np.isfinite(v)] or [0.0]))
+    wild = {s for s, v in fluct.items() if not np.isfinite(v) or v > NVE_OUTLIER * median > 0}
+    if len(wild) == len(results):
+        wild = set()
+    groups = [sorted(wild, key=list(results).index), [s for s in results if s not in wild]]
+    groups = [g for g in groups if g]
+    fig, axes = plt.subplots(1, len(groups), figsize=(7 * len(groups), 4), squeeze=False)
+    for ax, specs in zip(axes[0], groups):
+        for spec in specs:
+            r = results[spec]
+            e = 1000.0 * np.asarray(r["total_eV"], np.float64) / n_atoms  # meV/atom
+            ax.plot(
+                r["times_ps"],
+                e - np.nanmean(e),
+                lw=0.8,
+                label=f"{spec}: {r['drift_meV_per_atom_per_ps']:.3g} meV/atom/ps",
+            )
+        ax.set_xlabel("time (ps)")
+        ax.set_ylabel("total energy - its mean (meV/atom)")
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

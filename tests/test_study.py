@@ -361,3 +361,27 @@ def test_study_all_quick_runs_end_to_end(tmp_path):
         assert f"## Per-stage errors: {table}" in summary
         assert (tmp_path / "study" / table / "stage_errors.png").exists()
     assert "| bf16-mixed |" in summary
+
+
+def test_plot_nve_gives_an_outlier_its_own_panel(tmp_path):
+    """A policy that fluctuates by eV (bf16-pure) gets a panel of its own, so the others stay
+    readable; without one, a single panel."""
+    import matplotlib.image
+
+    t = np.linspace(0.0, 1.0, 50).tolist()
+    rng = np.random.default_rng(0)
+
+    def run(noise):
+        return {
+            "times_ps": t,
+            "total_eV": (-100.0 + noise * rng.normal(size=50)).tolist(),
+            "drift_meV_per_atom_per_ps": 0.0,
+            "fluctuation_meV_per_atom": 1000.0 * noise / 9,
+        }
+
+    calm = {"fp32": run(1e-4), "fp16-mixed": run(2e-4), "bf16-mixed": run(1e-3)}
+    study_runs.plot_nve(calm, tmp_path / "calm.png", n_atoms=9)
+    study_runs.plot_nve({**calm, "bf16-pure": run(10.0)}, tmp_path / "wild.png", n_atoms=9)
+    one = matplotlib.image.imread(tmp_path / "calm.png").shape[1]
+    two = matplotlib.image.imread(tmp_path / "wild.png").shape[1]
+    assert two == pytest.approx(2 * one, rel=0.02)
