@@ -74,6 +74,7 @@ def test_bytes_per_atom_is_the_slope():
     assert bm.bytes_per_atom([(100, 1000 + 100 * 64), (200, 1000 + 200 * 64)]) == pytest.approx(64)
 
 
+@pytest.mark.slow  # 12 s on 2 cores; the default suite keeps the bytes-per-atom rule above
 def test_largest_system_prediction_fits_the_budget():
     budget = 230 * 2**20  # a toy budget on the CPU: a few hundred Cu atoms, well above the probes
     out = bm.largest_system(

@@ -116,7 +116,12 @@ def _model_fns(spec, graph):
 
 @pytest.mark.parametrize(
     "spec",
-    ["fp32", pytest.param("bf16-mixed", marks=pytest.mark.slow)],  # 21 s on 2 cores
+    # 24 s (fp32) and 21 s (bf16-mixed) on 2 cores: slow, to keep the default suite under 15 min;
+    # the audit test below still compiles every variant by default
+    [
+        pytest.param("fp32", marks=pytest.mark.slow),
+        pytest.param("bf16-mixed", marks=pytest.mark.slow),
+    ],
 )
 def test_mace_variants_same_outputs_and_parameter_gradients(spec, graph):
     sorted_graph = sort_edges(graph, by="receivers")
