@@ -222,9 +222,17 @@ def model_test_error(ref: dict[str, np.ndarray]) -> dict[str, float]:
 
 
 def _describe(spec: str) -> tuple[str, str | None, str | None]:
-    """``("ablation", "messages", "bf16")`` or ``("preset", None, None)``."""
-    if "+" in spec:
-        stage, _, dtype = spec.split("+", 1)[1].partition("=")
+    """``("ablation", "messages", "bf16")`` for a single-stage ablation ``fp32+<stage>=<dtype>``,
+    else ``("preset", None, None)`` (a preset, or any other policy such as
+    ``"bf16-mixed+update=f32,readout=f32"``: it goes with the presets in the tables).
+
+    Example:
+        >>> _describe("fp32+messages=f16"), _describe("bf16-mixed+update=f32,readout=f32")
+        (('ablation', 'messages', 'fp16'), ('preset', None, None))
+    """
+    base, plus, rest = spec.partition("+")
+    stage, eq, dtype = rest.partition("=")
+    if base == "fp32" and plus and eq and "," not in dtype:
         return "ablation", stage, {"f16": "fp16", "bf16": "bf16"}.get(dtype, dtype)
     return "preset", None, None
 

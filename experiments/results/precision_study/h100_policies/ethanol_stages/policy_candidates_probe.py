@@ -32,17 +32,14 @@ CANDIDATES = (
 def main(run: str, data: str, n: int, out: str) -> None:
     model, params, info = study_runs.load_study_model(run)
     graphs = study_runs.read_study_graphs(data, info, n_configs=n)
-    ref = study.predict_all(model, params, graphs, policy="fp64")
+    rows = study.stage_errors(model, params, graphs, policies=CANDIDATES, model_error=True)
     res = {"command": " ".join(sys.argv), "environment": study_runs.environment_info()}
-    res["model_error"] = study.model_test_error(ref)
     res["n_configs"] = len(graphs)
-    for spec in CANDIDATES:
-        pred = study.predict_all(model, params, graphs, policy=spec)
-        res[spec] = study.compare(pred, ref)
+    for row in rows:
+        res[row["policy"]] = row
         print(
-            f"{spec}: F {res[spec]['forces_mae_mev_per_A']:.3g} meV/Å, "
-            f"E {res[spec]['energy_mae_mev_per_atom']:.3g} meV/atom",
-            flush=True,
+            f"{row['policy']}: F {row['forces_mae_mev_per_A']:.3g} meV/Å, "
+            f"E {row['energy_mae_mev_per_atom']:.3g} meV/atom"
         )
     with open(out, "w") as fh:
         json.dump(res, fh, indent=1)
