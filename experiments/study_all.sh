@@ -10,7 +10,7 @@
 #   3. per-stage tables (20 single-stage ablations + 6 presets against fp64) of the trained fp32
 #      ethanol MACE and of a trained fp32 ethanol NequIP, and of both at random init;
 #   4. OUT/SUMMARY.md: every table, with the plots beside it in OUT.
-# QUICK=1: a CPU smoke run of the whole chain (tiny models, a few steps; ~15 min on 2 cores).
+# QUICK=1: a CPU smoke run of the whole chain (tiny models, a few steps; ~10 min on 2 cores).
 set -u
 OUT=$(realpath -m "$1"); MIN=${2:-4}; W=/tmp/study_gpu; R=$OUT/work
 # the project's virtual environment (make demo / make test create it) where there is one; the

@@ -1,8 +1,13 @@
 """The precision study (mpnn_jax.study, mpnn_jax.study_runs): errors against fp64, table, JSON,
 verdict rule, plots, and the helpers of the training comparison."""
 
+import importlib.util
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -285,10 +290,6 @@ def test_forbid_excess_precision_makes_bf16_ops_round(mode):
     """Under the study's flag a BF16 op rounds its result exactly as BF16 arithmetic does; the
     flag is recorded (``strict_rounding``). XLA's default is free to keep the product in FP32,
     so there only the recording is checked."""
-    import os
-    import subprocess
-    import sys
-
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace(study.STRICT_ROUNDING_FLAG, "")
     res = subprocess.run(
@@ -307,9 +308,6 @@ def test_forbid_excess_precision_makes_bf16_ops_round(mode):
 
 def test_script_summary_and_table(rows, tmp_path, capsys):
     """``precision_study.py summary`` puts several studies side by side; ``table`` re-renders."""
-    import importlib.util
-    from pathlib import Path
-
     path = Path(__file__).resolve().parents[1] / "experiments" / "precision_study.py"
     spec = importlib.util.spec_from_file_location("precision_study_script", path)
     script = importlib.util.module_from_spec(spec)
@@ -335,11 +333,6 @@ def test_script_summary_and_table(rows, tmp_path, capsys):
 def test_study_all_quick_runs_end_to_end(tmp_path):
     """The whole study from one command (``QUICK=1``: tiny models, a few steps; ~10 min on two
     cores): training under two policies per data set, NVE, per-stage tables, one SUMMARY.md."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     root = Path(__file__).resolve().parents[1]
     if not (root / "data").exists() and not (root.parent / "shared" / "data").exists():
         pytest.skip("the study's data sets (../shared/data) are not here")

@@ -4,10 +4,10 @@
 #   source experiments/gpu_env.sh && bash experiments/perf/issue8_plan.sh "$OUT"
 #   QUICK=1 PYTHON=.venv/bin/python bash experiments/perf/issue8_plan.sh /tmp/plan  # CPU check
 #
-# Steps, run in the order STEPS names them (default "d b e a2": what sessions 2 and 3 left
-# unmeasured; a1 and c ran in session 2); a later step gets what is left of BUDGET_S seconds, default 360, and is
-# skipped with under 25 s left; every JSON is rewritten after each row, so a step cut short keeps
-# its finished rows:
+# Steps, run in the order STEPS names them (default "d b a2": what sessions 2 and 3 left
+# unmeasured besides e; a1 and c ran in session 2); a later step gets what is left of BUDGET_S
+# seconds, default 360, and is skipped with under 25 s left; every JSON is rewritten after each
+# row, so a step cut short keeps its finished rows:
 #   d   mace-mp-s on water:3000, fp32 and bf16-mixed, ef and train, backend e3nn vs cueq (the
 #       cuEquivariance kernels: install the wheels of `.whl_cueq/` first, see
 #       experiments/perf/cueq_vs_xla.py; skipped when `cueq` is not an available backend).
@@ -19,14 +19,15 @@
 #       95% of the GPU memory is the allocator's).
 #   b   nequip-M on water:10000, fp32 vs bf16-mixed, ef and train, roofline (a1's ceilings).
 #   e   throughput against atoms (the README's plot): mace-mp-s and nequip-M E+F on water of
-#       300 to 30,000 atoms, fp32, bf16-mixed, fp16-mixed (the accurate 16-bit policy: never timed
-#       on a GPU so far) and fp32-highest; OUT/e_sweep.png.
+#       1,000, 3,000 and 10,000 atoms, fp32, bf16-mixed, fp16-mixed (the accurate 16-bit policy:
+#       never timed on a GPU so far) and fp32-highest; OUT/e_sweep.png. 24 cases, ~360-500 s: a
+#       call of its own (STEPS=e BUDGET_S=540).
 #   a2  mace-mp-s on water:3000, fp32 (take_rows): sorted-edge promises, no promise vs
 #       sorted senders (the neighbour list's own order) vs sorted receivers (edges re-sorted);
 #       ef first, then train as far as the budget goes. The no-promise programs come from the
 #       persistent compilation cache that a1 filled.
 # Estimated from earlier H100 runs (compiles of 12-28 s per case): a1 ~220 s, c ~60 s, b ~130 s,
-# a2 ~90 s. With the default budget, b is cut after its ef rows; BUDGET_S=520 runs everything.
+# a2 ~90 s. With the default budget, b is cut after its ef rows; BUDGET_S=520 runs d, b and a2.
 # Logs: OUT/logs.tgz (<step>.log, packed at the end: the device tool brings back at most 8 files,
 # so OUT holds one JSON per step, the sweep's PNG, plan_times.txt and logs.tgz); the elapsed time
 # per step: OUT/plan_times.txt.
@@ -47,7 +48,7 @@ if [ "$QUICK" = 1 ]; then  # tiny CPU settings: the same commands, the same flag
   LARGEST=(--systems water:24 --largest-probes 81 --largest-budget-mib 600)
 else
   MACE_SYS=water:3000; NEQUIP_SYS=water:10000; REPEATS=20; CEIL_N=8192
-  SWEEP=(water:300 water:1000 water:3000 water:10000 water:30000)
+  SWEEP=(water:1000 water:3000 water:10000)
   LARGEST=(--systems water:3000 --largest-probes 3000)
 fi
 
@@ -104,7 +105,7 @@ sys.exit('cueq' not in a())"; then
   esac
   find_ceilings
 }
-for s in ${STEPS:-d b e a2}; do run_step "$s"; done
+for s in ${STEPS:-d b a2}; do run_step "$s"; done
 
 echo "total $((SECONDS - T0))s" | tee -a "$OUT/plan_times.txt"
 if ls "$OUT"/*.log > /dev/null 2>&1; then
