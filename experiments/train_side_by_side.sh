@@ -27,11 +27,11 @@ for p in $POLICIES; do
     > "$W/train_$p.log" 2>&1 &
 done
 wait
-for p in $POLICIES; do
-  tail -n 4 "$W/train_$p.log"
-  "$PY" -m mpnn_jax.cli evaluate --workdir "$W/$p" --data "$TEST" --json "$W/test_$p.json" \
-    > "$W/eval_$p.log" 2>&1 || echo "evaluate $p failed: $(tail -n 3 "$W/eval_$p.log")"
+for p in $POLICIES; do  # the evaluations side by side too
+  ( "$PY" -m mpnn_jax.cli evaluate --workdir "$W/$p" --data "$TEST" --json "$W/test_$p.json" \
+    > "$W/eval_$p.log" 2>&1 || echo "evaluate $p failed: $(tail -n 3 "$W/eval_$p.log")" ) &
 done
+wait
 echo "| policy | steps | minutes | energy MAE (meV/molecule) | force MAE (meV/Å) | force RMSE (meV/Å) |"
 echo "|---|---|---|---|---|---|"
 for p in $POLICIES; do
