@@ -7,6 +7,7 @@
         --presets fp32 bf16-mixed --variants onehot/none take/none --out take_rows.json
     python experiments/benchmark.py --only-largest --sizes nequip-S --systems water:2000 \
         --modes ef --presets fp32 bf16-mixed --out largest.json
+    python experiments/benchmark.py --replot h100.json --plot h100.png   # plot an earlier run
     python experiments/benchmark.py --backends e3nn,cueq --sizes mace-mp-s --systems water:3000 \
         --presets fp32 bf16-mixed --out backends.json
 
@@ -29,6 +30,11 @@ import time
 from pathlib import Path
 
 from mpnn_jax import benchmark as bm
+
+
+def _plot_title(info: dict) -> str:
+    """The figure's heading: device and JAX version of the run (from its JSON ``info``)."""
+    return f"{info.get('device', '?')}, JAX {info.get('jax', '?')}"
 
 
 def main(argv=None) -> int:
@@ -97,7 +103,24 @@ def main(argv=None) -> int:
     )
     p.add_argument("--out", default=None, help="JSON output path")
     p.add_argument("--plot", default=None, help="throughput plot (PNG) path")
+    p.add_argument(
+        "--replot",
+        default=None,
+        metavar="JSON",
+        help="draw --plot from the rows of an earlier run's JSON and exit (no benchmark runs)",
+    )
     args = p.parse_args(argv)
+    if args.replot:
+        if not args.plot:
+            p.error("--replot needs --plot PNG")
+        try:
+            earlier = json.loads(Path(args.replot).read_text())
+            rows = earlier["rows"]
+        except (OSError, ValueError, KeyError) as err:
+            p.error(f"--replot {args.replot}: not a benchmark JSON with rows ({err})")
+        bm.plot_throughput(rows, args.plot, title=_plot_title(earlier.get("info", {})))
+        print(f"wrote {args.plot}")
+        return 0
     if args.quick:
         args.sizes, args.systems, args.repeats = ["nequip-S"], ["ethanol:18", "cu:32"], 2
         args.presets = ["fp32", "bf16-mixed"]
@@ -178,7 +201,7 @@ def main(argv=None) -> int:
     if args.out:
         print(f"wrote {args.out}")
     if args.plot and rows:
-        bm.plot_throughput(rows, args.plot)
+        bm.plot_throughput(rows, args.plot, title=_plot_title(result["info"]))
         print(f"wrote {args.plot}")
     return 0
 

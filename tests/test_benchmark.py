@@ -38,12 +38,12 @@ def test_quick_benchmark_rows_table_and_plot(tmp_path):
     assert "bf16-mixed" in table and "1.00x" in table
     bm.plot_throughput(rows, str(tmp_path / "t.png"))
     assert (tmp_path / "t.png").stat().st_size > 1000
-    # one panel per mode present: an E+F-only sweep draws no empty training panel
+    # one row of panels per mode present: an E+F-only sweep draws no empty training panel
     import matplotlib.image
 
-    both = matplotlib.image.imread(tmp_path / "t.png").shape[1]
+    both = matplotlib.image.imread(tmp_path / "t.png").shape[0]
     bm.plot_throughput([r for r in rows if r["mode"] == "ef"], str(tmp_path / "ef.png"))
-    assert matplotlib.image.imread(tmp_path / "ef.png").shape[1] == pytest.approx(
+    assert matplotlib.image.imread(tmp_path / "ef.png").shape[0] == pytest.approx(
         both / 2, rel=0.02
     )
 
@@ -155,6 +155,17 @@ def test_backend_option_records_the_backend_and_rejects_unknown_ones(tmp_path, c
     with pytest.raises(SystemExit):
         cli.main([*argv, "--backends", "e3nn,no-such-backend"])
     assert "available backends: e3nn" in capsys.readouterr().err
+    # --replot draws the plot of that JSON without running anything; a JSON without rows is an
+    # argument error that names the file
+    import matplotlib.image
+
+    png = tmp_path / "replot.png"
+    assert cli.main(["--replot", str(out), "--plot", str(png)]) == 0
+    assert matplotlib.image.imread(png).shape[0] > 100
+    (tmp_path / "norows.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        cli.main(["--replot", str(tmp_path / "norows.json"), "--plot", str(png)])
+    assert "norows.json: not a benchmark JSON" in capsys.readouterr().err
 
 
 @pytest.mark.slow  # 20 s on 2 cores; the quick harness test keeps the rest working

@@ -63,38 +63,51 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot_throughput(rows: Sequence[dict[str, Any]], path: str) -> None:
-    """Throughput (atom-steps/s) against atoms, one panel per mode present (``ef``, ``train``),
-    one line per (model, preset, backend); the backend is named in the legend where it is not the
-    default ``"e3nn"``. Same colour per model, solid for FP32 presets, dashed for the others."""
+_PRESET_COLOURS = {"fp32": "C0", "bf16-mixed": "C1", "fp16-mixed": "C2", "fp32-highest": "C7"}
+
+
+def plot_throughput(rows: Sequence[dict[str, Any]], path: str, title: str | None = None) -> None:
+    """Throughput (atom-steps/s) against atoms: one panel per (mode, model), rows ``ef`` then
+    ``train`` as present, one line per (system kind, preset, backend); a colour per preset (the
+    same in every panel), solid for the default ``"e3nn"`` backend, dashed for another (named in
+    the legend). ``title`` (e.g. the device) heads the figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = [r for r in rows if not r.get("oom") and r.get("atom_steps_per_s")]
     modes = [m for m in ("ef", "train") if any(r["mode"] == m for r in rows)] or ["ef"]
-    fig, axes = plt.subplots(1, len(modes), figsize=(5.5 * len(modes), 4.2), squeeze=False)
-    models = sorted({r["model"] for r in rows})
-    colours = {m: f"C{i}" for i, m in enumerate(models)}
-    for ax, mode in zip(axes[0], modes):
-        groups: dict[tuple, list] = {}
-        for r in rows:
-            if r["mode"] == mode and not r.get("oom"):
-                key = (r["model"], r["system"].split("-")[0], r["preset"], backend_name(r))
-                groups.setdefault(key, []).append((r["n_atoms"], r["atom_steps_per_s"]))
-        for (model, kind, preset, backend), pts in sorted(groups.items()):
-            pts.sort()
-            label = f"{model} {kind} {preset}" + ("" if backend == "e3nn" else f" {backend}")
-            style = "-" if preset.startswith("fp32") else "--"
-            ax.plot(*zip(*pts), style, marker="o", color=colours[model], label=label)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("atoms")
-        ax.set_ylabel("atom-steps / s")
-        ax.set_title("energy + forces" if mode == "ef" else "training step")
-        ax.grid(True, which="both", alpha=0.3)
-        if groups:
-            ax.legend(fontsize=6)
+    models = sorted({r["model"] for r in rows}) or [""]
+    presets = sorted({r["preset"] for r in rows})
+    colours = dict(_PRESET_COLOURS)
+    for i, preset in enumerate(p for p in presets if p not in colours):
+        colours[preset] = f"C{3 + i}"
+    fig, axes = plt.subplots(
+        len(modes), len(models), figsize=(4.6 * len(models), 3.8 * len(modes)), squeeze=False
+    )
+    for ax_row, mode in zip(axes, modes):
+        for ax, model in zip(ax_row, models):
+            groups: dict[tuple, list] = {}
+            for r in rows:
+                if r["mode"] == mode and r["model"] == model:
+                    key = (r["system"].split("-")[0], r["preset"], backend_name(r))
+                    groups.setdefault(key, []).append((r["n_atoms"], r["atom_steps_per_s"]))
+            for (kind, preset, backend), pts in sorted(groups.items()):
+                pts.sort()
+                label = f"{preset} ({kind})" + ("" if backend == "e3nn" else f" {backend}")
+                style = "-" if backend == "e3nn" else "--"
+                ax.plot(*zip(*pts), style, marker="o", color=colours[preset], label=label)
+            ax.set_xscale("log")
+            ax.set_xlabel("atoms")
+            ax.set_ylabel("atom-steps / s")
+            what = "energy + forces" if mode == "ef" else "training step"
+            ax.set_title(f"{model}: {what}", fontsize=10)
+            ax.grid(True, which="both", alpha=0.3)
+            if groups:
+                ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
