@@ -6,7 +6,7 @@
 # experiments/gpu_env.sh`:
 #   POLICIES="fp32 fp16-mixed" bash experiments/train_side_by_side.sh OUT MINUTES
 # Writes OUT/side_by_side.tgz (<policy>/{config.yaml,metrics.jsonl,learning_curve.png,summary.json},
-# test_<policy>.json, train_<policy>.log) and prints one table row per policy.
+# test_<policy>.json, train_<policy>.log, learning_curves.png: the policies overlaid) and prints one table row per policy.
 # QUICK=1: a tiny CPU check of the script (a few steps, 4 channels).
 set -u
 OUT=${1:?usage: train_side_by_side.sh OUT [MINUTES]}; MIN=${2:-7.7}
@@ -42,4 +42,7 @@ print(f"| {sys.argv[3]} | {s['step']:,} | {s['minutes']:.2f} | {t['energy_mae_me
       f"| {t['forces_mae_mev_per_A']:.2f} | {t['forces_rmse_mev_per_A']:.2f} |")
 PYEOF
 done
+"$PY" -c "import sys; from mpnn_jax.training.plots import plot_comparison as c
+c({p: f'$W/{p}/metrics.jsonl' for p in sys.argv[1:]}, '$W/learning_curves.png')" $POLICIES \
+  || echo "learning-curve plot failed"
 (cd "$W" && tar -czf "$OUT/side_by_side.tgz" --exclude='checkpoints' --exclude='*.msgpack' .)
