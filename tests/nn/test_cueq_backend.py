@@ -336,3 +336,22 @@ def test_quick_benchmark_writes_rows(tmp_path):
     # the two backends give the same energy on the same input
     by_backend = {r["backend"]: r for r in rows if r["mode"] == "ef"}
     assert abs(by_backend["cueq"]["energy"] / by_backend["e3nn"]["energy"] - 1) < 1e-5
+
+
+@pytest.mark.slow  # 20-30 s on 2 cores; the model tests above check the same physics
+def test_quick_accuracy_check_agrees_with_e3nn(tmp_path):
+    """experiments/perf/cueq_accuracy.py (run on the GPU for the CUDA kernels) keeps working: on
+    CPU the cueq backend's fp32 forces equal e3nn's to FP32 rounding, both are equivariant, and the
+    fp64 reference's finite difference matches its forces (the check's own floor)."""
+    script = Path(__file__).resolve().parents[2] / "experiments" / "perf" / "cueq_accuracy.py"
+    spec = importlib.util.spec_from_file_location("cueq_accuracy", script)
+    acc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(acc)
+    out = tmp_path / "acc.json"
+    assert acc.main(["--quick", "--presets", "fp32", "--out", str(out)]) == 0
+    rows = {(r["backend"], r["preset"]): r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {("e3nn", "fp64"), ("e3nn", "fp32"), ("cueq", "fp32")}
+    assert rows[("e3nn", "fp64")]["conservation_err_mev_per_A"] < 0.01
+    for backend in ("e3nn", "cueq"):
+        r = rows[(backend, "fp32")]
+        assert r["finite"] and r["forces_rel_rmse"] < 1e-5 and r["equivariance_rel_rmse"] < 1e-5
