@@ -4,10 +4,10 @@ Subcommands::
 
     mpnn-jax info FILE.xyz [--cutoff 5.0] [--json]
     mpnn-jax train --config C --workdir W [--set k=v ...]
-    mpnn-jax evaluate --workdir W --data F.xyz [--policy P] [--json OUT]
+    mpnn-jax evaluate --workdir W --data F.xyz [--policy P] [--backend B] [--json OUT]
     mpnn-jax audit --workdir W [--policy P] [--json OUT]
     mpnn-jax md --workdir W --structure S.xyz --steps N [--dt 0.5] [--ensemble nve|nvt]
-                [--temperature T] [--policy P] [--out DIR]
+                [--temperature T] [--policy P] [--backend B] [--out DIR]
 
 Exit codes: 0 success, 1 the audit found violations of the policy, 2 bad arguments or input
 (a one-line error on stderr), 130 interrupted (training saves a checkpoint first).
@@ -52,7 +52,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from mpnn_jax.training.evaluate import evaluate, format_metrics
 
-    result = evaluate(args.workdir, args.data, policy=args.policy)
+    result = evaluate(args.workdir, args.data, policy=args.policy, backend=args.backend)
     print(format_metrics(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2, default=str))
@@ -84,6 +84,7 @@ def _cmd_md(args: argparse.Namespace) -> int:
         ensemble=args.ensemble,
         temperature=args.temperature,
         policy=args.policy,
+        backend=args.backend,
         log_every=args.log_every,
         out=args.out,
         skin=args.skin,
@@ -91,6 +92,12 @@ def _cmd_md(args: argparse.Namespace) -> int:
     )
     print(json.dumps(summary, indent=2, default=str))
     return 0
+
+
+_BACKEND_HELP = (
+    "convolution backend: e3nn (pure XLA) or cueq (cuEquivariance kernels, the cueq extra); "
+    "default: the run's"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", required=True)
     p.add_argument("--data", required=True, help="extended XYZ file")
     p.add_argument("--policy", default=None, help="precision policy (default: the trained one)")
+    p.add_argument("--backend", default=None, help=_BACKEND_HELP)
     p.add_argument("--json", default=None, help="write the metrics as JSON to this path")
     p.set_defaults(func=_cmd_evaluate)
 
@@ -139,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ensemble", choices=["nve", "nvt"], default="nve")
     p.add_argument("--temperature", type=float, default=300.0, help="K (initial / bath)")
     p.add_argument("--policy", default=None, help="precision policy (default: the trained one)")
+    p.add_argument("--backend", default=None, help=_BACKEND_HELP)
     p.add_argument("--log-every", type=int, default=None, help="steps between logged frames")
     p.add_argument("--skin", type=float, default=0.5, help="neighbour-list skin in Å")
     p.add_argument("--seed", type=int, default=0)

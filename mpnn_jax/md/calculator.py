@@ -92,13 +92,14 @@ def check_distances(graph, *, min_distance: float = 0.1) -> None:
 
 
 def load_trained(
-    workdir: str | Path, *, policy: Policy | str | None = None
+    workdir: str | Path, *, policy: Policy | str | None = None, backend: str | None = None
 ) -> tuple[object, object, SpeciesTable, float]:
     """``(model, params, species_table, cutoff)`` of a trained run, via
-    :func:`mpnn_jax.training.load_run` (the model cloned with ``policy`` if given)."""
+    :func:`mpnn_jax.training.load_run` (the model cloned with ``policy`` if given, built with
+    the convolution ``backend`` if given, else the run's)."""
     from mpnn_jax.training import load_run
 
-    model, params, metadata = load_run(workdir, policy=_resolve_policy(policy))
+    model, params, metadata = load_run(workdir, policy=_resolve_policy(policy), backend=backend)
     table = metadata.get("species_table", metadata.get("species"))
     if not isinstance(table, SpeciesTable):
         table = SpeciesTable.from_list(table)
@@ -164,10 +165,15 @@ class Calculator(ASECalculator):
 
     @classmethod
     def from_run(
-        cls, workdir: str | Path, policy: Policy | str | None = None, **kwargs
+        cls,
+        workdir: str | Path,
+        policy: Policy | str | None = None,
+        backend: str | None = None,
+        **kwargs,
     ) -> Calculator:
-        """Loads a trained run (:func:`load_trained`) and evaluates it under ``policy``."""
-        model, params, table, cutoff = load_trained(workdir, policy=policy)
+        """Loads a trained run (:func:`load_trained`) and evaluates it under ``policy`` with the
+        convolution ``backend`` (default: the run's)."""
+        model, params, table, cutoff = load_trained(workdir, policy=policy, backend=backend)
         return cls(model, params, table, cutoff, policy=None, **kwargs)
 
     def graph(self, atoms: ase.Atoms):

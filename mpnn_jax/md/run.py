@@ -92,6 +92,7 @@ def run_md(
     ensemble: str = "nve",
     temperature: float = 300.0,
     policy: Policy | str | None = None,
+    backend: str | None = None,
     log_every: int | None = None,
     out: str | Path | None = None,
     skin: float = 0.5,
@@ -111,6 +112,8 @@ def run_md(
             the Langevin bath.
         policy: precision policy to evaluate the model with (name or object); None keeps the
             run's.
+        backend: the convolution backend to run the model with (e.g. ``"cueq"``; default: the
+            run's).
         log_every: steps between logged energies and trajectory frames; default
             ``clip(steps // 100, 1, 100)``.
         out: directory for ``trajectory.xyz``, ``energies.csv``, ``summary.json``; None writes
@@ -123,7 +126,7 @@ def run_md(
     Returns:
         The summary dict (see :func:`summarize`), plus ``policy``.
     """
-    model, params, table, cutoff = load_trained(workdir, policy=policy)
+    model, params, table, cutoff = load_trained(workdir, policy=policy, backend=backend)
     from mpnn_jax.potential import make_predictor
 
     atoms = read_structure(structure)
@@ -165,6 +168,7 @@ def run_md(
     summary = summarize(result, dt=dt, ensemble=ensemble)
     model_policy = getattr(model, "policy", None)
     summary["policy"] = getattr(model_policy, "name", None)
+    summary["backend"] = getattr(model, "backend", None)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         _write_energies(out / "energies.csv", result)

@@ -83,7 +83,10 @@ def get_backend(name: str) -> Backend:
     """The backend registered as ``name``; unknown names raise ``ValueError``."""
     _register_optional_backends()
     if name not in _REGISTRY:
-        raise ValueError(f"unknown backend {name!r}; expected one of {available_backends()}")
+        hint = " (cueq needs the cueq extra: pip install 'mpnn_jax[cueq]')" if name == "cueq" else ""
+        raise ValueError(
+            f"unknown or unavailable backend {name!r}; expected one of {available_backends()}{hint}"
+        )
     return _REGISTRY[name]
 
 

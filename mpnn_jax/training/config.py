@@ -64,10 +64,18 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Which model and its sizes (``sizes`` is passed to ``build_model`` as keyword arguments)."""
+    """Which model and its sizes (``sizes`` is passed to ``build_model`` as keyword arguments).
+
+    ``backend`` names the convolution and symmetric-contraction backend
+    (:mod:`mpnn_jax.nn.backends`): ``"e3nn"`` (pure XLA, the reference) or, with the ``cueq``
+    extra installed, ``"cueq"`` (NVIDIA cuEquivariance kernels on a GPU). The weights are the same
+    for every backend, so a run can be evaluated or simulated with another one
+    (``mpnn-jax evaluate/md --backend``).
+    """
 
     name: str = "mace"
     sizes: dict = dataclasses.field(default_factory=dict)
+    backend: str = "e3nn"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,6 +250,14 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"{where}: {value!r} is not one of {list(choices)}")
 
     choice(cfg.model.name, MODEL_NAMES, "model.name")
+    if "backend" in cfg.model.sizes:
+        raise ConfigError("model.sizes.backend: set the backend as model.backend")
+    try:
+        from mpnn_jax.nn.backends import get_backend
+
+        get_backend(cfg.model.backend)
+    except ValueError as e:
+        raise ConfigError(f"model.backend: {e}") from e
     choice(cfg.train.optimizer, OPTIMIZERS, "train.optimizer")
     choice(cfg.train.schedule, SCHEDULES, "train.schedule")
     choice(cfg.train.loss, LOSSES, "train.loss")

@@ -38,7 +38,11 @@ def _checkpoint_file(workdir: str | Path, which: str) -> Path:
 
 
 def load_run(
-    workdir: str | Path, *, policy: str | Policy | None = None, which: str = ckpt.BEST
+    workdir: str | Path,
+    *,
+    policy: str | Policy | None = None,
+    which: str = ckpt.BEST,
+    backend: str | None = None,
 ) -> tuple[Any, Any, dict]:
     """The model, its evaluated (EMA) weights and the run metadata.
 
@@ -46,6 +50,8 @@ def load_run(
         workdir: a run directory written by :func:`mpnn_jax.training.loop.train`.
         policy: evaluate under this policy instead of the trained one.
         which: ``"best"`` (default; falls back to ``"latest"``) or ``"latest"``.
+        backend: build the model with this convolution backend (e.g. ``"cueq"``) instead of the
+            run's; the weights are the same for every backend.
 
     Returns:
         ``(model, params, metadata)``; ``metadata`` holds ``step``, ``species``, ``e0s``,
@@ -57,7 +63,7 @@ def load_run(
     trained = get_policy(meta["policy"])
     if trained.uses_x64:
         jax.config.update("jax_enable_x64", True)
-    model = build_model_from_spec(meta["model"], policy=trained)
+    model = build_model_from_spec(meta["model"], policy=trained, backend=backend)
     if policy is not None:
         new = get_policy(policy)
         if new.uses_x64:
@@ -74,6 +80,7 @@ def evaluate(
     batch_size: int | None = None,
     n_configs: int | None = None,
     devices: str | int = "all",
+    backend: str | None = None,
 ) -> dict:
     """Errors of a trained run's best EMA weights on an extended-XYZ file.
 
@@ -86,16 +93,18 @@ def evaluate(
         n_configs: evaluate only the first ``n_configs`` configurations.
         devices: ``"all"`` or a device count; with more than one, each step evaluates one
             batch per device (``mpnn_jax.training.parallel.evaluate_sharded``; same metrics).
+        backend: evaluate with this convolution backend (default: the run's).
 
     Returns:
         ``n_configs``, ``energy_mae_mev_per_atom``, ``energy_rmse_mev_per_atom``,
         ``energy_mae_mev``, ``energy_rmse_mev``, ``forces_mae_mev_per_A``,
-        ``forces_rmse_mev_per_A``, stress metrics where present, ``policy``, ``data``, ``step``.
+        ``forces_rmse_mev_per_A``, stress metrics where present, ``policy``, ``backend``,
+        ``data``, ``step``.
     """
     from mpnn_jax.data import SpeciesTable
     from mpnn_jax.potential import make_predictor
 
-    model, params, meta = load_run(workdir, policy=policy)
+    model, params, meta = load_run(workdir, policy=policy, backend=backend)
     cfg = config_from_dict(meta["config"])
     pol = get_policy(policy) if policy is not None else get_policy(meta["policy"])
     dtype = np.float64 if pol.uses_x64 else np.float32
@@ -118,7 +127,9 @@ def evaluate(
         result = parallel.evaluate_sharded(sharded, params, loader, mesh).result()
     else:
         result = evaluate_batches(jax.jit(sums_fn), params, loader.iterate(0)).result()
-    result.update(policy=pol.name, data=str(data_path), step=int(meta["step"]))
+    result.update(
+        policy=pol.name, backend=model.backend, data=str(data_path), step=int(meta["step"])
+    )
     return result
 
 

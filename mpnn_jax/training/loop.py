@@ -69,6 +69,7 @@ def model_spec(cfg: Config, data: PreparedData) -> dict:
     return {
         "name": cfg.model.name,
         "sizes": dict(cfg.model.sizes),
+        "backend": cfg.model.backend,
         "n_species": len(data.species),
         "cutoff": float(cfg.data.cutoff),
         "avg_num_neighbors": float(data.statistics["avg_num_neighbors"]),
@@ -78,13 +79,22 @@ def model_spec(cfg: Config, data: PreparedData) -> dict:
     }
 
 
-def build_model_from_spec(spec: dict, *, policy: Any) -> Any:
-    """``mpnn_jax.models.build_model`` from a :func:`model_spec` dict."""
-    from mpnn_jax.models import build_model
+def build_model_from_spec(spec: dict, *, policy: Any, backend: str | None = None) -> Any:
+    """``mpnn_jax.models.build_model`` from a :func:`model_spec` dict, with the spec's backend
+    (``"e3nn"`` for specs written before backends were recorded) unless ``backend`` is given.
 
+    Raises:
+        ValueError: the backend is unknown or not installed here.
+    """
+    from mpnn_jax.models import build_model
+    from mpnn_jax.nn.backends import get_backend
+
+    backend = backend or spec.get("backend", "e3nn")
+    get_backend(backend)  # a clear error before any tracing
     return build_model(
         spec["name"],
         policy=policy,
+        backend=backend,
         n_species=spec["n_species"],
         cutoff=spec["cutoff"],
         avg_num_neighbors=spec["avg_num_neighbors"],

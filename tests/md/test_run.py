@@ -18,7 +18,7 @@ def fake_run(monkeypatch, make_pair_model):
     """Replaces training's ``load_run`` by one returning the pair model; records the policy."""
     calls = []
 
-    def load_run(workdir, *, policy=None):
+    def load_run(workdir, *, policy=None, backend=None):
         calls.append((str(workdir), policy))
         model, params = make_pair_model("fp32")
         if policy is not None:

@@ -172,5 +172,5 @@ def test_convolution_stage_dtypes(spec, rng):
 def test_backend_registry():
     assert "e3nn" in available_backends()
     assert get_backend("e3nn").convolution is not None
-    with pytest.raises(ValueError, match="unknown backend"):
+    with pytest.raises(ValueError, match="unknown or unavailable backend"):
         get_backend("nope")

@@ -42,6 +42,8 @@ def test_unknown_key_is_named_with_valid_keys():
         ("train", "loss", "l1", "not one of"),
         ("model", "name", "schnet", r"model\.name: 'schnet' is not one of \['nequip', 'mace'\]"),
         ("model", "sizes", 3, "expected a mapping"),
+        ("model", "backend", "nope", r"model\.backend: unknown or unavailable backend 'nope'"),
+        ("model", "sizes", {"backend": "e3nn"}, r"model\.sizes\.backend: set the backend as"),
         ("data", "valid", 1.5, "fraction"),
         ("data", "cutoff", -1.0, "cutoff"),
         ("data", "max_buckets", 0, r"data\.max_buckets must be >= 1"),

@@ -57,6 +57,30 @@ def test_policy_override_changes_only_precision(run_dir):
     assert low["forces_mae_mev_per_A"] == pytest.approx(ref["forces_mae_mev_per_A"], rel=0.2)
 
 
+def test_backend_is_recorded_and_can_be_overridden(run_dir):
+    """The run records its backend; evaluate/load_run can swap it (same weights, same numbers);
+    a spec from before backends were recorded builds with e3nn; an unavailable one is an error."""
+    from mpnn_jax.nn.backends import available_backends
+    from mpnn_jax.training.loop import build_model_from_spec
+
+    model, _, meta = load_run(run_dir)
+    assert meta["model"]["backend"] == "e3nn" and model.backend == "e3nn"
+    old_spec = {k: v for k, v in meta["model"].items() if k != "backend"}
+    assert build_model_from_spec(old_spec, policy="fp32").backend == "e3nn"
+    ref = evaluate(run_dir, TEST, n_configs=4)
+    assert ref["backend"] == "e3nn"
+    if "cueq" in available_backends():
+        other = evaluate(run_dir, TEST, n_configs=4, backend="cueq")
+        assert other["backend"] == "cueq" and load_run(run_dir, backend="cueq")[0].backend == "cueq"
+        for key in ("energy_mae_mev_per_atom", "forces_mae_mev_per_A", "forces_rmse_mev_per_A"):
+            assert other[key] == pytest.approx(ref[key], rel=1e-4, abs=1e-3)
+    else:
+        with pytest.raises(ValueError, match="cueq extra"):
+            evaluate(run_dir, TEST, n_configs=4, backend="cueq")
+    with pytest.raises(ValueError, match="unknown or unavailable backend 'nope'"):
+        load_run(run_dir, backend="nope")
+
+
 def test_audit_run_checks_the_trained_policy(run_dir):
     from mpnn_jax.precision import get_policy
     from mpnn_jax.training.evaluate import audit_run

@@ -1,0 +1,95 @@
+"""The ``mpnn-jax`` command on a tiny trained run: exit codes (0 success, 1 audit violations, 2 bad
+arguments or input with a one-line error), and that ``evaluate`` and ``audit`` write what they
+promise."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mpnn_jax.cli import main
+from mpnn_jax.training.config import load_config
+from mpnn_jax.training.loop import train
+
+from .test_train_presets import FAST, TINY
+
+TEST = "bundled:rmd17_ethanol/test"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("cli_run")
+    train(load_config(TINY, overrides=[*FAST, "train.max_steps=5"]), workdir)
+    return workdir
+
+
+def _error_line(capsys, command: str) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"mpnn-jax {command}: error:"), err
+    return err[0]
+
+
+def test_bad_arguments_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:  # argparse: a required option missing
+        main(["train", "--config", str(TINY)])
+    assert exc.value.code == 2
+    capsys.readouterr()
+    assert main(["train", "--config", str(tmp_path / "no.yaml"), "--workdir", str(tmp_path)]) == 2
+    assert "no.yaml" in _error_line(capsys, "train")
+    argv = ["train", "--config", str(TINY), "--workdir", str(tmp_path / "w")]
+    assert main([*argv, "--set", "train.bogus=1"]) == 2
+    assert "train.bogus" in _error_line(capsys, "train")
+    assert main([*argv, "--set", "model.backend=nope"]) == 2
+    assert "model.backend" in _error_line(capsys, "train")
+    assert not (tmp_path / "w" / "checkpoints").exists()  # nothing trained on a bad config
+    assert main(["evaluate", "--workdir", str(tmp_path / "none"), "--data", TEST]) == 2
+    _error_line(capsys, "evaluate")
+
+
+def test_evaluate_and_audit_on_a_trained_run(run_dir, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    argv = ["evaluate", "--workdir", str(run_dir), "--data", TEST]
+    assert main([*argv, "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    for key in ("n_configs", "energy_mae_mev_per_atom", "energy_mae_mev", "forces_mae_mev_per_A",
+                "forces_rmse_mev_per_A", "policy", "backend"):  # fmt: skip
+        assert key in result, key
+    assert result["policy"] == "fp32" and result["n_configs"] > 0
+    assert result["forces_mae_mev_per_A"] > 0 and "forces_mae_mev_per_A" in capsys.readouterr().out
+    assert main([*argv, "--policy", "fp8"]) == 2
+    assert "fp8" in _error_line(capsys, "evaluate")
+    assert main([*argv, "--backend", "nope"]) == 2
+    assert "nope" in _error_line(capsys, "evaluate")
+
+    audit_json = tmp_path / "audit.json"
+    argv = ["audit", "--workdir", str(run_dir)]
+    assert main([*argv, "--policy", "bf16-mixed", "--json", str(audit_json)]) == 0
+    printed = capsys.readouterr().out
+    assert "policy bf16-mixed" in printed and "no violations" in printed
+    assert json.loads(audit_json.read_text())
+    assert main([*argv, "--policy", "fp8"]) == 2
+    _error_line(capsys, "audit")
+
+
+def test_audit_exits_1_on_violations(run_dir, monkeypatch, capsys):
+    """A violation found by the audit (here: a cast to FP64 appended to the real report, which
+    no FP32/BF16 policy allows) is exit code 1 with the offending line printed."""
+    import dataclasses
+
+    import mpnn_jax.training.evaluate as ev
+    from mpnn_jax.precision.audit import OpRecord
+
+    real = ev.audit_run
+    bad = OpRecord(stage="messages", primitive="convert_element_type", kind="cast",
+                   in_dtypes=("f32",), out_dtypes=("f64",), accum=None, backward=False,
+                   name_stack="messages/injected")  # fmt: skip
+
+    def with_violation(workdir, *, policy=None):
+        report = real(workdir, policy=policy)
+        return dataclasses.replace(report, records=(*report.records, bad))
+
+    monkeypatch.setattr(ev, "audit_run", with_violation)
+    assert main(["audit", "--workdir", str(run_dir), "--policy", "bf16-mixed"]) == 1
+    out = capsys.readouterr().out
+    assert "violations:" in out and "messages/injected" in out and "casts to f64" in out
