@@ -83,9 +83,12 @@ def get_backend(name: str) -> Backend:
     """The backend registered as ``name``; unknown names raise ``ValueError``."""
     _register_optional_backends()
     if name not in _REGISTRY:
-        hint = " (cueq needs the cueq extra: pip install 'mpnn_jax[cueq]')" if name == "cueq" else ""
+        hint = ""
+        if name == "cueq":
+            hint = " (cueq needs the cueq extra: pip install 'mpnn_jax[cueq]')"
         raise ValueError(
-            f"unknown or unavailable backend {name!r}; expected one of {available_backends()}{hint}"
+            f"unknown or unavailable backend {name!r}; "
+            f"expected one of {available_backends()}{hint}"
         )
     return _REGISTRY[name]
 
