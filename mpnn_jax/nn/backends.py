@@ -87,8 +87,7 @@ def get_backend(name: str) -> Backend:
         if name == "cueq":
             hint = " (cueq needs the cueq extra: pip install 'mpnn_jax[cueq]')"
         raise ValueError(
-            f"unknown or unavailable backend {name!r}; "
-            f"expected one of {available_backends()}{hint}"
+            f"unknown or unavailable backend {name!r}; expected one of {available_backends()}{hint}"
         )
     return _REGISTRY[name]
 
