@@ -22,6 +22,10 @@
 #       1,000, 3,000 and 10,000 atoms, fp32, bf16-mixed, fp16-mixed (the accurate 16-bit policy:
 #       never timed on a GPU so far) and fp32-highest; OUT/e_sweep.png. 24 cases, ~360-500 s: a
 #       call of its own (STEPS=e BUDGET_S=540).
+#   f   the cueq backend where the 1.5x / 1.3x goals are measured: nequip-M and mace-mp-s on
+#       water:10000, fp32 and bf16-mixed, ef and train, backends e3nn and cueq (16 cases,
+#       ~400 s: a call of its own, STEPS=f BUDGET_S=540; skipped without cueq). Session 5 timed
+#       cueq at 3,000 atoms only (MACE: 2.0-2.4x faster than e3nn, bf16 1.10-1.12x fp32).
 #   a2  mace-mp-s on water:3000, fp32 (take_rows): sorted-edge promises, no promise vs
 #       sorted senders (the neighbour list's own order) vs sorted receivers (edges re-sorted);
 #       ef first, then train as far as the budget goes. The no-promise programs come from the
@@ -44,10 +48,10 @@ export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
 FAILED=0
 
 if [ "$QUICK" = 1 ]; then  # tiny CPU settings: the same commands, the same flags
-  MACE_SYS=water:24; NEQUIP_SYS=water:24; REPEATS=1; CEIL_N=256; SWEEP=(water:24 water:48)
+  MACE_SYS=water:24; NEQUIP_SYS=water:24; BIG_SYS=water:24; REPEATS=1; CEIL_N=256; SWEEP=(water:24 water:48)
   LARGEST=(--systems water:24 --largest-probes 81 --largest-budget-mib 600)
 else
-  MACE_SYS=water:3000; NEQUIP_SYS=water:10000; REPEATS=20; CEIL_N=8192
+  MACE_SYS=water:3000; NEQUIP_SYS=water:10000; BIG_SYS=water:10000; REPEATS=20; CEIL_N=8192
   SWEEP=(water:1000 water:3000 water:10000)
   LARGEST=(--systems water:3000 --largest-probes 3000)
 fi
@@ -96,12 +100,18 @@ sys.exit('cueq' not in a())"; then
           --largest-tries 3 ;;
     b)  step b_nequip -- "${CEIL[@]}" --sizes nequip-M --systems "$NEQUIP_SYS" \
           --presets fp32 bf16-mixed --modes ef train ;;
+    f)  if "$PY" -c "import sys; from mpnn_jax.nn.backends import available_backends as a; \
+sys.exit('cueq' not in a())"; then
+          step f_cueq_10k -- --ceilings --ceilings-n "$CEIL_N" \
+            --sizes nequip-M mace-mp-s --systems "$BIG_SYS" --presets fp32 bf16-mixed \
+            --modes ef train --backends e3nn cueq
+        else echo "skip f: the cueq backend is not available" | tee -a "$OUT/plan_times.txt"; fi ;;
     e)  step e_sweep -- "${CEIL[@]}" --sizes mace-mp-s nequip-M --systems "${SWEEP[@]}" \
           --presets fp32 bf16-mixed fp16-mixed fp32-highest --modes ef \
           --plot "$OUT/e_sweep.png" ;;
     a2) step a2_mace_sorted -- "${CEIL[@]}" --sizes mace-mp-s --systems "$MACE_SYS" \
           --presets fp32 --modes ef train --variants take/none take/senders take/receivers ;;
-    *)  echo "unknown step $1 (a1 d c b e a2)" >&2; FAILED=1 ;;
+    *)  echo "unknown step $1 (a1 d c b e f a2)" >&2; FAILED=1 ;;
   esac
   find_ceilings
 }

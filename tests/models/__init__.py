@@ -1,0 +1,17 @@
+"""Shared parametrisation of the model tests."""
+
+import pytest
+
+from mpnn_jax.precision import PRESETS
+
+#: presets whose training step runs in the default suite; the others (fp64, fp32-highest and the
+#: seed variants, which share these code paths) are ``slow`` (``make test-all``)
+DEFAULT_PRESETS = ("fp32", "bf16-mixed", "fp16-mixed", "bf16-pure")
+
+
+def preset_params() -> list:
+    """Every preset as a pytest parameter, those outside ``DEFAULT_PRESETS`` marked ``slow``."""
+    return [
+        p if p in DEFAULT_PRESETS else pytest.param(p, marks=pytest.mark.slow)
+        for p in sorted(PRESETS)
+    ]

@@ -18,7 +18,9 @@ from mpnn_jax import testing
 from mpnn_jax.models import build_model
 from mpnn_jax.models.mace import MACE, channel_irreps
 from mpnn_jax.potential import init_params, make_predictor
-from mpnn_jax.precision import PRESETS, get_policy, loss_scale_for
+from mpnn_jax.precision import get_policy, loss_scale_for
+
+from . import preset_params
 
 CUTOFF = 3.0
 SIZES = dict(
@@ -256,7 +258,7 @@ def test_bf16_mixed_close_to_fp64_and_bf16_pure_worse(setup, x64):
     assert errors["bf16-seed"][1] > errors["bf16-mixed"][1]
 
 
-@pytest.mark.parametrize("preset", sorted(PRESETS))
+@pytest.mark.parametrize("preset", preset_params())
 def test_one_training_step_without_nan(preset, request):
     policy = get_policy(preset)
     if policy.uses_x64:

@@ -10,7 +10,9 @@ import pytest
 from mpnn_jax import testing
 from mpnn_jax.models import NequIP, build_model, hidden_irreps_from
 from mpnn_jax.potential import init_params, make_predictor
-from mpnn_jax.precision import PRESETS, audit, get_policy
+from mpnn_jax.precision import audit, get_policy
+
+from . import preset_params
 
 SIZES = dict(n_layers=2, hidden_irreps="4x0e+3x1o+2x2e", max_ell=2, n_basis=6, radial_features=(8,))
 TINY = dict(n_layers=2, hidden_irreps="2x0e+2x1o", max_ell=1, n_basis=4, radial_features=(4,))
@@ -141,7 +143,7 @@ def test_audit_every_stage_in_its_dtype(spec):
             assert report.op_dtypes(stage).get(low, 0) > 0, (stage, report.op_dtypes(stage))
 
 
-@pytest.mark.parametrize("spec", list(PRESETS))
+@pytest.mark.parametrize("spec", preset_params())
 def test_training_step_every_preset(spec):
     policy = get_policy(spec)
     dtype = "float64" if policy.uses_x64 else "float32"
