@@ -19,6 +19,20 @@ from mpnn_jax.precision import Policy
 SPECIES = SpeciesTable((1, 6, 8))
 
 
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory):
+    """The tiny-config run (experiments/configs/tiny.yaml, fp32) trained for 15 steps, read-only:
+    the evaluate, audit and CLI tests share it."""
+    from mpnn_jax.training.config import load_config
+    from mpnn_jax.training.loop import train
+
+    from .test_train_presets import FAST, TINY
+
+    workdir = tmp_path_factory.mktemp("run")
+    train(load_config(TINY, overrides=[*FAST, "train.max_steps=15"]), workdir)
+    return workdir
+
+
 @pytest.fixture(scope="session", autouse=True)
 def compilation_cache(tmp_path_factory):
     """A persistent XLA cache for this session: the resume tests compile the same step 4 times."""

@@ -9,19 +9,10 @@ import json
 import pytest
 
 from mpnn_jax.cli import main
-from mpnn_jax.training.config import load_config
-from mpnn_jax.training.loop import train
 
-from .test_train_presets import FAST, TINY
+from .test_train_presets import TINY
 
 TEST = "bundled:rmd17_ethanol/test"
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("cli_run")
-    train(load_config(TINY, overrides=[*FAST, "train.max_steps=5"]), workdir)
-    return workdir
 
 
 def _error_line(capsys, command: str) -> str:

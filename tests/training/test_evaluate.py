@@ -7,20 +7,9 @@ import pytest
 
 from mpnn_jax.data import SpeciesTable, atoms_to_graph, bundled_path, pad_graph, read_xyz
 from mpnn_jax.potential import make_potential
-from mpnn_jax.training.config import load_config
 from mpnn_jax.training.evaluate import evaluate, format_metrics, load_run
-from mpnn_jax.training.loop import train
-
-from .test_train_presets import FAST, TINY
 
 TEST = "bundled:rmd17_ethanol/test"
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("run")
-    train(load_config(TINY, overrides=[*FAST, "train.max_steps=15"]), workdir)
-    return workdir
 
 
 def test_evaluate_matches_per_config_reference(run_dir):
