@@ -124,7 +124,7 @@ def run_md(
         progress: show a tqdm progress bar.
 
     Returns:
-        The summary dict (see :func:`summarize`), plus ``policy``.
+        The summary dict (see :func:`summarize`), plus ``policy`` and ``backend``.
     """
     model, params, table, cutoff = load_trained(workdir, policy=policy, backend=backend)
     from mpnn_jax.potential import make_predictor
