@@ -102,6 +102,7 @@ def test_energy_fn_consistent_with_predictor(batch_and_params):
     np.testing.assert_allclose(np.asarray(forces), np.asarray(out["forces"]), atol=1e-5)
 
 
+@pytest.mark.slow  # 17 s (eager E+F+stress); the jitted predictor is checked against fp64 elsewhere
 def test_jit_equals_no_jit():
     rng = np.random.default_rng(4)
     g = testing.pad(
