@@ -84,3 +84,24 @@ def test_audit_exits_1_on_violations(run_dir, monkeypatch, capsys):
     assert main(["audit", "--workdir", str(run_dir), "--policy", "bf16-mixed"]) == 1
     out = capsys.readouterr().out
     assert "violations:" in out and "messages/injected" in out and "casts to f64" in out
+
+
+def test_md_with_either_backend_follows_the_same_trajectory(run_dir, tmp_path, capsys):
+    """``mpnn-jax md --backend``: the same weights under the cueq kernels (CPU: their pure-JAX
+    method) give the e3nn run's trajectory; an unknown backend is exit 2."""
+    from mpnn_jax.data import bundled_path
+    from mpnn_jax.nn.backends import available_backends
+
+    structure = bundled_path("rmd17_ethanol", "test")
+    argv = ["md", "--workdir", str(run_dir), "--structure", structure, "--steps", "20"]
+    assert main([*argv, "--backend", "nope"]) == 2
+    assert "nope" in _error_line(capsys, "md")
+    finals = {}
+    for backend in [b for b in ("e3nn", "cueq") if b in available_backends()]:
+        out = tmp_path / backend
+        assert main([*argv, "--backend", backend, "--out", str(out)]) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["backend"] == backend
+        finals[backend] = summary["final_total_energy_eV"]
+    if "cueq" in finals:
+        assert finals["cueq"] == pytest.approx(finals["e3nn"], abs=1e-5)
