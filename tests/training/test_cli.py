@@ -92,7 +92,7 @@ def test_md_with_either_backend_follows_the_same_trajectory(run_dir, tmp_path, c
     from mpnn_jax.data import bundled_path
     from mpnn_jax.nn.backends import available_backends
 
-    structure = bundled_path("rmd17_ethanol", "test")
+    structure = str(bundled_path("rmd17_ethanol", "test"))
     argv = ["md", "--workdir", str(run_dir), "--structure", structure, "--steps", "20"]
     assert main([*argv, "--backend", "nope"]) == 2
     assert "nope" in _error_line(capsys, "md")
