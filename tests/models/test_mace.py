@@ -239,15 +239,6 @@ def test_bf16_mixed_close_to_fp64_and_bf16_pure_worse(setup, x64):
         )
         errors[name] = (e_err, f_err)
     print("MACE error vs fp64 at random init (energy eV/atom, force max rel):", errors)
-    # equivariance error of the mixed recipe (printed, not asserted: BF16 rounding is not O(3)
-    # equivariant); same shapes, so no new compile
-    mixed = jax.jit(make_predictor(model.clone(policy=get_policy("bf16-mixed"))))
-    rot = testing.random_o3(np.random.default_rng(6), improper=True)
-    out, out_r = mixed(params, g32), mixed(params, testing.transform_graph(g32, rotation=rot))
-    f = np.asarray(out["forces"][:n], np.float64)
-    f_err = np.abs(np.asarray(out_r["forces"][:n], np.float64) - f @ rot.T).max() / np.abs(f).max()
-    e_err = abs(float(out_r["energy"][0]) - float(out["energy"][0])) / n
-    print(f"bf16-mixed O(3) error: energy {e_err:.2e} eV/atom, forces {f_err:.2e} (max rel)")
     assert errors["fp32"][0] < 1e-5 and errors["fp32"][1] < 1e-4
     # stated tolerance of the mixed recipe at random init
     assert errors["bf16-mixed"][0] < 2e-2 and errors["bf16-mixed"][1] < 5e-2
@@ -258,7 +249,9 @@ def test_bf16_mixed_close_to_fp64_and_bf16_pure_worse(setup, x64):
     assert errors["bf16-seed"][1] > errors["bf16-mixed"][1]
 
 
-@pytest.mark.parametrize("preset", preset_params())
+# the tiny-config training tests (tests/training/test_train_presets.py) train this model under
+# fp32, bf16-mixed, fp16-mixed and bf16-pure; here one preset runs by default, the rest are slow
+@pytest.mark.parametrize("preset", preset_params(default=("bf16-mixed",)))
 def test_one_training_step_without_nan(preset, request):
     policy = get_policy(preset)
     if policy.uses_x64:
