@@ -11,6 +11,4 @@ DEFAULT_PRESETS = ("fp32", "bf16-mixed", "fp16-mixed", "bf16-pure")
 
 def preset_params(default: tuple[str, ...] = DEFAULT_PRESETS) -> list:
     """Every preset as a pytest parameter, those outside ``default`` marked ``slow``."""
-    return [
-        p if p in default else pytest.param(p, marks=pytest.mark.slow) for p in sorted(PRESETS)
-    ]
+    return [p if p in default else pytest.param(p, marks=pytest.mark.slow) for p in sorted(PRESETS)]
