@@ -6,7 +6,8 @@
 # experiments/gpu_env.sh`:
 #   POLICIES="fp32 fp16-mixed" bash experiments/train_side_by_side.sh OUT MINUTES
 # Writes OUT/side_by_side.tgz (<policy>/{config.yaml,metrics.jsonl,learning_curve.png,summary.json},
-# test_<policy>.json, train_<policy>.log, learning_curves.png: the policies overlaid) and prints one table row per policy.
+# test_<policy>.json, train_<policy>.log, learning_curves.png: the policies overlaid) and prints
+# one table row per policy.
 # QUICK=1: a tiny CPU check of the script (a few steps, 4 channels).
 set -u
 OUT=${1:?usage: train_side_by_side.sh OUT [MINUTES]}; MIN=${2:-7.7}

@@ -48,7 +48,8 @@ export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
 FAILED=0
 
 if [ "$QUICK" = 1 ]; then  # tiny CPU settings: the same commands, the same flags
-  MACE_SYS=water:24; NEQUIP_SYS=water:24; BIG_SYS=water:24; REPEATS=1; CEIL_N=256; SWEEP=(water:24 water:48)
+  MACE_SYS=water:24; NEQUIP_SYS=water:24; BIG_SYS=water:24; REPEATS=1; CEIL_N=256
+  SWEEP=(water:24 water:48)
   LARGEST=(--systems water:24 --largest-probes 81 --largest-budget-mib 600)
 else
   MACE_SYS=water:3000; NEQUIP_SYS=water:10000; BIG_SYS=water:10000; REPEATS=20; CEIL_N=8192
@@ -75,6 +76,11 @@ step() {  # step NAME [ENV=VALUE ...] -- ARGS...: one benchmark run under the re
   echo "$name rc=$rc $((SECONDS - t))s" | tee -a "$OUT/plan_times.txt"
 }
 
+have_cueq() {  # is the cuEquivariance backend available (steps d and f need it)?
+  "$PY" -c "import sys; from mpnn_jax.nn.backends import available_backends as a; \
+sys.exit('cueq' not in a())"
+}
+
 CEIL=()
 find_ceilings() {  # the first step with --ceilings gives the others its ceilings
   for f in "$OUT/a1_mace_take_rows.json" "$OUT/d_cueq.json"; do
@@ -89,8 +95,7 @@ run_step() {
     a1) step a1_mace_take_rows -- --ceilings --ceilings-n "$CEIL_N" --sizes mace-mp-s \
           --systems "$MACE_SYS" --presets fp32 bf16-mixed --modes ef train \
           --variants onehot/none take/none ;;
-    d)  if "$PY" -c "import sys; from mpnn_jax.nn.backends import available_backends as a; \
-sys.exit('cueq' not in a())"; then
+    d)  if have_cueq; then
           step d_cueq -- --ceilings --ceilings-n "$CEIL_N" --sizes mace-mp-s \
             --systems "$MACE_SYS" --presets fp32 bf16-mixed --modes ef train --backends e3nn cueq
         else echo "skip d: the cueq backend is not available" | tee -a "$OUT/plan_times.txt"; fi ;;
@@ -100,8 +105,7 @@ sys.exit('cueq' not in a())"; then
           --largest-tries 3 ;;
     b)  step b_nequip -- "${CEIL[@]}" --sizes nequip-M --systems "$NEQUIP_SYS" \
           --presets fp32 bf16-mixed --modes ef train ;;
-    f)  if "$PY" -c "import sys; from mpnn_jax.nn.backends import available_backends as a; \
-sys.exit('cueq' not in a())"; then
+    f)  if have_cueq; then
           step f_cueq_10k -- --ceilings --ceilings-n "$CEIL_N" \
             --sizes nequip-M mace-mp-s --systems "$BIG_SYS" --presets fp32 bf16-mixed \
             --modes ef train --backends e3nn cueq

@@ -34,6 +34,7 @@ def build_model(
     atomic_energies: Sequence[float] | np.ndarray | None = None,
     scale: float = 1.0,
     shift: float = 0.0,
+    backend: str = "e3nn",
     **sizes: Any,
 ) -> nn.Module:
     """Builds ``"nequip"`` or ``"mace"``.
@@ -47,13 +48,21 @@ def build_model(
         atomic_energies: E0 per species (eV) or ``None``.
         scale: energy scale (eV).
         shift: per-atom energy shift (eV).
+        backend: convolution and symmetric-contraction backend (:mod:`mpnn_jax.nn.backends`),
+            checked here so that an unknown or uninstalled one fails before any tracing.
         **sizes: model-specific hyperparameters (e.g. ``n_layers``, ``hidden_irreps``,
             ``max_ell``, ``n_basis``, ``radial_features``); lists become tuples.
 
     Returns:
         The (unbound) Flax module.
+
+    Raises:
+        ValueError: unknown model name, or unknown or unavailable backend.
     """
+    from mpnn_jax.nn.backends import get_backend
+
     policy = get_policy(policy)
+    get_backend(backend)
     common = dict(
         policy=policy,
         n_species=int(n_species),
@@ -64,6 +73,7 @@ def build_model(
         else tuple(float(e) for e in np.asarray(atomic_energies).ravel()),
         scale=float(scale),
         shift=float(shift),
+        backend=backend,
     )
     sizes = {k: (tuple(v) if isinstance(v, list) else v) for k, v in sizes.items()}
     key = name.lower()

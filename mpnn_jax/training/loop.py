@@ -87,14 +87,11 @@ def build_model_from_spec(spec: dict, *, policy: Any, backend: str | None = None
         ValueError: the backend is unknown or not installed here.
     """
     from mpnn_jax.models import build_model
-    from mpnn_jax.nn.backends import get_backend
 
-    backend = backend or spec.get("backend", "e3nn")
-    get_backend(backend)  # a clear error before any tracing
     return build_model(
         spec["name"],
         policy=policy,
-        backend=backend,
+        backend=backend or spec.get("backend", "e3nn"),
         n_species=spec["n_species"],
         cutoff=spec["cutoff"],
         avg_num_neighbors=spec["avg_num_neighbors"],
