@@ -236,3 +236,18 @@ def test_sort_edges_keeps_padding_last_and_edges_whole(by):
     assert triples(s) == triples(g)
     with pytest.raises(ValueError, match="cannot sort"):
         bm.sort_edges(g, by="species")
+
+
+def test_device_info_commit_from_the_environment_or_git(monkeypatch):
+    """A copied tree's .git can be stale: ``MPNN_JAX_COMMIT`` names the code that really ran."""
+    import subprocess
+
+    from mpnn_jax.benchmark.timing import device_info
+
+    monkeypatch.setenv("MPNN_JAX_COMMIT", "abc1234")
+    assert device_info()["commit"] == "abc1234"
+    monkeypatch.delenv("MPNN_JAX_COMMIT")
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    assert device_info()["commit"] == head

@@ -12,6 +12,7 @@ Compile time is measured where the program is lowered (:func:`mpnn_jax.benchmark
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import subprocess
@@ -26,12 +27,15 @@ import numpy as np
 def device_info() -> dict[str, Any]:
     """Device kind, platform, JAX/jaxlib versions, commit and host, for every result file."""
     dev = jax.devices()[0]
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-        ).stdout.strip()
-    except OSError:
-        commit = ""
+    # MPNN_JAX_COMMIT wins: a copied working tree (the GPU machine's) may carry a stale .git
+    commit = os.environ.get("MPNN_JAX_COMMIT", "")
+    if not commit:
+        try:
+            commit = subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+            ).stdout.strip()
+        except OSError:
+            commit = ""
     info = {
         "device": getattr(dev, "device_kind", str(dev)),
         "platform": dev.platform,
