@@ -5,10 +5,12 @@
 
 (without that flag XLA runs the program as one CUDA graph and the trace shows one event).
 
-For each case ``size:kind:atoms:preset:mode`` the program is compiled and warmed up, three calls
-are traced, and the GPU kernels are summed by HLO op (``<out>/profile.json``, with each op's
-``op_name`` metadata from the compiled HLO); the HLO text of each case goes to
-``<out>/hlo_<i>.txt``. Prints the top kernels of each case last.
+For each case ``size:kind:atoms:preset:mode[:backend]`` (backend ``e3nn`` unless named) the
+program is compiled and warmed up, three calls are traced, and the GPU kernels are summed by HLO
+op (``<out>/profile.json``, with each op's ``op_name`` metadata from the compiled HLO) and by
+module and precision stage (``by_stage``, from ``op_name``: see :func:`stage_of`); the HLO
+text of every case goes into ``<out>/hlo.tgz`` (the device tool brings back at most 8 files).
+Prints the top kernels and stages of each case last.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import argparse
 import collections
 import glob
 import gzip
+import io
 import json
 import re
 import sys
+import tarfile
 import tempfile
 from pathlib import Path
 
@@ -29,12 +33,13 @@ from mpnn_jax import benchmark as bm
 from mpnn_jax.data import SpeciesTable
 from mpnn_jax.potential import make_predictor
 from mpnn_jax.precision import get_policy
+from mpnn_jax.precision.policy import STAGES
 
 
-def compile_case(size, system, preset, mode, params):
+def compile_case(size, system, preset, mode, params, backend="e3nn"):
     model = bm.make_model(
         size, policy=preset, n_species=system.n_species, cutoff=5.0,
-        avg_num_neighbors=bm.avg_neighbours(system),
+        avg_num_neighbors=bm.avg_neighbours(system), backend=backend,
     )  # fmt: skip
     graph = bm.to_device(system.graph)
     policy = get_policy(preset)
@@ -77,6 +82,20 @@ def op_names(hlo: str) -> dict[str, str]:
     return names
 
 
+def stage_of(op_name: str) -> str:
+    """``"<module>:<stage>"`` of an op: the first Flax module instance under the model (e.g.
+    ``Convolution_1``, ``NequIPLayer_0``) and the innermost precision stage (``STAGES``: the
+    policy's scope names) in its ``op_name``, with ``bwd`` appended for ops of a transpose (the
+    backward pass); ``"(other)"`` where neither appears (parameter copies, the optimiser)."""
+    parts = op_name.split("/")
+    stages = [q for q in parts if q in STAGES]
+    modules = [q for q in parts if re.fullmatch(r"[A-Z]\w*_\d+", q)]
+    if not stages and not modules:
+        return "(other)"
+    key = f"{modules[0] if modules else '-'}:{stages[-1] if stages else '-'}"
+    return key + (" bwd" if "transpose(" in op_name else "")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
@@ -95,18 +114,21 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table = SpeciesTable((1, 6, 8, 29))
-    systems, params_cache, results = {}, {}, []
+    systems, params_cache, results, hlo_texts = {}, {}, [], {}
     for i, case in enumerate(args.cases):
-        size, kind, n, preset, mode = case.split(":")
+        size, kind, n, preset, mode, *rest = case.split(":")
+        backend = rest[0] if rest else "e3nn"
         key = (kind, int(n))
         if key not in systems:
             systems[key] = bm.build_system(kind, int(n), cutoff=5.0, species_table=table)
         system = systems[key]
         if (size, key) not in params_cache:
             params_cache[(size, key)] = bm.init_for(size, system, cutoff=5.0)
-        compiled, cargs = compile_case(size, system, preset, mode, params_cache[(size, key)])
+        compiled, cargs = compile_case(
+            size, system, preset, mode, params_cache[(size, key)], backend
+        )
         hlo = compiled.as_text()
-        (out / f"hlo_{i}.txt").write_text(hlo)
+        hlo_texts[f"hlo_{i}.txt"] = hlo
         for _ in range(3):
             jax.block_until_ready(compiled(*cargs))
         with tempfile.TemporaryDirectory() as d:
@@ -117,20 +139,31 @@ def main(argv=None) -> int:
         names = op_names(hlo)
         total = sum(times.values()) / 3
         top = sorted(times.items(), key=lambda kv: -kv[1])
+        by_stage: dict[str, float] = collections.defaultdict(float)
+        for k, v in times.items():
+            by_stage[stage_of(names.get(k, ""))] += v / 3e3
         results.append(
             {
                 "case": case,
                 "total_ms": total / 1e3,
-                "kernels": [
-                    {"op": k, "ms": v / 3e3, "op_name": names.get(k, "")} for k, v in top[:80]
-                ],
+                "by_stage": dict(sorted(by_stage.items(), key=lambda kv: -kv[1])),
+                "kernels": [{"op": k, "ms": v / 3e3, "op_name": names.get(k, "")} for k, v in top],
             }
         )
         (out / "profile.json").write_text(json.dumps(results, indent=1))
+        with tarfile.open(out / "hlo.tgz", "w:gz") as tar:
+            for name, text in hlo_texts.items():
+                data = text.encode()
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
     for r in results:
         print(f"== {r['case']}: {r['total_ms']:.2f} ms of kernels per call")
         for k in r["kernels"][: args.top]:
             print(f"  {k['ms']:7.3f} ms  {k['op'][:40]:40} {k['op_name'][-90:]}")
+        print("  by module:stage:")
+        for m, ms in list(r["by_stage"].items())[: args.top]:
+            print(f"  {ms:7.3f} ms  {m}")
     return 0
 
 
