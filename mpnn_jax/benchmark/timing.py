@@ -25,7 +25,8 @@ import numpy as np
 
 
 def device_info() -> dict[str, Any]:
-    """Device kind, platform, JAX/jaxlib versions, commit and host, for every result file."""
+    """Device kind, platform, JAX/jaxlib versions, commit, host and ``XLA_FLAGS``, for every
+    result file."""
     dev = jax.devices()[0]
     # MPNN_JAX_COMMIT wins: a copied working tree (the GPU machine's) may carry a stale .git
     commit = os.environ.get("MPNN_JAX_COMMIT", "")
@@ -45,6 +46,7 @@ def device_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "host": platform.node(),
         "commit": commit,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),  # compiler options change the programs
     }
     try:
         import jaxlib
