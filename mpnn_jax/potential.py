@@ -48,6 +48,7 @@ import jax
 import jax.numpy as jnp
 import jraph
 
+from mpnn_jax import xla
 from mpnn_jax.data import graphs as schema
 from mpnn_jax.precision import Policy
 
@@ -175,7 +176,7 @@ def make_potential(model: nn.Module, params: Any, *, padded: bool = True) -> Cal
     One compilation per distinct set of array shapes (pad to a few buckets).
     """
     predict = make_predictor(model, padded=padded)
-    return jax.jit(lambda graph: predict(params, graph))
+    return xla.jit(lambda graph: predict(params, graph))
 
 
 def make_energy_fn(

@@ -62,6 +62,7 @@ import jax
 import jraph
 import numpy as np
 
+from mpnn_jax import xla
 from mpnn_jax.precision import SEED_CLAIMS, STAGES, ablations, get_policy
 
 #: the presets of the study, after the single-stage ablations
@@ -162,7 +163,7 @@ def predict_all(
         loader = GraphLoader(
             cast_graphs(graphs, dtype), batch_size=batch_size or len(graphs), shuffle=False
         )
-        predict = jax.jit(make_predictor(model.clone(policy=pol)))
+        predict = xla.jit(make_predictor(model.clone(policy=pol)))
         out: dict[str, list] = {
             k: []
             for k in (

@@ -38,6 +38,7 @@ from typing import Any
 import jax
 
 from mpnn_jax import benchmark as bm
+from mpnn_jax import xla
 
 #: cuEquivariance's MP-S MACE (the harness's ``mace-mp-s``) and a tiny one for ``--quick``.
 MP_S = dict(bm.MODEL_SIZES["mace-mp-s"])
@@ -94,11 +95,11 @@ def run_case(
     row: dict[str, Any] = {}
     with model.policy.matmul_context():
         if mode == "ef":
-            fn = jax.jit(make_predictor(model))
+            fn = xla.jit(make_predictor(model))
             args = [(params, g) for g in graphs]
         else:
             state, step = bm.make_train_state_and_step(model, params)
-            fn = jax.jit(step)
+            fn = xla.jit(step)
             args = [(state, g) for g in graphs]
         t0 = time.perf_counter()
         compiled = fn.lower(*args[0]).compile()

@@ -30,6 +30,7 @@ from pathlib import Path
 import jax
 
 from mpnn_jax import benchmark as bm
+from mpnn_jax import xla
 from mpnn_jax.data import SpeciesTable
 from mpnn_jax.potential import make_predictor
 from mpnn_jax.precision import get_policy
@@ -45,11 +46,11 @@ def compile_case(size, system, preset, mode, params, backend="e3nn"):
     policy = get_policy(preset)
     with policy.matmul_context():
         if mode == "ef":
-            fn = jax.jit(make_predictor(model))
+            fn = xla.jit(make_predictor(model))
             args = (params, graph)
         else:
             state, step = bm.make_train_state_and_step(model, params)
-            fn = jax.jit(step)
+            fn = xla.jit(step)
             args = (state, graph)
         return fn.lower(*args).compile(), args
 

@@ -19,8 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import jax
-
+from mpnn_jax import xla
 from mpnn_jax.benchmark.models import (
     backend_names,
     init_for,
@@ -99,14 +98,14 @@ def measure(
         impl = ops.implementation(take_rows=take_rows, sorted_edges=sorted_edges)
         with impl, policy.matmul_context():
             if mode == "ef":
-                fn = jax.jit(make_predictor(model))
+                fn = xla.jit(make_predictor(model))
                 t0 = time.perf_counter()
                 compiled = fn.lower(params, graphs[0]).compile()
                 row["compile_s"] = time.perf_counter() - t0
                 inputs = [(params, g) for g in graphs]
             elif mode == "train":
                 state, step = make_train_state_and_step(model, params)
-                fn = jax.jit(step)
+                fn = xla.jit(step)
                 t0 = time.perf_counter()
                 compiled = fn.lower(state, graphs[0]).compile()
                 row["compile_s"] = time.perf_counter() - t0

@@ -23,6 +23,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from mpnn_jax import xla
+
 
 def device_info() -> dict[str, Any]:
     """Device kind, platform, JAX/jaxlib versions, commit, host and ``XLA_FLAGS``, for every
@@ -47,6 +49,7 @@ def device_info() -> dict[str, Any]:
         "host": platform.node(),
         "commit": commit,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),  # compiler options change the programs
+        "xla_options": xla.compiler_options(),  # mpnn_jax's per-program options (mpnn_jax.xla)
     }
     try:
         import jaxlib

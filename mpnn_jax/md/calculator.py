@@ -33,6 +33,7 @@ from ase.calculators.calculator import Calculator as ASECalculator
 from ase.calculators.calculator import all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
+from mpnn_jax import xla
 from mpnn_jax.data.graphs import atoms_to_graph, pad_graph
 from mpnn_jax.data.species import SpeciesTable
 from mpnn_jax.data.xyz import Configuration
@@ -161,7 +162,7 @@ class Calculator(ASECalculator):
             self.n_compilations += 1  # runs once per trace
             return predict(params, graph)
 
-        self._predict = jax.jit(traced)
+        self._predict = xla.jit(traced)
 
     @classmethod
     def from_run(

@@ -19,6 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from mpnn_jax import xla
 from mpnn_jax.precision import Policy, get_policy
 from mpnn_jax.training import checkpoint as ckpt
 from mpnn_jax.training import parallel
@@ -126,7 +127,7 @@ def evaluate(
         sharded = parallel.make_sharded_sums_fn(sums_fn, mesh)
         result = parallel.evaluate_sharded(sharded, params, loader, mesh).result()
     else:
-        result = evaluate_batches(jax.jit(sums_fn), params, loader.iterate(0)).result()
+        result = evaluate_batches(xla.jit(sums_fn), params, loader.iterate(0)).result()
     result.update(
         policy=pol.name, backend=model.backend, data=str(data_path), step=int(meta["step"])
     )

@@ -48,6 +48,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from mpnn_jax import xla
 from mpnn_jax.precision import get_policy, loss_scale_for
 from mpnn_jax.training import checkpoint as ckpt
 from mpnn_jax.training import parallel
@@ -234,12 +235,12 @@ def train(config: Config | str | Path, workdir: str | Path, *, overrides=()) -> 
         batches_per_epoch=n_batches,
         plateau=plateau,
     )
-    sums_fn = jax.jit(lambda p, g: batch_error_sums(predict(p, g), g))
+    sums_fn = xla.jit(lambda p, g: batch_error_sums(predict(p, g), g))
     k = tc.steps_per_call
     if mesh is None:
         one_step = make_train_step(predict, **step_kwargs)
-        step_fn = jax.jit(one_step)
-        multi_fn = jax.jit(make_multi_step(one_step)) if k > 1 else None
+        step_fn = xla.jit(one_step)
+        multi_fn = xla.jit(make_multi_step(one_step)) if k > 1 else None
 
         def evaluate_on(params: Any, loader: Any) -> Any:
             return evaluate_batches(sums_fn, params, loader.iterate(0))

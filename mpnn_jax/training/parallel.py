@@ -49,6 +49,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from mpnn_jax import xla
 from mpnn_jax.data import GraphLoader
 from mpnn_jax.data.buckets import Bucket
 from mpnn_jax.training.loss import LossFn
@@ -195,7 +196,7 @@ def make_parallel_train_step(
         batches_per_step=mesh.size,
     )
     rep = replicated(mesh)
-    return jax.jit(step, in_shardings=(rep, batch_sharding(mesh)), out_shardings=(rep, rep))
+    return xla.jit(step, in_shardings=(rep, batch_sharding(mesh)), out_shardings=(rep, rep))
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
@@ -353,7 +354,7 @@ def make_sharded_sums_fn(
     """
     vmapped = jax.vmap(sums_fn, in_axes=(None, 0))
     rep = replicated(mesh)
-    return jax.jit(vmapped, in_shardings=(rep, batch_sharding(mesh)), out_shardings=rep)
+    return xla.jit(vmapped, in_shardings=(rep, batch_sharding(mesh)), out_shardings=rep)
 
 
 def make_sharded_predictor(predict: Predictor, mesh: Mesh) -> Predictor:
@@ -365,7 +366,7 @@ def make_sharded_predictor(predict: Predictor, mesh: Mesh) -> Predictor:
     """
     vmapped = jax.vmap(predict, in_axes=(None, 0))
     shard = batch_sharding(mesh)
-    return jax.jit(vmapped, in_shardings=(replicated(mesh), shard), out_shardings=shard)
+    return xla.jit(vmapped, in_shardings=(replicated(mesh), shard), out_shardings=shard)
 
 
 def evaluate_sharded(
