@@ -176,7 +176,7 @@ def make_potential(model: nn.Module, params: Any, *, padded: bool = True) -> Cal
     One compilation per distinct set of array shapes (pad to a few buckets).
     """
     predict = make_predictor(model, padded=padded)
-    return xla.jit(lambda graph: predict(params, graph))
+    return xla.jit(lambda graph: predict(params, graph), model=model)
 
 
 def make_energy_fn(

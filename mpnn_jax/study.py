@@ -163,7 +163,7 @@ def predict_all(
         loader = GraphLoader(
             cast_graphs(graphs, dtype), batch_size=batch_size or len(graphs), shuffle=False
         )
-        predict = xla.jit(make_predictor(model.clone(policy=pol)))
+        predict = xla.jit(make_predictor(model.clone(policy=pol)), model=model)
         out: dict[str, list] = {
             k: []
             for k in (

@@ -95,11 +95,11 @@ def run_case(
     row: dict[str, Any] = {}
     with model.policy.matmul_context():
         if mode == "ef":
-            fn = xla.jit(make_predictor(model))
+            fn = xla.jit(make_predictor(model), model=model)
             args = [(params, g) for g in graphs]
         else:
             state, step = bm.make_train_state_and_step(model, params)
-            fn = xla.jit(step)
+            fn = xla.jit(step, model=model)
             args = [(state, g) for g in graphs]
         t0 = time.perf_counter()
         compiled = fn.lower(*args[0]).compile()

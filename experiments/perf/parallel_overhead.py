@@ -38,7 +38,6 @@ import numpy as np
 import yaml
 
 from mpnn_jax import benchmark as bm
-from mpnn_jax import xla
 from mpnn_jax.training import parallel
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -98,9 +97,9 @@ def build_cases(model: Any, params: Any, batches: list, mesh: Any) -> dict[str, 
     ]  # [1, ...] each
     rep_state, rep_params = parallel.replicate(state, mesh), parallel.replicate(params, mesh)
     return {
-        "train/plain": (xla.jit(step), [(state, g) for g in plain]),
+        "train/plain": (jax.jit(step), [(state, g) for g in plain]),
         "train/sharded": (sharded_step, [(rep_state, g) for g in stacked]),
-        "ef/plain": (xla.jit(predict), [(params, g) for g in plain]),
+        "ef/plain": (jax.jit(predict), [(params, g) for g in plain]),
         "ef/sharded": (
             parallel.make_sharded_predictor(predict, mesh),
             [(rep_params, g) for g in stacked],

@@ -46,11 +46,11 @@ def compile_case(size, system, preset, mode, params, backend="e3nn"):
     policy = get_policy(preset)
     with policy.matmul_context():
         if mode == "ef":
-            fn = xla.jit(make_predictor(model))
+            fn = xla.jit(make_predictor(model), model=model)
             args = (params, graph)
         else:
             state, step = bm.make_train_state_and_step(model, params)
-            fn = xla.jit(step)
+            fn = xla.jit(step, model=model)
             args = (state, graph)
         return fn.lower(*args).compile(), args
 

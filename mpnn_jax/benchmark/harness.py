@@ -93,19 +93,20 @@ def measure(
         take_rows=take_rows,
         sorted_edges=sorted_edges,
         backend=backend,
+        xla_options=xla.options_for(model),  # per-program compiler options (mpnn_jax.xla)
     )
     try:
         impl = ops.implementation(take_rows=take_rows, sorted_edges=sorted_edges)
         with impl, policy.matmul_context():
             if mode == "ef":
-                fn = xla.jit(make_predictor(model))
+                fn = xla.jit(make_predictor(model), model=model)
                 t0 = time.perf_counter()
                 compiled = fn.lower(params, graphs[0]).compile()
                 row["compile_s"] = time.perf_counter() - t0
                 inputs = [(params, g) for g in graphs]
             elif mode == "train":
                 state, step = make_train_state_and_step(model, params)
-                fn = xla.jit(step)
+                fn = xla.jit(step, model=model)
                 t0 = time.perf_counter()
                 compiled = fn.lower(state, graphs[0]).compile()
                 row["compile_s"] = time.perf_counter() - t0

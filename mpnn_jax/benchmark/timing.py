@@ -23,8 +23,6 @@ from typing import Any
 import jax
 import numpy as np
 
-from mpnn_jax import xla
-
 
 def device_info() -> dict[str, Any]:
     """Device kind, platform, JAX/jaxlib versions, commit, host and ``XLA_FLAGS``, for every
@@ -49,7 +47,8 @@ def device_info() -> dict[str, Any]:
         "host": platform.node(),
         "commit": commit,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),  # compiler options change the programs
-        "xla_options": xla.compiler_options(),  # mpnn_jax's per-program options (mpnn_jax.xla)
+        # MPNN_JAX_XLA_OPTIONS (mpnn_jax.xla); each row records its program's own options
+        "xla_options": os.environ.get("MPNN_JAX_XLA_OPTIONS", "default"),
     }
     try:
         import jaxlib

@@ -162,7 +162,7 @@ class Calculator(ASECalculator):
             self.n_compilations += 1  # runs once per trace
             return predict(params, graph)
 
-        self._predict = xla.jit(traced)
+        self._predict = xla.jit(traced, model=model)
 
     @classmethod
     def from_run(

@@ -33,7 +33,6 @@ import jax.numpy as jnp
 import numpy as np
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from mpnn_jax import xla
 from mpnn_jax.md import integrators
 from mpnn_jax.md.neighbours import Neighbours, build_neighbours, needs_rebuild, wrap
 
@@ -173,8 +172,8 @@ def simulate(
         (state, nbrs, done, overflow), _ = jax.lax.scan(body, carry, None, length=log_every)
         return state, nbrs, done, overflow
 
-    run_block = xla.jit(run_block)
-    init_fn = xla.jit(init_fn)
+    run_block = jax.jit(run_block)
+    init_fn = jax.jit(init_fn)
 
     positions0, momenta0 = atoms.get_positions(), atoms.get_momenta()
     nbrs = rebuild(positions0, capacity)

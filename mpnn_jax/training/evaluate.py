@@ -124,10 +124,12 @@ def evaluate(
     selected = parallel.select_devices(devices)
     if len(selected) > 1:
         mesh = parallel.make_mesh(selected)
-        sharded = parallel.make_sharded_sums_fn(sums_fn, mesh)
+        sharded = parallel.make_sharded_sums_fn(
+            sums_fn, mesh, compiler_options=xla.options_for(model)
+        )
         result = parallel.evaluate_sharded(sharded, params, loader, mesh).result()
     else:
-        result = evaluate_batches(xla.jit(sums_fn), params, loader.iterate(0)).result()
+        result = evaluate_batches(xla.jit(sums_fn, model=model), params, loader.iterate(0)).result()
     result.update(
         policy=pol.name, backend=model.backend, data=str(data_path), step=int(meta["step"])
     )

@@ -235,12 +235,13 @@ def train(config: Config | str | Path, workdir: str | Path, *, overrides=()) -> 
         batches_per_epoch=n_batches,
         plateau=plateau,
     )
-    sums_fn = xla.jit(lambda p, g: batch_error_sums(predict(p, g), g))
+    xla_options = xla.options_for(model)  # per model (mpnn_jax.xla)
+    sums_fn = xla.jit(lambda p, g: batch_error_sums(predict(p, g), g), model=model)
     k = tc.steps_per_call
     if mesh is None:
         one_step = make_train_step(predict, **step_kwargs)
-        step_fn = xla.jit(one_step)
-        multi_fn = xla.jit(make_multi_step(one_step)) if k > 1 else None
+        step_fn = xla.jit(one_step, model=model)
+        multi_fn = xla.jit(make_multi_step(one_step), model=model) if k > 1 else None
 
         def evaluate_on(params: Any, loader: Any) -> Any:
             return evaluate_batches(sums_fn, params, loader.iterate(0))
@@ -253,10 +254,12 @@ def train(config: Config | str | Path, workdir: str | Path, *, overrides=()) -> 
                 stacklevel=2,
             )
             k = 1
-        step_fn = parallel.make_parallel_train_step(predict, mesh=mesh, **step_kwargs)
+        step_fn = parallel.make_parallel_train_step(
+            predict, mesh=mesh, compiler_options=xla_options, **step_kwargs
+        )
         multi_fn = None
         sharded_sums = parallel.make_sharded_sums_fn(
-            lambda p, g: batch_error_sums(predict(p, g), g), mesh
+            lambda p, g: batch_error_sums(predict(p, g), g), mesh, compiler_options=xla_options
         )
         state = parallel.replicate(state, mesh)
 

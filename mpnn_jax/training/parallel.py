@@ -38,7 +38,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -178,6 +178,7 @@ def make_parallel_train_step(
     ema_decay: float | None = 0.99,
     batches_per_epoch: int | None = None,
     plateau: bool = False,
+    compiler_options: Mapping[str, str] | None = None,
 ) -> Callable[[TrainState, jraph.GraphsTuple], tuple[TrainState, dict]]:
     """The jitted data-parallel step ``step(state, stacked) -> (state, metrics)``.
 
@@ -196,7 +197,12 @@ def make_parallel_train_step(
         batches_per_step=mesh.size,
     )
     rep = replicated(mesh)
-    return xla.jit(step, in_shardings=(rep, batch_sharding(mesh)), out_shardings=(rep, rep))
+    return xla.jit(
+        step,
+        in_shardings=(rep, batch_sharding(mesh)),
+        out_shardings=(rep, rep),
+        compiler_options=compiler_options,
+    )
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
@@ -344,7 +350,10 @@ def evaluation_groups(loader: GraphLoader, n_devices: int) -> Iterator[jraph.Gra
 
 
 def make_sharded_sums_fn(
-    sums_fn: Callable[[Any, jraph.GraphsTuple], dict], mesh: Mesh
+    sums_fn: Callable[[Any, jraph.GraphsTuple], dict],
+    mesh: Mesh,
+    *,
+    compiler_options: Mapping[str, str] | None = None,
 ) -> Callable[[Any, jraph.GraphsTuple], dict]:
     """Jits ``sums_fn(params, graph)`` (unjitted) vmapped over a sharded device axis.
 
@@ -354,10 +363,17 @@ def make_sharded_sums_fn(
     """
     vmapped = jax.vmap(sums_fn, in_axes=(None, 0))
     rep = replicated(mesh)
-    return xla.jit(vmapped, in_shardings=(rep, batch_sharding(mesh)), out_shardings=rep)
+    return xla.jit(
+        vmapped,
+        in_shardings=(rep, batch_sharding(mesh)),
+        out_shardings=rep,
+        compiler_options=compiler_options,
+    )
 
 
-def make_sharded_predictor(predict: Predictor, mesh: Mesh) -> Predictor:
+def make_sharded_predictor(
+    predict: Predictor, mesh: Mesh, *, compiler_options: Mapping[str, str] | None = None
+) -> Predictor:
     """Batched inference over the mesh: ``fn(params, stacked) -> {key: [n_dev, ...]}``.
 
     ``predict(params, graph)`` (unjitted, e.g. ``mpnn_jax.potential.make_predictor(model)``) is
@@ -366,7 +382,12 @@ def make_sharded_predictor(predict: Predictor, mesh: Mesh) -> Predictor:
     """
     vmapped = jax.vmap(predict, in_axes=(None, 0))
     shard = batch_sharding(mesh)
-    return xla.jit(vmapped, in_shardings=(replicated(mesh), shard), out_shardings=shard)
+    return xla.jit(
+        vmapped,
+        in_shardings=(replicated(mesh), shard),
+        out_shardings=shard,
+        compiler_options=compiler_options,
+    )
 
 
 def evaluate_sharded(
