@@ -91,6 +91,7 @@ def _losses(workdir: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in lines]
 
 
+@pytest.mark.slow  # 38 s on 2 cores; the one-process four-device step test runs by default
 def test_two_processes_match_one_process_on_four_devices(tmp_path, compilation_cache):
     ref_dir, run0, run1 = tmp_path / "ref", tmp_path / "p0", tmp_path / "p1"
     # the reference and the two processes run side by side (compiling is mostly serial)
