@@ -89,7 +89,8 @@ def stage_of(op_name: str) -> str:
     policy's scope names) in its ``op_name``, with ``bwd`` appended for ops of a transpose (the
     backward pass); ``"(other)"`` where neither appears (parameter copies, the optimiser)."""
     parts = op_name.split("/")
-    stages = [q for q in parts if q in STAGES]
+    # a stage named inside a transformation counts too: "transpose(jvp(geometry))"
+    stages = [t for q in parts for t in re.findall(r"[A-Za-z_]\w*", q) if t in STAGES]
     modules = [q for q in parts if re.fullmatch(r"[A-Z]\w*_\d+", q)]
     if not stages and not modules:
         return "(other)"

@@ -1,0 +1,47 @@
+"""``experiments/perf/profile.py``: the attribution of GPU kernels to modules and precision stages
+(the figures of PERFORMANCE_LOG entry 8 are sums over it) and the trace reader."""
+
+import gzip
+import importlib.util
+import json
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "perf" / "profile.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("perf_profile", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_stage_of_names_module_stage_and_backward():
+    stage_of = _load().stage_of
+    fwd = "jit(predict)/jvp(NequIP)/NequIPLayer_2/Convolution_0/RadialMLP_0/radial/jit(silu)/mul"
+    assert stage_of(fwd) == "NequIPLayer_2:radial"
+    bwd = "jit(predict)/transpose(jvp(NequIP))/NequIPLayer_1/Convolution_0/messages/add_any"
+    assert stage_of(bwd) == "NequIPLayer_1:messages bwd"
+    # the innermost stage wins (a gather of the aggregation stage inside the update's linear)
+    inner = "jit(predict)/jvp(MACE)/Linear_3/update/aggregation/convert_element_type"
+    assert stage_of(inner) == "Linear_3:aggregation"
+    assert stage_of("jit(predict)/transpose(jvp(geometry))/scatter-add") == "-:geometry bwd"
+    assert stage_of("") == "(other)"
+    assert stage_of("state.opt_state[0].mu['params']['w0']") == "(other)"
+
+
+def test_kernel_times_and_op_names(tmp_path):
+    module = _load()
+    trace = tmp_path / "plugins" / "profile" / "run1"
+    trace.mkdir(parents=True)
+    events = [
+        {"ph": "M", "name": "process_name", "pid": 7, "args": {"name": "/device:GPU:0"}},
+        {"ph": "X", "pid": 7, "dur": 30.0, "args": {"hlo_op": "fusion.1"}},
+        {"ph": "X", "pid": 7, "dur": 12.0, "args": {"hlo_op": "fusion.1"}},
+        {"ph": "X", "pid": 1, "dur": 99.0, "args": {"hlo_op": "host_side"}},  # not on the GPU
+    ]
+    with gzip.open(trace / "perfetto_trace.json.gz", "wt") as f:
+        json.dump({"traceEvents": events}, f)
+    assert module.kernel_times(str(tmp_path)) == {"fusion.1": 42.0}
+    hlo = '  %fusion.1 = f32[4]{0} fusion(%p), metadata={op_name="jit(f)/jvp(M)/radial/mul"}\n'
+    assert module.op_names(hlo) == {"fusion.1": "jit(f)/jvp(M)/radial/mul"}
