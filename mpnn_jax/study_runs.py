@@ -25,7 +25,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from mpnn_jax import study
+from mpnn_jax import study, xla
 from mpnn_jax.precision import get_policy
 
 
@@ -311,6 +311,7 @@ def nve_drift(
                     cutoff=cutoff,
                     log_every=log_every,
                     progress=lambda done, bar=bar: bar.update(done - bar.n),
+                    compiler_options=xla.options_for(model),
                 )
                 times, total = r.times_fs * 1e-3, r.total
             except FloatingPointError:

@@ -53,8 +53,8 @@ def options_for(model: Any = None, platform: str | None = None) -> dict[str, str
     """The XLA compiler options mpnn_jax compiles ``model``'s programs with on ``platform``.
 
     Args:
-        model: the Flax module whose predictor or training step is compiled; ``None`` for other
-            programs (XLA's defaults unless ``MPNN_JAX_XLA_OPTIONS=gpu``).
+        model: the Flax module whose predictor, training step or MD block is compiled;
+            ``None`` for other programs (XLA's defaults unless ``MPNN_JAX_XLA_OPTIONS=gpu``).
         platform: ``"gpu"``, ``"cpu"``, ``"tpu"``, ...; default ``jax.default_backend()``.
 
     Returns:

@@ -21,6 +21,7 @@ import ase.io
 import numpy as np
 from ase import units
 
+from mpnn_jax import xla
 from mpnn_jax.md.analysis import energy_drift, throughput
 from mpnn_jax.md.calculator import load_trained, validate_atoms
 from mpnn_jax.md.forces import make_force_fn
@@ -161,6 +162,7 @@ def run_md(
             log_every=log_every,
             trajectory=out / "trajectory.xyz" if out is not None else None,
             progress=advance,
+            compiler_options=xla.options_for(model),
         )
     finally:
         if bar is not None:

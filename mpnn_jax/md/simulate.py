@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import ase
@@ -94,6 +94,7 @@ def simulate(
     capacity: int | None = None,
     dtype=None,
     progress: Callable[[int], None] | None = None,
+    compiler_options: Mapping[str, str] | None = None,
 ) -> MDResult:
     """Runs MD on device (see the module docstring).
 
@@ -114,6 +115,8 @@ def simulate(
             list.
         dtype: float dtype of the state; default float64 under x64, else float32.
         progress: called with the number of steps done after each block.
+        compiler_options: XLA options for the compiled MD block (e.g.
+            ``mpnn_jax.xla.options_for(model)``); None keeps XLA's defaults.
 
     Returns:
         An `MDResult`.
@@ -172,7 +175,7 @@ def simulate(
         (state, nbrs, done, overflow), _ = jax.lax.scan(body, carry, None, length=log_every)
         return state, nbrs, done, overflow
 
-    run_block = jax.jit(run_block)
+    run_block = jax.jit(run_block, compiler_options=compiler_options or None)
     init_fn = jax.jit(init_fn)
 
     positions0, momenta0 = atoms.get_positions(), atoms.get_momenta()

@@ -136,3 +136,16 @@ def test_bad_arguments(make_pair_model, molecule):
     _thermalise(molecule, 300.0)
     with pytest.raises(RuntimeError, match="skin"):
         simulate(molecule, force_fn, steps=2, dt=5.0, cutoff=CUTOFF, skin=1e-4)
+
+
+def test_compiler_options_reach_the_md_block(make_pair_model, molecule):
+    """``simulate(..., compiler_options=)`` compiles the MD block with them: an option XLA does
+    not know is refused (so ``mpnn_jax.xla.options_for(model)`` from ``run_md`` is applied)."""
+    model, params = make_pair_model("fp32")
+    atoms = _thermalise(molecule, 300.0)
+    force_fn = _force_fn(model, params, atoms)
+    with pytest.raises(Exception, match="xla_no_such_option"):
+        simulate(atoms, force_fn, steps=2, dt=0.5, cutoff=CUTOFF, log_every=1,
+                 compiler_options={"xla_no_such_option": "1"})  # fmt: skip
+    result = simulate(atoms, force_fn, steps=2, dt=0.5, cutoff=CUTOFF, log_every=1)
+    assert np.isfinite(result.total).all()
