@@ -12,8 +12,9 @@ and nothing (XLA's defaults) to every other model, backend and platform.
 
 ``MPNN_JAX_XLA_OPTIONS`` overrides the choice for a process: ``"default"`` (the rule above),
 ``"none"`` (XLA's own defaults for every program, e.g. to compare side by side), or ``"gpu"``
-(:data:`GPU_OPTIONS` for every program, on any platform). Options given here are per program and
-replace an ``--xla_disable_hlo_passes`` given in ``XLA_FLAGS`` for these programs.
+(:data:`GPU_OPTIONS` for every program, on any platform). Options given here are per program;
+they set the same DebugOptions field as ``--xla_disable_hlo_passes`` in ``XLA_FLAGS``, so for these
+programs expect them to take its place (not tested).
 
 Example:
     >>> import jax.numpy as jnp
