@@ -236,12 +236,18 @@ def train(config: Config | str | Path, workdir: str | Path, *, overrides=()) -> 
         plateau=plateau,
     )
     xla_options = xla.options_for(model)  # per model (mpnn_jax.xla)
-    sums_fn = xla.jit(lambda p, g: batch_error_sums(predict(p, g), g), model=model)
+
+    def error_sums(p: Any, g: Any) -> dict:
+        return batch_error_sums(predict(p, g), g)
+
     k = tc.steps_per_call
     if mesh is None:
+        sums_fn = xla.jit(error_sums, compiler_options=xla_options)
         one_step = make_train_step(predict, **step_kwargs)
-        step_fn = xla.jit(one_step, model=model)
-        multi_fn = xla.jit(make_multi_step(one_step), model=model) if k > 1 else None
+        step_fn = xla.jit(one_step, compiler_options=xla_options)
+        multi_fn = (
+            xla.jit(make_multi_step(one_step), compiler_options=xla_options) if k > 1 else None
+        )
 
         def evaluate_on(params: Any, loader: Any) -> Any:
             return evaluate_batches(sums_fn, params, loader.iterate(0))
@@ -258,9 +264,7 @@ def train(config: Config | str | Path, workdir: str | Path, *, overrides=()) -> 
             predict, mesh=mesh, compiler_options=xla_options, **step_kwargs
         )
         multi_fn = None
-        sharded_sums = parallel.make_sharded_sums_fn(
-            lambda p, g: batch_error_sums(predict(p, g), g), mesh, compiler_options=xla_options
-        )
+        sharded_sums = parallel.make_sharded_sums_fn(error_sums, mesh, compiler_options=xla_options)
         state = parallel.replicate(state, mesh)
 
         def evaluate_on(params: Any, loader: Any) -> Any:
