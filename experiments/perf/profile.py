@@ -5,8 +5,7 @@
 
 (without that flag XLA runs the program as one CUDA graph and the trace shows one event).
 
-For each case ``size:kind:atoms:preset:mode[:backend][:layout]`` (backend ``e3nn`` unless named,
-layout ``flat`` unless ``dense`` or ``dense-scatter``, see :func:`compile_case`) the
+For each case ``size:kind:atoms:preset:mode[:backend]`` (backend ``e3nn`` unless named) the
 program is compiled and warmed up, three calls are traced, and the GPU kernels are summed by HLO
 op (``<out>/profile.json``, with each op's ``op_name`` metadata from the compiled HLO) and by
 module and precision stage (``by_stage``, from ``op_name``: see :func:`stage_of`); the HLO
@@ -37,34 +36,14 @@ from mpnn_jax.potential import make_predictor
 from mpnn_jax.precision import get_policy
 from mpnn_jax.precision.policy import STAGES
 
-LAYOUTS = ("flat", "dense", "dense-scatter")
 
-
-def compile_case(size, system, preset, mode, params, backend="e3nn", layout="flat"):
-    """Compiled program and arguments of one case; ``layout`` one of :data:`LAYOUTS`: the flat
-    graph, the receiver-dense one (:mod:`mpnn_jax.data.dense`), or the dense one with the sender
-    gather transposed by a scatter-add (:data:`mpnn_jax.nn.dense_edges.SENDER_TRANSPOSE`)."""
-    from mpnn_jax.data.dense import to_receiver_dense
-    from mpnn_jax.nn import dense_edges
-
+def compile_case(size, system, preset, mode, params, backend="e3nn"):
     model = bm.make_model(
         size, policy=preset, n_species=system.n_species, cutoff=5.0,
         avg_num_neighbors=bm.avg_neighbours(system), backend=backend,
     )  # fmt: skip
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
-    graph = system.graph if layout == "flat" else to_receiver_dense(system.graph)
-    graph = bm.to_device(graph)
+    graph = bm.to_device(system.graph)
     policy = get_policy(preset)
-    saved = dense_edges.SENDER_TRANSPOSE
-    dense_edges.SENDER_TRANSPOSE = "scatter" if layout == "dense-scatter" else "reverse"
-    try:
-        return _compile(model, mode, params, graph, policy)
-    finally:
-        dense_edges.SENDER_TRANSPOSE = saved
-
-
-def _compile(model, mode, params, graph, policy):
     with policy.matmul_context():
         if mode == "ef":
             fn = xla.jit(make_predictor(model), model=model)
@@ -140,10 +119,7 @@ def main(argv=None) -> int:
     systems, params_cache, results, hlo_texts = {}, {}, [], {}
     for i, case in enumerate(args.cases):
         size, kind, n, preset, mode, *rest = case.split(":")
-        layouts = [t for t in rest if t in LAYOUTS]
-        backends = [t for t in rest if t not in LAYOUTS]
-        backend = backends[0] if backends else "e3nn"
-        layout = layouts[0] if layouts else "flat"
+        backend = rest[0] if rest else "e3nn"
         key = (kind, int(n))
         if key not in systems:
             systems[key] = bm.build_system(kind, int(n), cutoff=5.0, species_table=table)
@@ -151,7 +127,7 @@ def main(argv=None) -> int:
         if (size, key) not in params_cache:
             params_cache[(size, key)] = bm.init_for(size, system, cutoff=5.0)
         compiled, cargs = compile_case(
-            size, system, preset, mode, params_cache[(size, key)], backend, layout
+            size, system, preset, mode, params_cache[(size, key)], backend
         )
         hlo = compiled.as_text()
         hlo_texts[f"hlo_{i}.txt"] = hlo

@@ -39,12 +39,6 @@ import functools
 import jax
 import jax.numpy as jnp
 
-#: How :func:`gather_senders` is transposed: ``"reverse"`` (:func:`sum_senders`, a gather by
-#: reverse edge and a dense sum) or ``"scatter"`` (a ``segment_sum`` over senders, as the flat
-#: layout's gather has). Read when a function is traced; for measurements of the two.
-SENDER_TRANSPOSE = "reverse"
-SENDER_TRANSPOSE_CHOICES = ("reverse", "scatter")
-
 
 def slots_per_node(n_edges: int, n_nodes: int) -> int:
     """``K = n_edges // n_nodes``, checked (static shapes of a receiver-dense graph)."""
@@ -119,13 +113,6 @@ def _gather_fwd(x, senders, reverse, mask):
 
 def _gather_bwd(res, g):
     senders, reverse, mask, nodes = res
-    if SENDER_TRANSPOSE == "scatter":
-        g = jnp.where(_expand(mask, g), g, jnp.zeros_like(g))
-        return jax.ops.segment_sum(g, senders, num_segments=nodes.shape[0]), None, None, None
-    if SENDER_TRANSPOSE != "reverse":
-        raise ValueError(
-            f"unknown SENDER_TRANSPOSE {SENDER_TRANSPOSE!r}; expected {SENDER_TRANSPOSE_CHOICES}"
-        )
     return sum_senders(g, senders, reverse, mask, nodes.shape[0]), None, None, None
 
 

@@ -94,25 +94,3 @@ def test_no_scatter_in_any_derivative(layout):
 def test_slot_count_is_checked():
     with pytest.raises(ValueError, match="n_edges = K"):
         de.sum_receivers(jnp.ones((10, 2)), 3)
-
-
-def test_scatter_transpose_setting_gives_the_same_gradients(layout):
-    """``SENDER_TRANSPOSE = "scatter"`` (for measurements) transposes by a segment_sum instead."""
-    args, a, n = layout
-    x = jnp.asarray(np.random.default_rng(4).normal(size=(n, 3)), jnp.float32)
-
-    def e(x):
-        return jnp.sum(jnp.sin(de.gather_senders(x, *args)) ** 2)
-
-    ref = jax.grad(e)(x)
-    saved = de.SENDER_TRANSPOSE
-    try:
-        de.SENDER_TRANSPOSE = "scatter"
-        hlo = jax.jit(jax.grad(e)).lower(x).as_text()
-        np.testing.assert_allclose(jax.jit(jax.grad(e))(x), ref, atol=1e-6)
-        de.SENDER_TRANSPOSE = "gather"
-        with pytest.raises(ValueError, match="unknown SENDER_TRANSPOSE"):
-            jax.grad(e)(x)
-    finally:
-        de.SENDER_TRANSPOSE = saved
-    assert "scatter" in hlo
