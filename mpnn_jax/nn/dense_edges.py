@@ -80,8 +80,7 @@ def _gather(x, senders, mask):
 
 def _sum(g, reverse, mask, n_nodes):
     g = jnp.where(_expand(mask, g), g, jnp.zeros_like(g))
-    # [n_edges, ...]: row e is the value on edge e's reverse
-    rows = jnp.asarray(g).at[reverse].get(mode="promise_in_bounds")
+    rows = jnp.asarray(g).at[reverse].get(mode="promise_in_bounds")  # [n_edges, ...]: edge e's reverse
     return sum_receivers(rows, n_nodes)
 
 
