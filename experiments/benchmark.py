@@ -13,9 +13,7 @@
 
 Each row carries the roofline columns (XLA's FLOPs and bytes, the lower-bound time against the
 ceilings measured with ``--ceilings``, else the H100 defaults). ``--variants`` are
-``take_rows/sorted_edges`` implementation variants (:func:`mpnn_jax.nn.ops.implementation`),
-optionally ``/dense`` for the receiver-dense edge layout (:mod:`mpnn_jax.data.dense`), e.g.
-``--variants take/none take/none/dense``.
+``take_rows/sorted_edges`` implementation variants (:func:`mpnn_jax.nn.ops.implementation`).
 ``--backends`` (comma- or space-separated) runs every case once per backend of the convolution and
 symmetric contraction (:func:`mpnn_jax.nn.backends.available_backends`); each row records its
 ``backend``.
@@ -58,9 +56,8 @@ def main(argv=None) -> int:
         "--variants",
         nargs="+",
         default=["take/none"],
-        help="take_rows/sorted_edges[/edge_layout], take_rows in onehot, take; sorted_edges in "
-        "none, senders, receivers; edge_layout flat (default) or dense (receiver-dense slots, "
-        "mpnn_jax.data.dense; with sorted_edges none), e.g. take/none take/none/dense",
+        help="take_rows/sorted_edges, take_rows in onehot, take; sorted_edges in none, senders, "
+        "receivers",
     )
     p.add_argument(
         "--backends",
@@ -132,8 +129,8 @@ def main(argv=None) -> int:
         kind, _, n = s.partition(":")
         systems.append((kind, int(n or 100)))
     variants = [tuple(v.split("/")) for v in args.variants]
-    if any(len(v) not in (2, 3) for v in variants):
-        p.error(f"--variants must be take_rows/sorted_edges[/edge_layout], got {args.variants}")
+    if any(len(v) != 2 for v in variants):
+        p.error(f"--variants must be take_rows/sorted_edges, got {args.variants}")
     backends = [b for arg in args.backends for b in arg.split(",") if b]
     try:
         args.backends = bm.backend_names(backends)  # the resolved list goes into the JSON

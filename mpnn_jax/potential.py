@@ -50,7 +50,6 @@ import jraph
 
 from mpnn_jax import xla
 from mpnn_jax.data import graphs as schema
-from mpnn_jax.nn import dense_edges
 from mpnn_jax.precision import Policy
 
 Predictor = Callable[[Any, jraph.GraphsTuple], dict[str, jax.Array]]
@@ -68,7 +67,7 @@ def graph_masks(
         return schema.node_mask(graph), schema.edge_mask(graph), schema.graph_mask(graph)
     return (
         jnp.ones(graph.nodes["species"].shape[0], bool),
-        schema.slot_mask(graph),
+        jnp.ones(graph.senders.shape[0], bool),
         jnp.ones(jnp.asarray(graph.n_node).shape[0], bool),
     )
 
@@ -82,43 +81,13 @@ def edge_vectors(
     edge_graph: jax.Array,
     *,
     policy: Policy,
-    reverse: jax.Array | None = None,
-    edge_mask: jax.Array | None = None,
 ) -> jax.Array:
     """``positions[receivers] - positions[senders] + shifts @ cell[edge_graph]`` [n_edges, 3] (Å),
-    in the geometry dtype.
-
-    With ``reverse`` and ``edge_mask`` (a receiver-dense graph, :mod:`mpnn_jax.data.dense`) the
-    receiver side is a broadcast and the sender side
-    :func:`~mpnn_jax.nn.dense_edges.gather_senders`, so the forces are sums without
-    scatter-adds; empty slots are zero vectors.
-    """
+    in the geometry dtype."""
     with Policy.scope("geometry"):
         positions, cell, shifts = policy.cast("geometry", (positions, cell, shifts))
-        if reverse is None:
-            offsets = jnp.einsum("ei,eij->ej", shifts, cell[edge_graph])  # [n_edges, 3]
-            return positions[receivers] - positions[senders] + offsets
-        if edge_mask is None:
-            raise ValueError("a receiver-dense graph's edge vectors need its edge_mask")
-        n_nodes, n_edges = positions.shape[0], senders.shape[0]
-        k = dense_edges.slots_per_node(n_edges, n_nodes)
-        # the cell of each receiver (a node-level gather: its transpose adds n_nodes, not
-        # n_edges, rows into the few cells)
-        cell_nodes = cell[edge_graph[::k]]  # [n_nodes, 3, 3]
-        offsets = jnp.einsum("nki,nij->nkj", shifts.reshape(n_nodes, k, 3), cell_nodes)
-        offsets = offsets.reshape(n_edges, 3)  # [n_edges, 3]
-        r_recv = dense_edges.broadcast_receivers(positions, n_edges)  # [n_edges, 3]
-        r_send = dense_edges.gather_senders(positions, senders, reverse, edge_mask)
-        vectors = r_recv - r_send + offsets  # [n_edges, 3]
-        return jnp.where(edge_mask[:, None], vectors, jnp.zeros_like(vectors))
-
-
-def layout_kwargs(graph: jraph.GraphsTuple) -> dict[str, jax.Array]:
-    """``{"reverse": ...}`` for a receiver-dense graph, ``{}`` for a flat one: the extra keyword
-    of ``model.apply`` (and of :func:`edge_vectors`) that selects the layout."""
-    if isinstance(graph.edges, dict) and "reverse" in graph.edges:
-        return {"reverse": graph.edges["reverse"]}
-    return {}
+        offsets = jnp.einsum("ei,eij->ej", shifts, cell[edge_graph])  # [n_edges, 3]
+        return positions[receivers] - positions[senders] + offsets
 
 
 def _energy_and_aux(model: nn.Module, padded: bool):
@@ -126,7 +95,6 @@ def _energy_and_aux(model: nn.Module, padded: bool):
 
     def energy(positions, strain, params, graph):
         node_mask, edge_mask, _ = graph_masks(graph, padded=padded)
-        layout = layout_kwargs(graph)
         n_graphs = graph.n_node.shape[0]
         node_graph = schema.graph_index(graph, of="node")  # [n_nodes]
         edge_graph = schema.graph_index(graph, of="edge")  # [n_edges]
@@ -143,17 +111,9 @@ def _energy_and_aux(model: nn.Module, padded: bool):
             graph.receivers,
             edge_graph,
             policy=policy,
-            edge_mask=edge_mask,
-            **layout,
         )
         node_e = model.apply(
-            params,
-            vectors,
-            graph.nodes["species"],
-            graph.senders,
-            graph.receivers,
-            edge_mask,
-            **layout,
+            params, vectors, graph.nodes["species"], graph.senders, graph.receivers, edge_mask
         )  # [n_nodes]
         with Policy.scope("energy"):
             node_e = policy.cast("energy", node_e)
@@ -258,16 +218,6 @@ def init_params(
         graph.receivers,
         edge_graph,
         policy=policy,
-        edge_mask=edge_mask,
-        **layout_kwargs(graph),
     )
     init = jax.jit(model.init)
-    return init(
-        key,
-        vectors,
-        graph.nodes["species"],
-        graph.senders,
-        graph.receivers,
-        edge_mask,
-        **layout_kwargs(graph),
-    )
+    return init(key, vectors, graph.nodes["species"], graph.senders, graph.receivers, edge_mask)

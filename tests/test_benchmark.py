@@ -251,39 +251,3 @@ def test_device_info_commit_from_the_environment_or_git(monkeypatch):
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
     ).stdout.strip()
     assert device_info()["commit"] == head
-
-
-def test_dense_layout_variant_runs_and_records_its_slots():
-    """The receiver-dense variant: same energy scale as the flat one, its slots in the row; bad
-    combinations fail before any compile."""
-    with pytest.raises(ValueError, match="bad variant"):
-        bm.run_benchmark(
-            sizes=["nequip-S"],
-            systems=[("water", 24)],
-            presets=["fp32"],
-            variants=[("take", "receivers", "dense")],
-        )
-    with pytest.raises(ValueError, match="bad variant"):
-        bm.run_benchmark(
-            sizes=["nequip-S"],
-            systems=[("water", 24)],
-            presets=["fp32"],
-            variants=[("take", "none", "sparse")],
-        )
-    rows = bm.run_benchmark(
-        sizes=["nequip-S"],
-        systems=[("water", 24)],
-        presets=["fp32"],
-        modes=["ef"],
-        repeats=1,
-        n_inputs=1,
-        warmup=1,
-        variants=[("take", "none"), ("take", "none", "dense")],
-    )
-    flat, dense = rows
-    assert (flat["edge_layout"], dense["edge_layout"]) == ("flat", "dense")
-    assert bm.variant_name(dense) == "take/none/dense" and "edge_slots" not in flat
-    assert dense["edge_slots"] > dense["n_edges"] == flat["n_edges"]
-    assert dense["n_edges"] / dense["edge_slots"] == pytest.approx(dense["slot_fill"])
-    assert 0 < dense["slot_fill"] <= 1
-    assert "take/none/dense" in bm.format_table(rows)

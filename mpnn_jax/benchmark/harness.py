@@ -37,7 +37,6 @@ from mpnn_jax.benchmark.systems import (
     to_device,
 )
 from mpnn_jax.benchmark.timing import compiled_bytes, is_oom, peak_device_bytes, time_compiled
-from mpnn_jax.data.dense import slot_fill, to_receiver_dense
 from mpnn_jax.precision import get_policy
 
 
@@ -55,7 +54,6 @@ def measure(
     warmup: int = 3,
     take_rows: str = "take",
     sorted_edges: str = "none",
-    edge_layout: str = "flat",
     backend: str = "e3nn",
     ceilings: dict[str, float] | None = None,
 ) -> dict[str, Any]:
@@ -63,9 +61,6 @@ def measure(
 
     ``take_rows`` and ``sorted_edges`` select the implementation variant
     (:func:`mpnn_jax.nn.ops.implementation`); with sorted edges the graph is re-sorted first.
-    ``edge_layout="dense"`` converts the graph to the receiver-dense layout
-    (:func:`mpnn_jax.data.dense.to_receiver_dense`, the smallest slot count; ``sorted_edges``
-    must then be "none"); the row adds ``edge_slots`` and ``slot_fill``.
     ``backend`` names the convolution and symmetric contraction backend
     (:mod:`mpnn_jax.nn.backends`). ``ceilings`` (from :func:`device_ceilings`) feed the roofline
     columns (:func:`roofline`).
@@ -87,16 +82,6 @@ def measure(
         backend=backend,
     )
     graph = system.graph if sorted_edges == "none" else sort_edges(system.graph, by=sorted_edges)
-    layout: dict[str, Any] = {}
-    if edge_layout == "dense":
-        if sorted_edges != "none":
-            raise ValueError(
-                "edge_layout='dense' sorts by receiver itself: use sorted_edges='none'"
-            )
-        graph = to_receiver_dense(graph)
-        layout = dict(edge_slots=int(graph.senders.shape[0]), slot_fill=slot_fill(graph))
-    elif edge_layout != "flat":
-        raise ValueError(f"unknown edge_layout {edge_layout!r}; expected 'flat' or 'dense'")
     graphs = [to_device(g) for g in perturbed_inputs(graph, n_inputs)]
     row: dict[str, Any] = dict(
         model=size,
@@ -107,8 +92,6 @@ def measure(
         mode=mode,
         take_rows=take_rows,
         sorted_edges=sorted_edges,
-        edge_layout=edge_layout,
-        **layout,
         backend=backend,
         xla_options=xla.options_for(model),  # per-program compiler options (mpnn_jax.xla)
     )
@@ -154,7 +137,7 @@ def run_benchmark(
     repeats: int = 20,
     n_inputs: int = 3,
     warmup: int = 3,
-    variants: Sequence[tuple[str, ...]] = (("take", "none"),),
+    variants: Sequence[tuple[str, str]] = (("take", "none"),),
     backends: Sequence[str] = ("e3nn",),
     ceilings: dict[str, float] | None = None,
     progress: Callable[[dict], None] | None = None,
@@ -166,9 +149,8 @@ def run_benchmark(
         systems: ``(kind, n_atoms)`` pairs, kind in {"cu", "water", "ethanol", "aspirin"}.
         presets: precision presets, e.g. ``("fp32", "bf16-mixed", "fp16-mixed", "fp32-highest")``.
         modes: ``"ef"`` (energy + forces) and/or ``"train"`` (a full training step).
-        variants: ``(take_rows, sorted_edges)`` or ``(take_rows, sorted_edges, edge_layout)``
-            implementation variants, e.g. ``[("take", "none"), ("take", "none", "dense")]``
-            (see :func:`measure`).
+        variants: ``(take_rows, sorted_edges)`` implementation variants, e.g.
+            ``[("onehot", "none"), ("take", "none")]`` (see :func:`measure`).
         backends: names from :func:`mpnn_jax.nn.backends.available_backends`; each case runs
             once per backend (innermost loop, so backends sit side by side). An unknown or
             unavailable name raises ``ValueError`` before any compile.
@@ -184,17 +166,9 @@ def run_benchmark(
 
     policy_names(presets)
     backend_names(backends)
-    variants = [tuple(v) + ("flat",) * (3 - len(v)) for v in variants]
-    for take_rows, sorted_edges, edge_layout in variants:  # validates names before any compile
+    for take_rows, sorted_edges in variants:  # validates names before any compile
         with ops.implementation(take_rows=take_rows, sorted_edges=sorted_edges):
             pass
-        if edge_layout not in ("flat", "dense") or (
-            edge_layout == "dense" and sorted_edges != "none"
-        ):
-            raise ValueError(
-                f"bad variant {(take_rows, sorted_edges, edge_layout)}: edge_layout "
-                "is 'flat' or 'dense', and 'dense' needs sorted_edges 'none'"
-            )
     table = SpeciesTable((1, 6, 8, 29))  # H, C, O, Cu: one table for every system
     rows = []
     for kind, n_atoms in systems:
@@ -203,7 +177,7 @@ def run_benchmark(
             params = init_for(size, system, cutoff=cutoff)
             for mode in modes:
                 for preset in presets:
-                    for take_rows, sorted_edges, edge_layout in variants:
+                    for take_rows, sorted_edges in variants:
                         for backend in backends:
                             row = measure(
                                 size=size,
@@ -218,7 +192,6 @@ def run_benchmark(
                                 warmup=warmup,
                                 take_rows=take_rows,
                                 sorted_edges=sorted_edges,
-                                edge_layout=edge_layout,
                                 backend=backend,
                                 ceilings=ceilings,
                             )

@@ -7,8 +7,6 @@ written before a key existed fall back to its default: ``take_rows`` "onehot", `
 Example:
     >>> variant_name({"take_rows": "take", "sorted_edges": "receivers"}), variant_name({})
     ('take/receivers', 'onehot/none')
-    >>> variant_name({"take_rows": "take", "sorted_edges": "none", "edge_layout": "dense"})
-    'take/none/dense'
 """
 
 from __future__ import annotations
@@ -18,10 +16,8 @@ from typing import Any
 
 
 def variant_name(row: dict[str, Any]) -> str:
-    """``"take_rows/sorted_edges"`` of a row, e.g. ``"onehot/none"`` (the default), with
-    ``"/dense"`` appended for the receiver-dense edge layout."""
-    name = f"{row.get('take_rows', 'onehot')}/{row.get('sorted_edges', 'none')}"
-    return name + ("/dense" if row.get("edge_layout", "flat") == "dense" else "")
+    """``"take_rows/sorted_edges"`` of a row, e.g. ``"onehot/none"`` (the default)."""
+    return f"{row.get('take_rows', 'onehot')}/{row.get('sorted_edges', 'none')}"
 
 
 def backend_name(row: dict[str, Any]) -> str:

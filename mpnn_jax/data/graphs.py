@@ -233,21 +233,10 @@ def node_mask(graph: jraph.GraphsTuple) -> jnp.ndarray:
 
 
 def edge_mask(graph: jraph.GraphsTuple) -> jnp.ndarray:
-    """bool [n_edges]: True for real edges. Jittable.
-
-    The edges of the real graphs, and of those only the ones an ``edges["mask"]`` field marks,
-    where the graph has one (the empty slots of :mod:`mpnn_jax.data.dense`).
-    """
+    """bool [n_edges]: True for real edges. Jittable."""
     total = graph.senders.shape[0]
     n_real = jnp.sum(jnp.where(graph_mask(graph), jnp.asarray(graph.n_edge), 0))
-    return (jnp.arange(total) < n_real) & slot_mask(graph)
-
-
-def slot_mask(graph: jraph.GraphsTuple) -> jnp.ndarray:
-    """bool [n_edges]: the graph's ``edges["mask"]`` field, all True where it has none."""
-    if isinstance(graph.edges, dict) and "mask" in graph.edges:
-        return jnp.asarray(graph.edges["mask"]).astype(bool)
-    return jnp.ones(graph.senders.shape[0], bool)
+    return jnp.arange(total) < n_real
 
 
 def graph_index(graph: jraph.GraphsTuple, *, of: str = "node") -> jnp.ndarray:

@@ -165,7 +165,6 @@ class MACE(nn.Module):
         senders: jax.Array,
         receivers: jax.Array,
         edge_mask: jax.Array,
-        reverse: jax.Array | None = None,
     ) -> jax.Array:
         """Per-atom energies.
 
@@ -175,8 +174,6 @@ class MACE(nn.Module):
             senders: int [n_edges].
             receivers: int [n_edges].
             edge_mask: bool [n_edges], False on padded edges.
-            reverse: int32 [n_edges] reverse-edge index of a receiver-dense graph
-                (:mod:`mpnn_jax.data.dense`), or ``None`` for the flat layout.
 
         Returns:
             [n_nodes] per-atom energies in eV, in the energy dtype.
@@ -213,9 +210,7 @@ class MACE(nn.Module):
             h_up = Linear(h.irreps, policy, "update")(h)  # [n_nodes, irreps_h]
             a = Convolution(
                 irreps_a, self.avg_num_neighbors, self.radial_features, policy, self.backend
-            )(
-                h_up, sh, radial, senders, receivers, edge_mask, reverse
-            )  # [n_nodes, paths] (aggregation)
+            )(h_up, sh, radial, senders, receivers, edge_mask)  # [n_nodes, paths] (aggregation)
             a = Linear(irreps_a, policy, "update")(a)  # [n_nodes, C x (0e+1o+...)]
             if t == 0:
                 a = Linear(irreps_a, policy, "update", num_indexed_weights=self.n_species)(

@@ -87,7 +87,6 @@ class NequIPLayer(nn.Module):
         senders: jax.Array,
         receivers: jax.Array,
         edge_mask: jax.Array,
-        reverse: jax.Array | None = None,
     ) -> e3nn.IrrepsArray:
         hidden = e3nn.Irreps(self.hidden_irreps)
         residual = node_feats
@@ -99,7 +98,7 @@ class NequIPLayer(nn.Module):
             self.radial_features,
             self.policy,
             self.backend,
-        )(h, sh, radial, senders, receivers, edge_mask, reverse)  # [n_nodes, conv_irreps]
+        )(h, sh, radial, senders, receivers, edge_mask)  # [n_nodes, conv_irreps]
         with Policy.scope("update"):
             h = Linear(gate_irreps(hidden), self.policy, "update")(h)
             h = gate(h, policy=self.policy)  # [n_nodes, hidden]
@@ -154,7 +153,6 @@ class NequIP(nn.Module):
         senders: jax.Array,
         receivers: jax.Array,
         edge_mask: jax.Array,
-        reverse: jax.Array | None = None,
     ) -> jax.Array:
         """Per-atom energies.
 
@@ -164,8 +162,6 @@ class NequIP(nn.Module):
             senders: int32 [n_edges].
             receivers: int32 [n_edges].
             edge_mask: bool [n_edges], False on padded edges.
-            reverse: int32 [n_edges] reverse-edge index of a receiver-dense graph
-                (:mod:`mpnn_jax.data.dense`), or ``None`` for the flat layout.
 
         Returns:
             [n_nodes] per-atom energies (eV) in the energy dtype (padding nodes are not masked).
@@ -192,6 +188,6 @@ class NequIP(nn.Module):
         for _ in range(self.n_layers):
             h = NequIPLayer(
                 hidden, self.avg_num_neighbors, self.radial_features, policy, self.backend
-            )(h, sh, radial, senders, receivers, edge_mask, reverse)  # [n_nodes, hidden]
+            )(h, sh, radial, senders, receivers, edge_mask)  # [n_nodes, hidden]
         x = LinearReadout(policy)(h)  # [n_nodes]
         return ScaleShift(self.scale, self.shift, self.atomic_energies, policy)(x, species)

@@ -16,9 +16,6 @@ promises sorted senders or receivers (:data:`mpnn_jax.nn.ops.SORTED_EDGES`), the
   weight per edge, path and channel).
 * :class:`Convolution`: the Flax shell; it owns the :class:`~mpnn_jax.nn.radial.RadialMLP`.
 
-Receiver-dense graphs (:mod:`mpnn_jax.data.dense`, ``reverse`` given) replace the gather and
-the ``segment_sum`` by :mod:`mpnn_jax.nn.dense_edges`: the same sums without scatter-adds.
-
 Padded edges (``edge_mask`` False) send exactly zero. Jittable.
 """
 
@@ -32,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mpnn_jax.nn import dense_edges, ops
+from mpnn_jax.nn import ops
 from mpnn_jax.nn.ops import einsum_accum
 from mpnn_jax.nn.radial import RadialMLP
 from mpnn_jax.precision import Policy
@@ -80,7 +77,6 @@ def e3nn_convolution(
     irreps_out: e3nn.Irreps,
     avg_num_neighbors: float,
     policy: Policy,
-    reverse: jax.Array | None = None,
 ) -> e3nn.IrrepsArray:
     """Pure convolution ``h_i = 1/avg_num_neighbors sum_{j->i} w_ij * (h_j x Y(r_ij))``.
 
@@ -94,10 +90,6 @@ def e3nn_convolution(
         irreps_out: irreps filter: path outputs whose irrep is not in it are skipped.
         avg_num_neighbors: normalisation of the neighbour sum.
         policy: precision policy.
-        reverse: int32 [n_edges], the reverse-edge index of a receiver-dense graph
-            (:mod:`mpnn_jax.data.dense`): the sender gather and the neighbour sum then run as
-            :mod:`mpnn_jax.nn.dense_edges` gathers and dense reductions (no scatter-adds, in
-            either direction). ``None``: the flat layout.
 
     Returns:
         [n_nodes, conv_irreps(irreps_in, irreps_sh, irreps_out)] in the ``aggregation`` dtype.
@@ -108,12 +100,9 @@ def e3nn_convolution(
         # the gradient of this gather is a sum over each node's outgoing edges: in the
         # aggregation dtype (FP32 atomics on GPUs, not 16-bit ones)
         x_nodes = policy.cast("aggregation", node_feats.array)  # [n_nodes, irreps_in]
-        if reverse is None:
-            x_edges = x_nodes.at[senders].get(  # [n_edges, irreps_in]
-                indices_are_sorted=ops.SORTED_EDGES == "senders", mode="promise_in_bounds"
-            )
-        else:  # receiver-dense: the gradient is a gather by reverse edge and a dense sum
-            x_edges = dense_edges.gather_senders(x_nodes, senders, reverse, edge_mask)
+        x_edges = x_nodes.at[senders].get(  # [n_edges, irreps_in]
+            indices_are_sorted=ops.SORTED_EDGES == "senders", mode="promise_in_bounds"
+        )
     with Policy.scope("messages"):
         dtype = policy.dtype("messages")
         x = policy.cast("messages", e3nn.IrrepsArray(node_feats.irreps, x_edges))
@@ -140,15 +129,12 @@ def e3nn_convolution(
         msg_arr = jnp.where(edge_mask[:, None], msg.array, jnp.zeros_like(msg.array))
     with Policy.scope("aggregation"):
         msg_arr = policy.cast("aggregation", msg_arr)
-        if reverse is None:
-            agg = jax.ops.segment_sum(  # [n_nodes, dim]
-                msg_arr,
-                receivers,
-                num_segments=n_nodes,
-                indices_are_sorted=ops.SORTED_EDGES == "receivers",
-            )
-        else:  # receiver-dense: a reduction over each node's K slots
-            agg = dense_edges.sum_receivers(msg_arr, n_nodes)  # [n_nodes, dim]
+        agg = jax.ops.segment_sum(  # [n_nodes, dim]
+            msg_arr,
+            receivers,
+            num_segments=n_nodes,
+            indices_are_sorted=ops.SORTED_EDGES == "receivers",
+        )
         agg = agg * (1.0 / avg_num_neighbors)
         return e3nn.IrrepsArray(msg.irreps, agg).regroup()
 
@@ -183,7 +169,6 @@ class Convolution(nn.Module):
         senders: jax.Array,
         receivers: jax.Array,
         edge_mask: jax.Array,
-        reverse: jax.Array | None = None,
     ) -> e3nn.IrrepsArray:
         from mpnn_jax.nn.backends import get_backend
 
@@ -200,7 +185,6 @@ class Convolution(nn.Module):
             receivers,
             edge_mask,
             irreps_out=e3nn.Irreps(self.irreps_out),
-            reverse=reverse,
             avg_num_neighbors=self.avg_num_neighbors,
             policy=self.policy,
         )

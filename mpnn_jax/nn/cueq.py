@@ -234,7 +234,6 @@ def cueq_convolution(
     avg_num_neighbors: float,
     policy: Policy,
     method: str = "auto",
-    reverse: jax.Array | None = None,
 ) -> e3nn.IrrepsArray:
     """:func:`~mpnn_jax.nn.convolution.e3nn_convolution` as one cuEquivariance polynomial.
 
@@ -249,8 +248,6 @@ def cueq_convolution(
         avg_num_neighbors: normalisation of the neighbour sum.
         policy: precision policy.
         method: ``"auto"`` (:func:`default_method`), ``"uniform_1d"`` or ``"naive"``.
-        reverse: accepted for the receiver-dense layout and not needed: the kernel gathers and
-            sums by index in either layout (empty slots are masked like padded edges).
 
     Returns:
         [n_nodes, conv_irreps(irreps_in, irreps_sh, irreps_out)] in the ``aggregation`` dtype.
