@@ -86,8 +86,37 @@ def edge_vectors(
     in the geometry dtype."""
     with Policy.scope("geometry"):
         positions, cell, shifts = policy.cast("geometry", (positions, cell, shifts))
-        offsets = jnp.einsum("ei,eij->ej", shifts, cell[edge_graph])  # [n_edges, 3]
+        offsets = jnp.einsum("ei,eij->ej", shifts, cell_of_edges(cell, edge_graph))  # [n_edges, 3]
         return positions[receivers] - positions[senders] + offsets
+
+
+#: Up to this many graphs per batch, :func:`cell_of_edges` selects by a one-hot contraction.
+CELL_ONEHOT_MAX_GRAPHS = 64
+
+
+def cell_of_edges(cell: jax.Array, edge_graph: jax.Array) -> jax.Array:
+    """``cell[edge_graph]`` [n_edges, 3, 3]: each edge's cell, exactly.
+
+    Its transpose (the cell's share of the stress) sums every edge's outer product into its
+    graph's 3x3 cell. As the transpose of a gather that is a scatter-add of [n_edges, 9] onto
+    [n_graphs, 9]: on GPUs all of a graph's edges add atomically into the same 9 words (H200,
+    NequIP-M on 10,125 water atoms, 547k edges: 1.08 ms of a 44-ms E+F). With at most
+    :data:`CELL_ONEHOT_MAX_GRAPHS` graphs the selection is a contraction with a one-hot
+    [n_edges, n_graphs] matrix at full precision (exact: products with 0 and 1), whose transpose
+    is a reduction over the edges; with more graphs, a gather.
+
+    Args:
+        cell: [n_graphs, 3, 3] lattice vectors (rows, Å).
+        edge_graph: int32 [n_edges], the graph of each edge.
+
+    Returns:
+        [n_edges, 3, 3] in ``cell.dtype``.
+    """
+    n_graphs = cell.shape[0]
+    if n_graphs > CELL_ONEHOT_MAX_GRAPHS:
+        return cell[edge_graph]
+    onehot = jax.nn.one_hot(edge_graph, n_graphs, dtype=cell.dtype)  # [n_edges, n_graphs]
+    return jnp.einsum("eg,gij->eij", onehot, cell, precision=jax.lax.Precision.HIGHEST)
 
 
 def _energy_and_aux(model: nn.Module, padded: bool):

@@ -151,3 +151,44 @@ def test_make_potential_and_params_fp32(batch_and_params):
     out = make_potential(model, params)(g)
     assert out["energy"].shape == (4,) and out["forces"].shape == (16, 3)
     assert out["stress"].shape == (4, 3, 3) and out["node_energies"].shape == (16,)
+
+
+def _cell_scatters(jaxpr, n_graphs: int) -> int:
+    """Scatters into a [n_graphs, 3, 3] array anywhere in a jaxpr (sub-jaxprs included)."""
+    count = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name.startswith("scatter"):
+            count += eqn.invars[0].aval.shape == (n_graphs, 3, 3)
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    count += _cell_scatters(inner, n_graphs)
+    return count
+
+
+@pytest.mark.parametrize("limit", [64, 0])
+def test_cell_of_edges_is_exact_and_its_transpose_does_not_scatter(limit, monkeypatch):
+    """The one-hot cell selection equals the gather bit for bit, and its transpose (the cell's
+    share of the stress) is a reduction: no edge-to-cell scatter-add (GPU atomics that all land
+    on nine words per graph); above the graph limit it is the gather again."""
+    from mpnn_jax import potential
+
+    monkeypatch.setattr(potential, "CELL_ONEHOT_MAX_GRAPHS", limit)
+    rng = np.random.default_rng(7)
+    cell = jnp.asarray(rng.normal(size=(3, 3, 3)) * 4.0, jnp.float32)  # [n_graphs, 3, 3]
+    edge_graph = jnp.asarray(rng.integers(0, 3, size=50), jnp.int32)  # [n_edges]
+    got = jax.jit(potential.cell_of_edges)(cell, edge_graph)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(cell)[np.asarray(edge_graph)])
+    w = jnp.asarray(rng.normal(size=(50, 3, 3)), jnp.float32)
+
+    def f(c):
+        return jnp.sum(potential.cell_of_edges(c, edge_graph) * w)
+
+    expected = np.zeros((3, 3, 3))
+    np.add.at(expected, np.asarray(edge_graph), np.asarray(w, np.float64))
+    np.testing.assert_allclose(
+        np.asarray(jax.jit(jax.grad(f))(cell)), expected, rtol=1e-5, atol=1e-5
+    )
+    scatters = _cell_scatters(jax.make_jaxpr(jax.grad(f))(cell).jaxpr, 3)
+    assert scatters == (0 if limit else 1)
