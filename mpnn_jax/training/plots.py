@@ -118,7 +118,8 @@ def plot_comparison(runs: dict[str, str | Path], out_path: str | Path) -> Path:
     axes[1].set_xlabel("step")
     axes[1].set_ylabel("validation force MAE (meV/Å, EMA)")
     for ax in axes:
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:  # a run without validation draws nothing there
+            ax.legend()
         ax.grid(True, alpha=0.3)
     fig.tight_layout()
     out_path = Path(out_path)
