@@ -45,3 +45,18 @@ def test_kernel_times_and_op_names(tmp_path):
     assert module.kernel_times(str(tmp_path)) == {"fusion.1": 42.0}
     hlo = '  %fusion.1 = f32[4]{0} fusion(%p), metadata={op_name="jit(f)/jvp(M)/radial/mul"}\n'
     assert module.op_names(hlo) == {"fusion.1": "jit(f)/jvp(M)/radial/mul"}
+    # a fusion without op_name of its own takes the first one inside the computation it calls
+    hlo = (
+        "%fused_pad.3 (param_0.1: bf16[4,2]) -> f32[8,2] {\n"
+        "  %c = f32[4,2]{1,0} convert(%param_0.1), "
+        'metadata={op_name="jit(f)/L_1/messages/convert"}\n'
+        "  ROOT %pad.1 = f32[8,2]{1,0} pad(%c, %z), padding=0_4x0_0\n"
+        "}\n\n"
+        "ENTRY %main () -> f32[8,2] {\n"
+        "  %loop_pad_fusion.3 = f32[8,2]{1,0} fusion(%x), kind=kLoop, calls=%fused_pad.3, "
+        'metadata={scheduling_name="loop_pad_fusion.3"}\n'
+        "}\n"
+    )
+    names = module.op_names(hlo)
+    assert names["loop_pad_fusion.3"] == "jit(f)/L_1/messages/convert"
+    assert module.stage_of(names["loop_pad_fusion.3"]) == "L_1:messages"

@@ -76,10 +76,23 @@ def kernel_times(trace_dir: str) -> dict[str, float]:
 
 
 def op_names(hlo: str) -> dict[str, str]:
-    """``{instruction name: op_name metadata}`` of a compiled HLO module's text."""
+    """``{instruction name: op_name metadata}`` of a compiled HLO module's text.
+
+    A fusion without an ``op_name`` of its own (XLA's pads and copies, e.g. the edge padding of
+    a split-K dot) takes the first ``op_name`` inside the computation it calls, so that it is
+    attributed to a module and stage rather than to "(other)".
+    """
     names = {}
     for m in re.finditer(r"%?([\w.\-]+) = [^\n]*?metadata=\{[^}]*op_name=\"([^\"]*)\"", hlo):
         names[m.group(1)] = m.group(2)
+    inner = {}  # computation name -> first op_name in its body
+    for m in re.finditer(r"^(%[\w.\-]+) [^\n]*\{\n(.*?)^\}", hlo, flags=re.M | re.S):
+        found = re.search(r"op_name=\"([^\"]*)\"", m.group(2))
+        if found:
+            inner[m.group(1)] = found.group(1)
+    for m in re.finditer(r"%?([\w.\-]+) = [^\n]*? fusion\([^\n]*?calls=(%[\w.\-]+)", hlo):
+        if m.group(1) not in names and m.group(2) in inner:
+            names[m.group(1)] = inner[m.group(2)]
     return names
 
 
