@@ -79,10 +79,26 @@ def molecule_batch(n_atoms: int, *, path: str | None = None, seed: int = 0) -> l
     return [configs[i] for i in idx]
 
 
-def build_system(kind: str, n_atoms: int, *, cutoff: float, species_table, seed: int = 0):
-    """One padded benchmark graph of ``kind`` in {"cu", "water", "ethanol", "aspirin"}."""
+def build_system(
+    kind: str,
+    n_atoms: int,
+    *,
+    cutoff: float,
+    species_table,
+    seed: int = 0,
+    edge_multiple: int | None = None,
+):
+    """One padded benchmark graph of ``kind`` in {"cu", "water", "ethanol", "aspirin"}.
+
+    Nodes are padded to a multiple of 8 (with at least one padding node), edges to a multiple of
+    ``edge_multiple`` (default: the training buckets' ``EDGE_MULTIPLE``).
+    """
     from mpnn_jax.data import atoms_to_graph, batch_graphs, pad_graph
-    from mpnn_jax.data.buckets import round_up
+    from mpnn_jax.data.buckets import EDGE_MULTIPLE, NODE_MULTIPLE, round_up
+
+    edge_multiple = edge_multiple or EDGE_MULTIPLE
+    if edge_multiple < 1:
+        raise ValueError(f"edge_multiple must be >= 1, got {edge_multiple}")
     from mpnn_jax.data.xyz import atoms_to_configuration
 
     if kind in ("cu", "water"):
@@ -104,8 +120,8 @@ def build_system(kind: str, n_atoms: int, *, cutoff: float, species_table, seed:
     n_edge = int(graph.n_edge.sum())
     padded = pad_graph(
         graph,
-        n_node=round_up(n_node + 1, 8),
-        n_edge=round_up(n_edge, 64),
+        n_node=round_up(n_node + 1, NODE_MULTIPLE),
+        n_edge=round_up(n_edge, edge_multiple),
         n_graph=len(graphs) + 1,
     )
     return System(
