@@ -61,6 +61,37 @@ def test_periodic_systems_have_realistic_density(kind):
     assert 20 < bm.avg_neighbours(system) < 90
 
 
+def test_build_system_edge_padding():
+    table = SpeciesTable((1, 6, 8, 29))
+    default = bm.build_system("water", 100, cutoff=5.0, species_table=table)
+    padded = bm.build_system("water", 100, cutoff=5.0, species_table=table, edge_multiple=1000)
+    n_edges = default.n_edges
+    assert padded.n_edges == n_edges  # the real edges, padding aside
+    assert default.graph.senders.shape[0] == -(-n_edges // 64) * 64  # small: multiples of 64
+    assert padded.graph.senders.shape[0] == -(-n_edges // 1000) * 1000
+    with pytest.raises(ValueError, match="edge_multiple"):
+        bm.build_system("water", 100, cutoff=5.0, species_table=table, edge_multiple=-1)
+
+
+def test_side_by_side_script_quick(tmp_path):
+    """The side-by-side script's CPU smoke run: one row per variant, each padded as it says, and
+    a table with each variant's speed-up over the first (no timing claims from the CPU)."""
+    spec = importlib.util.spec_from_file_location(
+        "side_by_side", Path(__file__).parents[1] / "experiments/perf/side_by_side.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "sbs.json"
+    argv = ["--quick", "--settings", "edge_multiple", "--modes", "ef", "--presets", "fp32"]
+    assert module.main([*argv, "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["64", "128", "1024"]
+    for r in rows:
+        assert r["n_edges_padded"] % int(r["variant"]) == 0 and r["median_ms"] > 0
+    table = module.format_table(rows)
+    assert "1 (reference)" in table and table.count("x\n") + table.endswith("x") == 2
+
+
 def test_bad_names_fail_before_compiling():
     with pytest.raises(ValueError, match="unknown policy"):
         bm.policy_names(["fp32", "bf17"])

@@ -1,7 +1,7 @@
 """Implementation settings of the library timed side by side in one process, same weights.
 
     source experiments/gpu_env.sh && python3 experiments/perf/side_by_side.py \
-        --settings cell_select gather_cast edge_multiple --out $OUT/side_by_side.json
+        --settings cell_select edge_multiple --out $OUT/side_by_side.json
     .venv/bin/python experiments/perf/side_by_side.py --quick --out /tmp/sbs.json   # CPU check
 
 Settings (:data:`SETTINGS`), each a set of variants whose programs compute the same values:
@@ -9,12 +9,12 @@ Settings (:data:`SETTINGS`), each a set of variants whose programs compute the s
 * ``cell_select``: each edge's cell by a gather (``mpnn_jax.potential.CELL_ONEHOT_MAX_GRAPHS =
   0``; transpose: atomic scatter-adds onto a few 3x3 cells) or by the library's one-hot
   contraction (transpose: a reduction). PERFORMANCE_LOG entry 10.
-* ``gather_cast``: the convolution's sender features rounded to the messages dtype after the
-  gather (the default) or before it (16-bit rows gathered, FP32 transpose;
-  :data:`mpnn_jax.nn.ops.GATHER_CAST`).
-* ``edge_multiple``: the edge dimension padded to a multiple of 64 (the training buckets'
-  ``EDGE_MULTIPLE``), 128 or 1024 (XLA pads a dimension that is not a multiple of 128 before
-  splitting the reduction of a weight-gradient dot).
+* ``edge_multiple``: the edge dimension padded to a multiple of 64, 128 or 1024 (XLA pads the
+  edge dimension of the radial MLP's weight-gradient dots before splitting their reduction;
+  PERFORMANCE_LOG entry 11, :func:`mpnn_jax.data.buckets.edge_multiple`).
+
+Measured there and reverted (entry 11): the convolution's sender features rounded to 16 bits
+before the gather rather than after it (``gather_cast``, at b7a520f).
 
 For every case ``size:kind:atoms`` (default NequIP-M and MACE MP-S on 10,125 water atoms), mode,
 preset and setting, each variant's program is compiled and timed by
@@ -36,7 +36,6 @@ from pathlib import Path
 from mpnn_jax import benchmark as bm
 from mpnn_jax import potential
 from mpnn_jax.data import SpeciesTable
-from mpnn_jax.nn import ops
 
 
 @contextlib.contextmanager
@@ -55,10 +54,6 @@ SETTINGS: dict[str, dict[str, tuple[Callable[[], contextlib.AbstractContextManag
         "gather": (lambda: _cell_limit(0), {}),
         "onehot": (lambda: _cell_limit(potential.CELL_ONEHOT_MAX_GRAPHS), {}),
     },
-    "gather_cast": {
-        "after": (lambda: ops.implementation(gather_cast="after"), {}),
-        "before": (lambda: ops.implementation(gather_cast="before"), {}),
-    },
     "edge_multiple": {
         str(m): (contextlib.nullcontext, {"edge_multiple": m}) for m in (64, 128, 1024)
     },
@@ -68,7 +63,7 @@ SETTINGS: dict[str, dict[str, tuple[Callable[[], contextlib.AbstractContextManag
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="JSON output path")
-    p.add_argument("--settings", nargs="+", default=["gather_cast"], choices=sorted(SETTINGS))
+    p.add_argument("--settings", nargs="+", default=["edge_multiple"], choices=sorted(SETTINGS))
     p.add_argument("--cases", nargs="+", default=["nequip-M:water:10000", "mace-mp-s:water:10000"])
     p.add_argument("--presets", nargs="+", default=["fp32", "bf16-mixed"])
     p.add_argument("--modes", nargs="+", default=["ef", "train"], choices=["ef", "train"])

@@ -91,13 +91,13 @@ def build_system(
     """One padded benchmark graph of ``kind`` in {"cu", "water", "ethanol", "aspirin"}.
 
     Nodes are padded to a multiple of 8 (with at least one padding node), edges to a multiple of
-    ``edge_multiple`` (default: the training buckets' ``EDGE_MULTIPLE``).
+    ``edge_multiple`` (default: the training buckets' :func:`mpnn_jax.data.buckets.edge_budget`).
     """
     from mpnn_jax.data import atoms_to_graph, batch_graphs, pad_graph
-    from mpnn_jax.data.buckets import EDGE_MULTIPLE, NODE_MULTIPLE, round_up
+    from mpnn_jax.data.buckets import NODE_MULTIPLE, round_up
+    from mpnn_jax.data.buckets import edge_multiple as default_multiple
 
-    edge_multiple = edge_multiple or EDGE_MULTIPLE
-    if edge_multiple < 1:
+    if edge_multiple is not None and edge_multiple < 1:
         raise ValueError(f"edge_multiple must be >= 1, got {edge_multiple}")
     from mpnn_jax.data.xyz import atoms_to_configuration
 
@@ -121,7 +121,7 @@ def build_system(
     padded = pad_graph(
         graph,
         n_node=round_up(n_node + 1, NODE_MULTIPLE),
-        n_edge=round_up(n_edge, edge_multiple),
+        n_edge=round_up(n_edge, edge_multiple or default_multiple(n_edge)),
         n_graph=len(graphs) + 1,
     )
     return System(

@@ -38,7 +38,7 @@ from mpnn_jax.data.graphs import atoms_to_graph, pad_graph
 from mpnn_jax.data.species import SpeciesTable
 from mpnn_jax.data.xyz import Configuration
 from mpnn_jax.md.forces import node_budget
-from mpnn_jax.md.neighbours import EDGE_MULTIPLE, bucket_size
+from mpnn_jax.md.neighbours import edge_capacity
 from mpnn_jax.md.simulate import default_dtype
 from mpnn_jax.precision import Policy, get_policy
 
@@ -193,7 +193,7 @@ class Calculator(ASECalculator):
         check_distances(graph, min_distance=self.min_distance)
         n_atoms, n_edges = len(atoms), int(graph.n_edge[0])
         n_node = node_budget(n_atoms)
-        n_edge = bucket_size(n_edges, multiple=EDGE_MULTIPLE)
+        n_edge = edge_capacity(n_edges)
         self.shapes.add((n_node, n_edge))
         return pad_graph(graph, n_node=n_node, n_edge=n_edge, n_graph=2), n_atoms
 

@@ -96,15 +96,16 @@ def e3nn_convolution(
     """
     n_nodes = node_feats.shape[0]
     paths = tp_paths(node_feats.irreps, sh.irreps, irreps_out)
-    # the gradient of this gather is a sum over each node's outgoing edges: in the aggregation
-    # dtype (FP32 atomics on GPUs, not 16-bit ones), whichever side of it the rounding sits
-    x_edges = ops.gather_rows(  # [n_edges, irreps_in] in the messages dtype
-        policy, "messages", node_feats.array, senders,
-        sorted_indices=ops.SORTED_EDGES == "senders",
-    )  # fmt: skip
+    with Policy.scope("aggregation"):
+        # the gradient of this gather is a sum over each node's outgoing edges: in the
+        # aggregation dtype (FP32 atomics on GPUs, not 16-bit ones)
+        x_nodes = policy.cast("aggregation", node_feats.array)  # [n_nodes, irreps_in]
+        x_edges = x_nodes.at[senders].get(  # [n_edges, irreps_in]
+            indices_are_sorted=ops.SORTED_EDGES == "senders", mode="promise_in_bounds"
+        )
     with Policy.scope("messages"):
         dtype = policy.dtype("messages")
-        x = e3nn.IrrepsArray(node_feats.irreps, x_edges)
+        x = policy.cast("messages", e3nn.IrrepsArray(node_feats.irreps, x_edges))
         y = policy.cast("messages", sh)
         weights = policy.cast("messages", weights)
         chunks, irreps, offset = [], [], 0

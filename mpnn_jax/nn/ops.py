@@ -19,11 +19,6 @@ in one process (:func:`implementation` sets them for a ``with`` block):
   A false promise gives wrong sums on GPUs: set it only for graphs sorted that way (the neighbour
   list of :mod:`mpnn_jax.data.neighbours` sorts by sender, and batching and padding keep that
   order; ``mpnn_jax.benchmark.sort_edges`` re-sorts by receiver).
-* :data:`GATHER_CAST`: where :func:`gather_rows` (the convolution's sender gather) rounds to the
-  stage dtype, ``"after"`` the gather (the default: a gather of the FP32 node features) or
-  ``"before"`` it (a gather of the 16-bit copy, half the bytes per edge). Rounding commutes with
-  selecting rows, and both transposes are an FP32 scatter-add (``"before"`` by a custom VJP), so
-  the two give bit-equal values and gradients.
 """
 
 from __future__ import annotations
@@ -43,20 +38,13 @@ TAKE_ROWS_CHOICES = ("onehot", "take")
 #: Edge index array promised sorted: ``"none"``, ``"senders"`` or ``"receivers"``.
 SORTED_EDGES = "none"
 SORTED_EDGES_CHOICES = ("none", "senders", "receivers")
-#: Where :func:`gather_rows` rounds to the stage dtype: ``"after"`` or ``"before"`` the gather.
-GATHER_CAST = "after"
-GATHER_CAST_CHOICES = ("after", "before")
 
 
 @contextlib.contextmanager
 def implementation(
-    *,
-    take_rows: str | None = None,
-    sorted_edges: str | None = None,
-    gather_cast: str | None = None,
+    *, take_rows: str | None = None, sorted_edges: str | None = None
 ) -> Iterator[None]:
-    """Sets :data:`TAKE_ROWS`, :data:`SORTED_EDGES` and/or :data:`GATHER_CAST` for the functions
-    traced in the block.
+    """Sets :data:`TAKE_ROWS` and/or :data:`SORTED_EDGES` for the functions traced in the block.
 
     Example:
         >>> from mpnn_jax.nn import ops
@@ -66,25 +54,20 @@ def implementation(
         >>> ops.TAKE_ROWS
         'take'
     """
-    global TAKE_ROWS, SORTED_EDGES, GATHER_CAST
+    global TAKE_ROWS, SORTED_EDGES
     if take_rows is not None and take_rows not in TAKE_ROWS_CHOICES:
         raise ValueError(f"unknown take_rows {take_rows!r}; expected one of {TAKE_ROWS_CHOICES}")
     if sorted_edges is not None and sorted_edges not in SORTED_EDGES_CHOICES:
         raise ValueError(
             f"unknown sorted_edges {sorted_edges!r}; expected one of {SORTED_EDGES_CHOICES}"
         )
-    if gather_cast is not None and gather_cast not in GATHER_CAST_CHOICES:
-        raise ValueError(
-            f"unknown gather_cast {gather_cast!r}; expected one of {GATHER_CAST_CHOICES}"
-        )
-    saved = TAKE_ROWS, SORTED_EDGES, GATHER_CAST
+    saved = TAKE_ROWS, SORTED_EDGES
     TAKE_ROWS = take_rows or TAKE_ROWS
     SORTED_EDGES = sorted_edges or SORTED_EDGES
-    GATHER_CAST = gather_cast or GATHER_CAST
     try:
         yield
     finally:
-        TAKE_ROWS, SORTED_EDGES, GATHER_CAST = saved
+        TAKE_ROWS, SORTED_EDGES = saved
 
 
 def einsum_accum(policy: Policy, stage: str, subscripts: str, *operands: jax.Array) -> jax.Array:
@@ -177,66 +160,3 @@ def select_sets(policy: Policy, stage: str, y: jax.Array, indices: jax.Array) ->
     onehot = jnp.asarray(indices[:, None] == jnp.arange(y.shape[2]), policy.dtype(stage))
     # selecting with a one-hot factor is exact, and its gradient is no scatter
     return einsum_accum(policy, stage, "nisw,ns->niw", y, onehot)
-
-
-def gather_rows(
-    policy: Policy, stage: str, nodes: jax.Array, indices: jax.Array, *, sorted_indices: bool
-) -> jax.Array:
-    """``nodes[indices]`` in the ``stage`` dtype; its transpose a sum in the ``aggregation`` dtype.
-
-    The gradient of a gather is a scatter-add over ``indices`` (each node's outgoing edges); it
-    runs in the ``aggregation`` dtype (FP32 atomics on GPUs, not 16-bit ones) either way. With
-    :data:`GATHER_CAST` ``"after"`` the FP32 rows are gathered and then rounded; with
-    ``"before"`` the node array is rounded once and its 16-bit rows gathered (half the bytes per
-    edge where the stage is 16-bit), the transpose kept in FP32 by a custom VJP. Same values and
-    the same gradient either way.
-
-    Args:
-        policy: precision policy.
-        stage: stage whose dtype the rows are returned in (the convolution's ``messages``).
-        nodes: [n_nodes, d] node features (any float dtype).
-        indices: int [n_edges] rows in ``[0, n_nodes)``.
-        sorted_indices: promise that ``indices`` is sorted (``indices_are_sorted``).
-
-    Returns:
-        [n_edges, d] in the dtype of ``stage``.
-
-    Example:
-        >>> from mpnn_jax.precision import get_policy
-        >>> x = jnp.arange(6.0).reshape(3, 2)
-        >>> gather_rows(get_policy("fp32"), "messages", x, jnp.array([2, 0]),
-        ...             sorted_indices=False).tolist()
-        [[4.0, 5.0], [0.0, 1.0]]
-    """
-    if GATHER_CAST == "after":
-        with Policy.scope("aggregation"):
-            wide = policy.cast("aggregation", nodes)  # [n_nodes, d]
-            rows = wide.at[indices].get(  # [n_edges, d]
-                indices_are_sorted=sorted_indices, mode="promise_in_bounds"
-            )
-        with Policy.scope(stage):
-            return policy.cast(stage, rows)
-    low, wide = policy.dtype(stage), policy.dtype("aggregation")
-    n_nodes, in_dtype = nodes.shape[0], nodes.dtype
-
-    @jax.custom_vjp
-    def gather(x, idx):
-        with Policy.scope(stage):
-            return (
-                x.astype(low)
-                .at[idx]
-                .get(indices_are_sorted=sorted_indices, mode="promise_in_bounds")
-            )
-
-    def fwd(x, idx):
-        return gather(x, idx), idx
-
-    def bwd(idx, ct):  # ct: [n_edges, d] in the stage dtype
-        with Policy.scope("aggregation"):
-            total = jax.ops.segment_sum(  # [n_nodes, d]
-                ct.astype(wide), idx, num_segments=n_nodes, indices_are_sorted=sorted_indices
-            )
-        return total.astype(in_dtype), None
-
-    gather.defvjp(fwd, bwd)
-    return gather(nodes, indices)

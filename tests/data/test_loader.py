@@ -34,6 +34,20 @@ def cluster_graphs(n_graphs=60, seed=0, max_atoms=30):
     return graphs
 
 
+def test_edge_budget_rounds_large_batches_to_1024():
+    """Small budgets in multiples of 64, from LARGE_EDGE_BUDGET on multiples of 1024; never less
+    than the edges, never more than one multiple above them; monotone, so buckets stay sorted."""
+    from mpnn_jax.data.buckets import LARGE_EDGE_BUDGET, edge_budget
+
+    for n in (1, 64, 65, 5_000, LARGE_EDGE_BUDGET - 1):
+        assert edge_budget(n) % 64 == 0 and n <= edge_budget(n) < n + 64
+    for n in (LARGE_EDGE_BUDGET, LARGE_EDGE_BUDGET + 1, 547_164):
+        assert edge_budget(n) % 1024 == 0 and n <= edge_budget(n) < n + 1024
+    assert edge_budget(547_164) == 547_840  # the benchmark water box (PERFORMANCE_LOG 11)
+    ns = np.arange(LARGE_EDGE_BUDGET - 3000, LARGE_EDGE_BUDGET + 3000)
+    assert np.all(np.diff([edge_budget(int(n)) for n in ns]) >= 0)
+
+
 def test_plan_is_rounded_and_bounded():
     graphs = cluster_graphs()
     plan = plan_buckets(graphs, batch_size=7, max_buckets=3)
