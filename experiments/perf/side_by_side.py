@@ -7,8 +7,9 @@
 Settings (:data:`SETTINGS`), each a set of variants whose programs compute the same values:
 
 * ``cell_select``: each edge's cell by a gather (``mpnn_jax.potential.CELL_ONEHOT_MAX_GRAPHS =
-  0``; transpose: atomic scatter-adds onto a few 3x3 cells) or by the library's one-hot
-  contraction (transpose: a reduction). PERFORMANCE_LOG entry 10.
+  0``; transpose: atomic scatter-adds onto a few 3x3 cells), by the library's default (the
+  one-hot contraction for at most ``CELL_ONEHOT_MAX_GRAPHS`` graphs, transpose: a reduction) or
+  by the one-hot contraction for any number of graphs. PERFORMANCE_LOG entries 10-11.
 * ``edge_multiple``: the edge dimension padded to a multiple of 64, 128 or 1024 (XLA pads the
   edge dimension of the radial MLP's weight-gradient dots before splitting their reduction;
   PERFORMANCE_LOG entry 11, :func:`mpnn_jax.data.buckets.edge_multiple`).
@@ -53,6 +54,7 @@ SETTINGS: dict[str, dict[str, tuple[Callable[[], contextlib.AbstractContextManag
     "cell_select": {
         "gather": (lambda: _cell_limit(0), {}),
         "onehot": (lambda: _cell_limit(potential.CELL_ONEHOT_MAX_GRAPHS), {}),
+        "onehot-any": (lambda: _cell_limit(2**31), {}),  # whatever the number of graphs
     },
     "edge_multiple": {
         str(m): (contextlib.nullcontext, {"edge_multiple": m}) for m in (64, 128, 1024)
