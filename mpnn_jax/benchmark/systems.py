@@ -96,10 +96,10 @@ def build_system(
     from mpnn_jax.data import atoms_to_graph, batch_graphs, pad_graph
     from mpnn_jax.data.buckets import NODE_MULTIPLE, round_up
     from mpnn_jax.data.buckets import edge_multiple as default_multiple
+    from mpnn_jax.data.xyz import atoms_to_configuration
 
     if edge_multiple is not None and edge_multiple < 1:
         raise ValueError(f"edge_multiple must be >= 1, got {edge_multiple}")
-    from mpnn_jax.data.xyz import atoms_to_configuration
 
     if kind in ("cu", "water"):
         atoms = cu_fcc(n_atoms, seed=seed) if kind == "cu" else water_box(n_atoms, seed=seed)

@@ -22,10 +22,10 @@ import numpy as np
 NODE_MULTIPLE = 8
 EDGE_MULTIPLE = 64
 #: Edge budgets of at least this many edges are padded to a multiple of LARGE_EDGE_MULTIPLE:
-#: XLA pads the edge dimension of the radial MLP's weight-gradient dots before splitting their
-#: reduction unless it is a multiple of a large power of two (H200, 547k edges: training steps
-#: 1.5-4.0% faster at 1024 than at 64 or 128, E+F unchanged; PERFORMANCE_LOG entry 11). At most
-#: 1.6% more edges.
+#: XLA pads the edge dimension of the radial MLP's weight-gradient dots to split their reduction
+#: (a profile at 547,200 edges, a multiple of 64 and 128), and at multiples of 1024 training steps
+#: ran 1.5-4.0% faster (H200, 547k edges; E+F unchanged; PERFORMANCE_LOG entry 11). At most 1.6%
+#: more edges.
 LARGE_EDGE_BUDGET = 65_536
 LARGE_EDGE_MULTIPLE = 1024
 
