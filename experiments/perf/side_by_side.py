@@ -94,6 +94,7 @@ def main(argv=None) -> int:
 
         base = system_for({})
         params = bm.init_for(size, base, cutoff=5.0)  # parameters do not depend on padding
+        avg_num_neighbors = bm.avg_neighbours(base)  # real edges only: the same for every padding
         for mode in args.modes:
             for preset in args.presets:
                 for setting in args.settings:
@@ -106,7 +107,7 @@ def main(argv=None) -> int:
                                 preset=preset,
                                 mode=mode,
                                 params=params,
-                                avg_num_neighbors=bm.avg_neighbours(base),
+                                avg_num_neighbors=avg_num_neighbors,
                                 cutoff=5.0,
                                 repeats=args.repeats,
                             )
