@@ -26,6 +26,12 @@
 #       water:10000, fp32 and bf16-mixed, ef and train, backends e3nn and cueq (16 cases,
 #       ~400 s: a call of its own, STEPS=f BUDGET_S=540; skipped without cueq). Session 5 timed
 #       cueq at 3,000 atoms only (MACE: 2.0-2.4x faster than e3nn, bf16 1.10-1.12x fp32).
+#   g   the precision ceiling of E+F (session 9): nequip-M and mace-mp-s on water:10000, backends
+#       e3nn and cueq, fp32, bf16-mixed, fp16-seed (the radial MLP in FP16 too) and CEILING_POLICY
+#       (every stage BF16 but the FP32 neighbour sums, whose 16-bit atomics entry 3 of the
+#       performance log found slower: the fastest any policy of these programs can be, accurate
+#       or not). 16 cases, ~200 s (skips the cueq rows without cueq).
+#   h   the same ceiling for the training step, backend e3nn (8 cases, ~220 s); i: backend cueq.
 #   a2  mace-mp-s on water:3000, fp32 (take_rows): sorted-edge promises, no promise vs
 #       sorted senders (the neighbour list's own order) vs sorted receivers (edges re-sorted);
 #       ef first, then train as far as the budget goes. The no-promise programs come from the
@@ -81,7 +87,14 @@ have_cueq() {  # is the cuEquivariance backend available (steps d and f need it)
 sys.exit('cueq' not in a())"
 }
 
-CEIL=()
+# every stage BF16 except the neighbour sums (FP32 accumulation, no 16-bit atomics): steps g-i
+CEILING_POLICY="params=f32,compute=bf16,output=f32,aggregation=f32"
+CEIL_PRESETS=(fp32 bf16-mixed fp16-seed "$CEILING_POLICY")
+BACKENDS_G=(e3nn)
+have_cueq && BACKENDS_G+=(cueq)
+
+CEIL=()  # CEILINGS_FROM=<an earlier JSON of this device>: its measured ceilings for the roofline
+[ -n "${CEILINGS_FROM:-}" ] && CEIL=(--ceilings-from "$CEILINGS_FROM")
 find_ceilings() {  # the first step with --ceilings gives the others its ceilings
   for f in "$OUT/a1_mace_take_rows.json" "$OUT/d_cueq.json"; do
     [ ${#CEIL[@]} = 0 ] && [ -s "$f" ] && CEIL=(--ceilings-from "$f")
@@ -113,9 +126,17 @@ run_step() {
     e)  step e_sweep -- "${CEIL[@]}" --sizes mace-mp-s nequip-M --systems "${SWEEP[@]}" \
           --presets fp32 bf16-mixed fp16-mixed fp32-highest --modes ef \
           --plot "$OUT/e_sweep.png" ;;
+    g)  step g_ceiling_ef -- "${CEIL[@]}" --sizes nequip-M mace-mp-s --systems "$BIG_SYS" \
+          --presets "${CEIL_PRESETS[@]}" --modes ef --backends "${BACKENDS_G[@]}" ;;
+    h)  step h_ceiling_train -- "${CEIL[@]}" --sizes nequip-M mace-mp-s --systems "$BIG_SYS" \
+          --presets "${CEIL_PRESETS[@]}" --modes train --backends e3nn ;;
+    i)  if have_cueq; then
+          step i_ceiling_train_cueq -- "${CEIL[@]}" --sizes nequip-M mace-mp-s \
+            --systems "$BIG_SYS" --presets "${CEIL_PRESETS[@]}" --modes train --backends cueq
+        else echo "skip i: the cueq backend is not available" | tee -a "$OUT/plan_times.txt"; fi ;;
     a2) step a2_mace_sorted -- "${CEIL[@]}" --sizes mace-mp-s --systems "$MACE_SYS" \
           --presets fp32 --modes ef train --variants take/none take/senders take/receivers ;;
-    *)  echo "unknown step $1 (a1 d c b e f a2)" >&2; FAILED=1 ;;
+    *)  echo "unknown step $1 (a1 d c b e f g h i a2)" >&2; FAILED=1 ;;
   esac
   find_ceilings
 }
