@@ -28,9 +28,12 @@
 #       cueq at 3,000 atoms only (MACE: 2.0-2.4x faster than e3nn, bf16 1.10-1.12x fp32).
 #   g   the precision ceiling of E+F (session 9): nequip-M and mace-mp-s on water:10000, backends
 #       e3nn and cueq, fp32, bf16-mixed, fp16-seed (the radial MLP in FP16 too) and CEILING_POLICY
-#       (every stage BF16 but the FP32 neighbour sums, whose 16-bit atomics entry 3 of the
-#       performance log found slower: the fastest any policy of these programs can be, accurate
-#       or not). 16 cases, ~200 s (skips the cueq rows without cueq).
+#       (every stage BF16 but the two whose 16-bit versions are scatter-adds of 16-bit atomics,
+#       which entry 3 of the performance log found slow: the neighbour sums and the geometry,
+#       whose transpose sums 547k edge vectors onto the positions; with geometry BF16 too, E+F
+#       took 100-130 ms against 15-50 in fp32, h200_ceiling/g_ceiling_ef_geometry_bf16.json).
+#       The fastest any policy of these programs can be, accurate or not. 16 cases, ~240 s
+#       (skips the cueq rows without cueq).
 #   h   the same ceiling for the training step, backend e3nn (8 cases, ~220 s); i: backend cueq.
 #   a2  mace-mp-s on water:3000, fp32 (take_rows): sorted-edge promises, no promise vs
 #       sorted senders (the neighbour list's own order) vs sorted receivers (edges re-sorted);
@@ -87,8 +90,8 @@ have_cueq() {  # is the cuEquivariance backend available (steps d and f need it)
 sys.exit('cueq' not in a())"
 }
 
-# every stage BF16 except the neighbour sums (FP32 accumulation, no 16-bit atomics): steps g-i
-CEILING_POLICY="params=f32,compute=bf16,output=f32,aggregation=f32"
+# every stage BF16 except the two whose transposes would be 16-bit atomics: steps g-i
+CEILING_POLICY="params=f32,compute=bf16,output=f32,geometry=f32,aggregation=f32"
 CEIL_PRESETS=(fp32 bf16-mixed fp16-seed "$CEILING_POLICY")
 BACKENDS_G=(e3nn)
 have_cueq && BACKENDS_G+=(cueq)
