@@ -30,11 +30,12 @@
 #       e3nn and cueq, fp32, bf16-mixed, fp16-seed (the radial MLP in FP16 too) and CEILING_POLICY
 #       (every stage BF16 but the two whose 16-bit versions are scatter-adds of 16-bit atomics,
 #       which entry 3 of the performance log found slow: the neighbour sums and the geometry,
-#       whose transpose sums 547k edge vectors onto the positions; with geometry BF16 too, E+F
-#       took 100-130 ms against 15-50 in fp32, h200_ceiling/g_ceiling_ef_geometry_bf16.json).
-#       The fastest any policy of these programs can be, accurate or not. 16 cases, ~240 s
-#       (skips the cueq rows without cueq).
-#   h   the same ceiling for the training step, backend e3nn (8 cases, ~220 s); i: backend cueq.
+#       whose transposes sum 547k edge vectors onto the positions as bf16 scatters (seen in the
+#       lowered program, log entry 12); with geometry BF16 too, E+F took 100-130 ms against
+#       15-50 in fp32, h200_ceiling/g_ceiling_ef_geometry_bf16.json). The fastest policy of
+#       these programs, accurate or not. 16 cases, ~240 s (skips the cueq rows without cueq).
+#   h   the same ceiling for the training step, backend e3nn (8 cases, ~200 s); i: backend
+#       cueq (8 cases, ~480 s, its compiles take 45-115 s: a call of its own, BUDGET_S=540).
 #   a2  mace-mp-s on water:3000, fp32 (take_rows): sorted-edge promises, no promise vs
 #       sorted senders (the neighbour list's own order) vs sorted receivers (edges re-sorted);
 #       ef first, then train as far as the budget goes. The no-promise programs come from the

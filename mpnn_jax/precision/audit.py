@@ -256,6 +256,18 @@ class AuditReport:
             collections.Counter(f"{r.primitive}:{r.accum}" for r in self.of(stage, "reduction"))
         )
 
+    def low_precision_scatter_adds(self) -> list[OpRecord]:
+        """The scatter-adds that accumulate in 16 bits, forward or backward (the transpose of a
+        gather is one). On GPUs they run as atomics on 16-bit words, which XLA emulates with
+        compare-and-swap loops: with many rows adding into few (547k edge vectors onto 10k
+        positions) such a sum can cost more than the whole FP32 program (performance log,
+        entries 3 and 12). A policy is fast only where this list is empty."""
+        return [
+            r
+            for r in self.records
+            if r.primitive in ("scatter-add", "scatter_add") and r.accum in ("bf16", "f16")
+        ]
+
     def casts(self, stage: str) -> dict[str, int]:
         """``{"f32->bf16": count}`` of the casts in ``stage``."""
         return dict(

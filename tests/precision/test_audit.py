@@ -96,6 +96,18 @@ def test_gradient_forces_audit(policy):
         assert bwd_mm and all(r.accum == "f32" for r in bwd_mm)
 
 
+@pytest.mark.parametrize(
+    "name, stages",
+    [("bf16-mixed", set()), ("fp16-seed", set()), ("bf16-mixed+geometry=bf16", {"geometry"})],
+)
+def test_low_precision_scatter_adds(name, stages):
+    # the positions' gathers of a 16-bit geometry stage transpose into 16-bit scatter-adds
+    policy = get_policy(name)
+    found = audit(toy_forces, *_args(policy), policy=policy).low_precision_scatter_adds()
+    assert {r.stage for r in found} == stages
+    assert all(r.backward and r.accum == "bf16" for r in found)
+
+
 def test_messages_in_fp32_under_bf16_mixed_is_a_violation():
     p = get_policy("bf16-mixed")
     bad = audit(toy_energy, *_args(p), policy=p, mistake="messages_f32")
