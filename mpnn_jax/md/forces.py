@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import jraph
 import numpy as np
 
-from mpnn_jax.md.neighbours import NODE_MULTIPLE, Neighbours, bucket_size
+from mpnn_jax.data.buckets import NODE_MULTIPLE
+from mpnn_jax.md.neighbours import Neighbours, bucket_size
 
 Predictor = Callable[..., dict]
 

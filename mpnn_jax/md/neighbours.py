@@ -25,15 +25,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mpnn_jax.data.buckets import edge_budget
+from mpnn_jax.data.buckets import EDGE_MULTIPLE, edge_budget
 from mpnn_jax.data.neighbours import neighbour_list
 
-#: Geometric growth factor of padding buckets.
+#: Geometric growth factor of padding buckets (node and edge budgets are multiples of
+#: NODE_MULTIPLE and EDGE_MULTIPLE, the training buckets' own, from mpnn_jax.data.buckets).
 GROWTH = 1.25
-#: Node budgets are multiples of this.
-NODE_MULTIPLE = 8
-#: Edge budgets are multiples of this.
-EDGE_MULTIPLE = 64
 
 
 def bucket_size(n: int, *, multiple: int, growth: float = GROWTH, minimum: int = 0) -> int:

@@ -9,9 +9,9 @@ import pytest
 from ase.build import bulk
 from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
 
+from mpnn_jax.data.buckets import EDGE_MULTIPLE, NODE_MULTIPLE
 from mpnn_jax.data.species import SpeciesTable
 from mpnn_jax.md import Calculator, bucket_size
-from mpnn_jax.md.neighbours import EDGE_MULTIPLE, NODE_MULTIPLE
 
 from .conftest import CUTOFF, TABLE
 
