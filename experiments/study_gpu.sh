@@ -6,7 +6,8 @@
 # SETS (default: all four) and POLICIES pick the data sets and policies, so that the study fits in
 # several shorter calls; NFP64 (default 100) test configs for each model against its fp64 self.
 # Each process is stopped after LIMIT seconds (default 540); every minute OUT/partial.tgz gets the
-# logs and whatever has been written so far, so a call cut short still returns something.
+# logs and whatever has been written so far, so a call cut short still returns something; a
+# failed run is named on stderr and makes the script exit 1 (after merging and packing the rest).
 # Writes OUT/study_results_<sets>.tgz (<set>/{comparison.md,comparison.json,learning_curves.png,
 # loss_scale.png}, logs) and OUT/fp32_models_<sets>.tgz (the fp32 runs, best checkpoints only, for
 # experiments/study_gpu_nve.sh). With STAGES=1 the ethanol fp32 model also gets the per-stage
@@ -30,19 +31,29 @@ if [ "${QUICK:-0}" = 1 ]; then  # a CPU check of the script itself: tiny, a few 
   POLICIES="fp32 bf16-mixed"; NFP64=3; NSTAGE=2
 fi
 TAG=$(echo "$SETS" | tr ' ' '_')
+PIDS=(); NAMES=()
 snapshot() {  # logs and finished outputs so far (small files only)
   (cd /tmp && tar -czf "$OUT/partial.tgz" --exclude='*.msgpack' study_gpu.*.log \
      $(ls -d study_gpu/*/*/comparison.* study_gpu/*/*/*/summary.json 2>/dev/null)) 2>/dev/null
 }
 for set in $SETS; do
   for p in $POLICIES; do
+    rm -rf "$W/$set/$p"  # no stale results of an earlier call in the merge
     # shellcheck disable=SC2086
     timeout "$LIMIT" python3 experiments/precision_study.py train --config ${CFG[$set]} \
       "${SIZE[@]}" --workdir $W/$set/$p --policies $p --vs-fp64 $NFP64 > $W.$set.$p.log 2>&1 &
+    PIDS+=("$!"); NAMES+=("$set/$p")
   done
 done
 while [ -n "$(jobs -r)" ]; do snapshot; sleep 60; done
-wait
+FAILED=0
+for i in "${!PIDS[@]}"; do  # a failed or timed-out run is named (124: stopped after LIMIT s)
+  wait "${PIDS[$i]}"; rc=$?
+  if [ "$rc" != 0 ]; then
+    FAILED=1; echo "FAILED ${NAMES[$i]} rc=$rc; last lines of its log:" >&2
+    tail -n 5 "$W.${NAMES[$i]/\//.}.log" >&2
+  fi
+done
 snapshot
 R=/tmp/study_results_$TAG; rm -rf "$R"; mkdir -p "$R"
 for set in $SETS; do
@@ -58,3 +69,4 @@ fi
 tar -C "$R" -czf "$OUT/study_results_$TAG.tgz" .
 tar -C $W -czf "$OUT/fp32_models_$TAG.tgz" \
   $(cd $W && ls -d */fp32/fp32/config.yaml */fp32/fp32/checkpoints/best* */fp32/fp32/summary.json)
+[ "$FAILED" = 0 ] || { echo "some runs failed; their policies are missing from the merge" >&2; exit 1; }
