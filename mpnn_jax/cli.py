@@ -9,6 +9,7 @@ Subcommands::
     mpnn-jax md --workdir W --structure S.xyz --steps N [--dt 0.5] [--ensemble nve|nvt]
                 [--temperature T] [--policy P] [--backend B] [--out DIR]
 
+`audit` also warns of 16-bit scatter-adds (allowed by a policy, but slow 16-bit atomics on GPUs).
 Exit codes: 0 success, 1 the audit found violations of the policy, 2 bad arguments or input
 (a one-line error on stderr), 130 interrupted (training saves a checkpoint first).
 """
@@ -16,6 +17,7 @@ Exit codes: 0 success, 1 the audit found violations of the policy, 2 bad argumen
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import sys
 from collections.abc import Sequence
@@ -68,6 +70,13 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     print(report.table(policy))
     problems = report.check(policy)
     print("\nno violations" if not problems else "\nviolations:\n  " + "\n  ".join(problems))
+    sums = report.low_precision_scatter_adds()
+    slow = collections.Counter(f"{r.stage}{' (backward)' if r.backward else ''}" for r in sums)
+    if slow:  # allowed by the policy, but 16-bit atomics on GPUs (performance log, entry 12)
+        where = ", ".join(f"{k} x{n}" for k, n in sorted(slow.items()))
+        print(f"warning: 16-bit scatter-adds, slow on GPUs (16-bit atomics): {where}")
+    else:
+        print("no 16-bit scatter-adds")
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_json(policy), indent=2, default=str))
     return 0 if not problems else 1

@@ -58,7 +58,11 @@ def test_evaluate_and_audit_on_a_trained_run(run_dir, tmp_path, capsys):
     assert main([*argv, "--policy", "bf16-mixed", "--json", str(audit_json)]) == 0
     printed = capsys.readouterr().out
     assert "policy bf16-mixed" in printed and "no violations" in printed
+    assert "no 16-bit scatter-adds" in printed
     assert json.loads(audit_json.read_text())
+    # a BF16 geometry stage is allowed, but its positions' gathers transpose into 16-bit sums
+    assert main([*argv, "--policy", "bf16-mixed+geometry=bf16"]) == 0
+    assert "16-bit scatter-adds, slow on GPUs" in capsys.readouterr().out.replace("\n", " ")
     assert main([*argv, "--policy", "fp8"]) == 2
     _error_line(capsys, "audit")
 
