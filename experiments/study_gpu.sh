@@ -31,7 +31,7 @@ if [ "${QUICK:-0}" = 1 ]; then  # a CPU check of the script itself: tiny, a few 
   POLICIES="fp32 bf16-mixed"; NFP64=3; NSTAGE=2
 fi
 TAG=$(echo "$SETS" | tr ' ' '_')
-PIDS=(); NAMES=()
+PIDS=(); NAMES=(); LOGS=()
 snapshot() {  # logs and finished outputs so far (small files only)
   (cd /tmp && tar -czf "$OUT/partial.tgz" --exclude='*.msgpack' study_gpu.*.log \
      $(ls -d study_gpu/*/*/comparison.* study_gpu/*/*/*/summary.json 2>/dev/null)) 2>/dev/null
@@ -39,10 +39,11 @@ snapshot() {  # logs and finished outputs so far (small files only)
 for set in $SETS; do
   for p in $POLICIES; do
     rm -rf "$W/$set/$p"  # no stale results of an earlier call in the merge
+    log=$W.$set.$p.log
     # shellcheck disable=SC2086
     timeout "$LIMIT" python3 experiments/precision_study.py train --config ${CFG[$set]} \
-      "${SIZE[@]}" --workdir $W/$set/$p --policies $p --vs-fp64 $NFP64 > $W.$set.$p.log 2>&1 &
-    PIDS+=("$!"); NAMES+=("$set/$p")
+      "${SIZE[@]}" --workdir $W/$set/$p --policies $p --vs-fp64 $NFP64 > "$log" 2>&1 &
+    PIDS+=("$!"); NAMES+=("$set/$p"); LOGS+=("$log")
   done
 done
 while [ -n "$(jobs -r)" ]; do snapshot; sleep 60; done
@@ -51,7 +52,7 @@ for i in "${!PIDS[@]}"; do  # a failed or timed-out run is named (124: stopped a
   wait "${PIDS[$i]}"; rc=$?
   if [ "$rc" != 0 ]; then
     FAILED=1; echo "FAILED ${NAMES[$i]} rc=$rc; last lines of its log:" >&2
-    tail -n 5 "$W.${NAMES[$i]/\//.}.log" >&2
+    tail -n 5 "${LOGS[$i]}" >&2
   fi
 done
 snapshot

@@ -71,9 +71,14 @@ UNSCOPED = "unscoped"
 MATMUL_PRIMITIVES = frozenset(
     {"dot_general", "conv_general_dilated", "ragged_dot", "ragged_dot_general"}
 )
-REDUCTION_PRIMITIVES = frozenset(
-    {"reduce_sum", "scatter-add", "scatter_add", "cumsum", "reduce_prod", "cumprod", "psum"}
-)
+SCATTER_ADD_PRIMITIVES = frozenset({"scatter-add", "scatter_add"})
+REDUCTION_PRIMITIVES = SCATTER_ADD_PRIMITIVES | {
+    "reduce_sum",
+    "cumsum",
+    "reduce_prod",
+    "cumprod",
+    "psum",
+}
 CAST_PRIMITIVES = frozenset({"convert_element_type"})
 # allocate without computing: autodiff fills the residuals a cond branch does not make with these
 _PLACEHOLDER_PRIMITIVES = frozenset({"empty", "empty2"})
@@ -265,7 +270,7 @@ class AuditReport:
         return [
             r
             for r in self.records
-            if r.primitive in ("scatter-add", "scatter_add") and r.accum in ("bf16", "f16")
+            if r.primitive in SCATTER_ADD_PRIMITIVES and r.accum in ("bf16", "f16")
         ]
 
     def casts(self, stage: str) -> dict[str, int]:
