@@ -57,12 +57,35 @@ _REGISTRY: dict[str, Backend] = {"e3nn": E3nnBackend()}
 _OPTIONAL_LOADED = False
 
 
+class PallasBackend:
+    """The convolution as one fused Pallas kernel per direction (:mod:`mpnn_jax.nn.pallas_conv`);
+    the symmetric contraction of the reference."""
+
+    name = "pallas"
+
+    @staticmethod
+    def convolution(*args: Any, **kwargs: Any) -> Any:
+        from mpnn_jax.nn.pallas_conv import pallas_convolution
+
+        return pallas_convolution(*args, **kwargs)
+
+    symmetric_contraction = E3nnBackend.symmetric_contraction
+
+
 def _register_optional_backends() -> None:
-    """Registers ``"cueq"`` once, if ``cuequivariance_jax`` is installed and imports."""
+    """Registers ``"cueq"`` once, if ``cuequivariance_jax`` is installed and imports, then
+    ``"pallas"`` (JAX's own Pallas: always available; interpreted on CPU)."""
     global _OPTIONAL_LOADED
     if _OPTIONAL_LOADED:
         return
     _OPTIONAL_LOADED = True
+    try:
+        _register_cueq()
+    finally:
+        _REGISTRY.setdefault("pallas", PallasBackend())
+
+
+def _register_cueq() -> None:
     if importlib.util.find_spec("cuequivariance_jax") is None:
         return
     try:

@@ -1,0 +1,182 @@
+"""The fused Pallas convolution (``"pallas"`` backend) on a GPU: agreement with the reference,
+then whole models timed against the XLA reference side by side in one process.
+
+    source experiments/gpu_env.sh && python3 experiments/perf/pallas_conv.py --out $OUT/pallas.json
+
+1. Agreement: a NequIP-M-shaped convolution (32x0e+32x1o+32x2e, harmonics to l=2, 2,000 nodes,
+   60,000 random edges) against the reference in float32 on the device: relative error of the
+   output and of the gradients with respect to the node features, weights and harmonics.
+2. Timing: for each case ``size:system:n:preset:mode`` and each variant ``backend[/block/warps]``
+   (block = receivers per program, warps per program), :func:`mpnn_jax.benchmark.measure`.
+Prints a table last; ``--check-only`` stops after 1 (the CPU smoke run uses it with ``--small``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import e3nn_jax as e3nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mpnn_jax import benchmark as bm
+from mpnn_jax.nn import pallas_conv
+from mpnn_jax.nn.convolution import e3nn_convolution, num_path_weights
+from mpnn_jax.precision import get_policy
+
+
+def agreement(n_nodes: int, n_edges: int, preset: str = "fp32") -> dict[str, float]:
+    """Relative max errors of the pallas convolution and its gradients against the reference."""
+    irin, irsh, irout = "32x0e+32x1o+32x2e", "0e+1o+2e", "96x0e+32x1o+32x2e"
+    k = jax.random.split(jax.random.PRNGKey(0), 5)
+    x = e3nn.normal(irin, k[0], (n_nodes,)).array
+    sh = e3nn.normal(irsh, k[1], (n_edges,)).array
+    w = jax.random.normal(k[2], (n_edges, num_path_weights(irin, irsh, irout)))
+    s = jax.random.randint(k[3], (n_edges,), 0, n_nodes)
+    r = jax.random.randint(k[4], (n_edges,), 0, n_nodes)
+    m = jnp.arange(n_edges) < n_edges - 7
+    kw = dict(irreps_out=e3nn.Irreps(irout), avg_num_neighbors=30.0, policy=get_policy(preset))
+
+    def loss(conv, x, sh, w):
+        out = conv(e3nn.IrrepsArray(irin, x), e3nn.IrrepsArray(irsh, sh), w, s, r, m, **kw)
+        return jnp.sum(jnp.sin(out.array.astype(jnp.float32))), out.array
+
+    res = {}
+    outs = {}
+    for name, conv in (("e3nn", e3nn_convolution), ("pallas", pallas_conv.pallas_convolution)):
+        f = jax.jit(
+            jax.value_and_grad(lambda *a, c=conv: loss(c, *a), argnums=(0, 1, 2), has_aux=True)
+        )
+        outs[name] = f(x, sh, w)
+    (_, a), ga = outs["e3nn"]
+    (_, b), gb = outs["pallas"]
+
+    def rel(u, v):
+        u, v = np.asarray(u, np.float64), np.asarray(v, np.float64)
+        return float(np.abs(u - v).max() / np.abs(u).max())
+
+    res["out"] = rel(a, b)
+    for name, u, v in zip(("d_node_feats", "d_sh", "d_weights"), ga, gb, strict=True):
+        res[name] = rel(u, v)
+    return res
+
+
+def kernel_times(system, preset: str, repeats: int) -> dict[str, float]:
+    """One NequIP-M-shaped convolution on ``system``'s graph alone: forward, and forward plus
+    the gradient with respect to node features, weights and harmonics (ms, median)."""
+    irin, irsh, irout = "32x0e+32x1o+32x2e", "0e+1o+2e", "96x0e+32x1o+32x2e"
+    g = system.graph
+    s, r = jnp.asarray(g.senders), jnp.asarray(g.receivers)
+    n_nodes, n_edges = int(g.nodes["positions"].shape[0]), int(s.shape[0])
+    k = jax.random.split(jax.random.PRNGKey(0), 3)
+    x = e3nn.normal(irin, k[0], (n_nodes,)).array
+    sh = e3nn.normal(irsh, k[1], (n_edges,)).array
+    w = jax.random.normal(k[2], (n_edges, num_path_weights(irin, irsh, irout)))
+    m = jnp.ones(n_edges, bool)
+    kw = dict(irreps_out=e3nn.Irreps(irout), avg_num_neighbors=50.0, policy=get_policy(preset))
+    res = {}
+    for name, conv in (("e3nn", e3nn_convolution), ("pallas", pallas_conv.pallas_convolution)):
+
+        def fwd(x, sh, w, conv=conv):
+            out = conv(e3nn.IrrepsArray(irin, x), e3nn.IrrepsArray(irsh, sh), w, s, r, m, **kw)
+            return jnp.sum(out.array.astype(jnp.float32) ** 2)
+
+        for mode, f in (("fwd", jax.jit(fwd)), ("fwd+bwd", jax.jit(jax.grad(fwd, (0, 1, 2))))):
+            jax.block_until_ready(f(x, sh, w))
+            ts = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                jax.block_until_ready(f(x, sh, w))
+                ts.append(1e3 * (time.perf_counter() - t0))
+            res[f"{name} {mode}"] = float(np.median(ts))
+    return res
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument(
+        "--cases",
+        nargs="+",
+        default=[
+            "nequip-M:water:10000:fp32:ef",
+            "nequip-M:water:10000:bf16-mixed:ef",
+        ],
+    )
+    p.add_argument("--variants", nargs="+", default=["e3nn", "pallas/16/4", "pallas/8/4"])
+    p.add_argument("--check-only", action="store_true")
+    p.add_argument(
+        "--kernels", nargs="*", default=["water:10000"], help="systems for the kernel-only times"
+    )
+    p.add_argument("--small", action="store_true", help="a small agreement check (CPU)")
+    p.add_argument("--no-ceilings", action="store_true")
+    args = p.parse_args(argv)
+    print(json.dumps(bm.device_info()))
+    out: dict = {"device": bm.device_info(), "command": sys.argv}
+    t0 = time.time()
+    n, e = (40, 600) if args.small else (2000, 60000)
+    out["agreement_fp32"] = agreement(n, e, "fp32")
+    print("agreement fp32", json.dumps(out["agreement_fp32"]), f"{time.time() - t0:.1f}s")
+    Path(args.out).write_text(json.dumps(out, indent=1))
+    if args.check_only:
+        return 0
+    from mpnn_jax.data import SpeciesTable
+
+    table = SpeciesTable((1, 6, 8, 29))
+    systems, params_cache = {}, {}
+    out["kernels"] = {}
+    for spec in args.kernels:
+        kind, n_atoms = spec.split(":")
+        systems[(kind, int(n_atoms))] = bm.build_system(
+            kind, int(n_atoms), cutoff=5.0, species_table=table
+        )
+        for preset in ("fp32", "bf16-mixed"):
+            times = kernel_times(systems[(kind, int(n_atoms))], preset, args.repeats)
+            out["kernels"][f"{spec} {preset}"] = times
+            print("kernels", spec, preset, json.dumps(times), flush=True)
+            Path(args.out).write_text(json.dumps(out, indent=1))
+    ceilings = None if args.no_ceilings else bm.device_ceilings()
+    out["ceilings"], out["rows"] = ceilings, []
+    for case in args.cases:
+        size, kind, n_atoms, preset, mode = case.split(":")
+        key = (kind, int(n_atoms))
+        if key not in systems:
+            systems[key] = bm.build_system(kind, int(n_atoms), cutoff=5.0, species_table=table)
+        system = systems[key]
+        if (size, key) not in params_cache:
+            params_cache[(size, key)] = bm.init_for(size, system, cutoff=5.0)
+        for v in args.variants:
+            backend, *knobs = v.split("/")
+            if knobs:
+                pallas_conv.BLOCK_NODES, pallas_conv.NUM_WARPS = map(int, knobs)
+            t1 = time.time()
+            try:
+                row = bm.measure(
+                    size=size, system=system, preset=preset, mode=mode,
+                    params=params_cache[(size, key)], avg_num_neighbors=bm.avg_neighbours(system),
+                    cutoff=5.0, repeats=args.repeats, backend=backend, ceilings=ceilings,
+                )  # fmt: skip
+            except Exception as err:  # noqa: BLE001 - a failing variant is a result too
+                row = {"model": size, "preset": preset, "mode": mode, "error": repr(err)[:2000]}
+            row["variant"], row["wall_s"] = v, time.time() - t1
+            out["rows"].append(row)
+            print(json.dumps(row), flush=True)
+            Path(args.out).write_text(json.dumps(out, indent=1))
+    print(f"{'model':10} {'mode':5} {'preset':11} {'variant':13} {'ms':>8} {'GB':>6}")
+    for r in out["rows"]:
+        print(
+            f"{r['model']:10} {r['mode']:5} {r['preset']:11} {r['variant']:13} "
+            f"{r.get('median_ms', float('nan')):8.2f} {(r.get('compiled_bytes') or 0) / 1e9:6.2f}"
+            f"  {r.get('error', '')[:200]}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

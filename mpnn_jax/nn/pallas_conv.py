@@ -1,0 +1,465 @@
+"""Fused convolution kernel (``"pallas"`` backend): gather, channel-wise tensor product and
+neighbour sum in one Pallas kernel per direction, with no scatter-add and no edge-sized message
+array.
+
+The reference (:func:`mpnn_jax.nn.convolution.e3nn_convolution`) writes an
+``[n_edges, channels, dim]`` message array and sums it at the receivers with a scatter-add. Here
+each program of the kernel owns a block of ``block_nodes`` receivers, walks their incoming edges
+(edges in receiver order through a permutation and CSR offsets), gathers the sender features, the
+radial weights and the spherical harmonics of each edge in their stage dtype, and accumulates
+every output component in FP32 registers (``policy.accum("messages")``): one write per node, no
+atomics. In 16 bits the kernel reads half the bytes of FP32 and does the same arithmetic.
+
+The derivative with respect to the node features is the same kernel on the reversed graph (over
+the senders, with the Clebsch-Gordan blocks transposed), so it is fused too and the operation is
+differentiable to any order (:func:`jax.custom_vjp` whose backward pass is differentiable). The
+derivatives with respect to the per-edge inputs (radial weights, harmonics) are per-edge
+contractions with no sum over edges (plain JAX, :func:`_edge_cotangents`).
+
+Layout inside the kernel: node arrays "component-major", ``[n_nodes, n_components, channels]``
+(one contiguous row of ``channels`` values per irrep component), edge weights
+``[n_edges, n_paths, channels]``, harmonics ``[n_edges, dim_sh]``. The wrapper
+:func:`pallas_convolution` converts from and to e3nn-jax's "mul_ir" arrays on node arrays only.
+
+Limits: every input irrep must have the same multiplicity (``channels``), as in NequIP's and
+MACE's convolutions; otherwise :func:`conv_plan` raises ``ValueError``. On CPU the kernel runs
+in Pallas's interpreter (slow, for tests); on GPUs it compiles through Triton.
+
+Example:
+    >>> import jax, jax.numpy as jnp, e3nn_jax as e3nn
+    >>> from mpnn_jax.precision import get_policy
+    >>> x = e3nn.normal("4x0e+4x1o", jax.random.PRNGKey(0), (3,))  # [n_nodes, irreps_in]
+    >>> sh = e3nn.normal("0e+1o", jax.random.PRNGKey(1), (5,))  # [n_edges, irreps_sh]
+    >>> w = jnp.ones((5, 16))  # [n_edges, num_path_weights]: 4 paths x 4 channels
+    >>> s, r = jnp.array([0, 1, 2, 0, 1]), jnp.array([1, 2, 0, 2, 0])
+    >>> out = pallas_convolution(x, sh, w, s, r, jnp.ones(5, bool), irreps_out="0e+1o",
+    ...     avg_num_neighbors=2.0, policy=get_policy("fp32"))
+    >>> out.irreps, out.shape
+    (8x0e+8x1o, (3, 32))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import e3nn_jax as e3nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.experimental import pallas as pl
+
+from mpnn_jax.nn import ops
+from mpnn_jax.nn.convolution import tp_paths
+from mpnn_jax.precision import Policy
+
+#: Receivers per program of the node kernel, edges per program of the edge kernel (powers of
+#: two). Module settings, read when a function is traced.
+BLOCK_NODES = 8
+BLOCK_EDGES = 32
+#: Triton warps per program.
+NUM_WARPS = 4
+#: Run the kernel in Pallas's interpreter: ``None`` = where JAX's default backend is the CPU.
+INTERPRET: bool | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Path:
+    """One tensor-product path ``x[in_off : in_off + d_in] (x) sh[sh_off : sh_off + d_sh] ->
+    out[out_off : out_off + d_out]`` with weight row ``weight`` and coefficients ``cg``
+    (a nested tuple ``[d_in][d_sh][d_out]``, hashable)."""
+
+    in_off: int
+    d_in: int
+    sh_off: int
+    d_sh: int
+    out_off: int
+    d_out: int
+    weight: int
+    cg: tuple
+
+    def coefficients(self) -> np.ndarray:
+        return np.asarray(self.cg, dtype=np.float64)  # [d_in, d_sh, d_out]
+
+    def transposed(self) -> Path:
+        cg = self.coefficients().transpose(2, 1, 0)
+        return Path(
+            self.out_off, self.d_out, self.sh_off, self.d_sh, self.in_off, self.d_in,
+            self.weight, _freeze(cg),
+        )  # fmt: skip
+
+
+def _freeze(a: np.ndarray) -> tuple:
+    return tuple(float(v) for v in a) if a.ndim == 1 else tuple(_freeze(x) for x in a)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Static description of a convolution: paths, component counts, channels (hashable)."""
+
+    paths: tuple[Path, ...]
+    n_in: int  # components of the input node array
+    n_out: int  # components of the output node array
+    d_sh: int  # components of the harmonics
+    channels: int
+
+    @property
+    def n_paths(self) -> int:
+        return len(self.paths)
+
+    def transposed(self) -> Plan:
+        return Plan(
+            tuple(p.transposed() for p in self.paths), self.n_out, self.n_in, self.d_sh,
+            self.channels,
+        )  # fmt: skip
+
+    def terms(self) -> dict[tuple[int, int], list[tuple[int, int, float]]]:
+        """``{(in component, weight row): [(sh component, out component, coefficient)]}``."""
+        out: dict[tuple[int, int], list[tuple[int, int, float]]] = {}
+        for p in self.paths:
+            cg = p.coefficients()
+            for a, b, k in zip(*np.nonzero(np.abs(cg) > 1e-12), strict=True):
+                key = (p.in_off + int(a), p.weight)
+                out.setdefault(key, []).append(
+                    (p.sh_off + int(b), p.out_off + int(k), float(cg[a, b, k]))
+                )
+        return out
+
+
+def conv_plan(irreps_in, irreps_sh, irreps_out) -> tuple[Plan, e3nn.Irreps]:
+    """The :class:`Plan` of the reference's paths and the (unmerged) irreps of its output.
+
+    Raises:
+        ValueError: if the input irreps have different multiplicities.
+    """
+    irreps_in, irreps_sh = e3nn.Irreps(irreps_in), e3nn.Irreps(irreps_sh)
+    muls = {mul for mul, _ in irreps_in}
+    if len(muls) != 1:
+        raise ValueError(
+            f"the pallas convolution needs one multiplicity for every input irrep, got {irreps_in}"
+        )
+    (channels,) = muls
+    in_offs = np.cumsum([0] + [ir.dim for _, ir in irreps_in]).tolist()
+    sh_offs = np.cumsum([0] + [ir.dim for _, ir in irreps_sh]).tolist()
+    paths, out_irreps, out_off = [], [], 0
+    for w, (i, j, ir_out) in enumerate(tp_paths(irreps_in, irreps_sh, irreps_out)):
+        ir_in, ir_sh = irreps_in[i].ir, irreps_sh[j].ir
+        cg = np.asarray(e3nn.clebsch_gordan(ir_in.l, ir_sh.l, ir_out.l)) * math.sqrt(ir_out.dim)
+        paths.append(
+            Path(in_offs[i], ir_in.dim, sh_offs[j], ir_sh.dim, out_off, ir_out.dim, w, _freeze(cg))
+        )
+        out_irreps.append((channels, ir_out))
+        out_off += ir_out.dim
+    plan = Plan(tuple(paths), in_offs[-1], out_off, sh_offs[-1], channels)
+    return plan, e3nn.Irreps(out_irreps)
+
+
+# --- the kernel --------------------------------------------------------------------------------
+def _kernel(
+    start_ref, perm_ref, nbr_ref, x_ref, w_ref, sh_ref, out_ref, *, plan, block, scale, acc_dtype
+):
+    """One program: ``block`` target nodes; loops over the largest in-degree of the block and
+    accumulates each output component, ``[block, C]``, in the ``acc_dtype``."""
+    c = plan.channels
+    terms = plan.terms()
+    rows = pl.program_id(0) * block + jnp.arange(block)  # [block]
+    lo = start_ref[rows]  # [block]
+    deg = start_ref[rows + 1] - lo
+    cols = jnp.arange(c)[None, :]  # [1, C]
+    used_in = sorted({i for i, _ in terms})
+    used_w = sorted({p for _, p in terms})
+
+    def body(k, acc):
+        live = k < deg  # [block]
+        e = perm_ref[jnp.where(live, lo + k, 0)]  # [block] edge ids
+        n = nbr_ref[e]  # [block] neighbour nodes
+        sh = {
+            j: jnp.where(live, sh_ref[e * plan.d_sh + j].astype(acc_dtype), 0.0)
+            for j in sorted({j for v in terms.values() for j, _, _ in v})
+        }  # [block] each
+        x = {i: x_ref[(n * plan.n_in + i)[:, None] * c + cols].astype(acc_dtype) for i in used_in}
+        w = {
+            p: w_ref[(e * plan.n_paths + p)[:, None] * c + cols].astype(acc_dtype) for p in used_w
+        }  # [block, C] each
+        acc = list(acc)
+        for (i, p), lst in terms.items():
+            xw = x[i] * w[p]  # [block, C]
+            for j, o, coef in lst:
+                acc[o] = acc[o] + (coef * sh[j])[:, None] * xw
+        return tuple(acc)
+
+    zero = jnp.zeros((block, c), acc_dtype)
+    acc = lax.fori_loop(0, jnp.max(deg), body, (zero,) * plan.n_out)
+    for o in range(plan.n_out):
+        out_ref[(rows * plan.n_out + o)[:, None] * c + cols] = (acc[o] * scale).astype(
+            out_ref.dtype
+        )
+
+
+def _gather_sum(x, w, sh, start, perm, nbr, *, plan: Plan, scale: float, acc, out_dtype):
+    """``out[t] = scale * sum_{edges e into t} TP_plan(x[nbr[e]], w[e], sh[e])``.
+
+    Args:
+        x: [n_src, n_in, C]; w: [n_edges, n_paths, C]; sh: [n_edges, d_sh].
+        start: int32 [n_tgt + 1] CSR offsets into ``perm``; perm: int32 [n_edges] edge ids in
+            target order; nbr: int32 [n_edges] source node of each edge.
+
+    Returns:
+        [n_tgt, n_out, C] in ``out_dtype``.
+    """
+    block = BLOCK_NODES
+    n_tgt = start.shape[0] - 1
+    n_pad = -(-n_tgt // block) * block
+    start = jnp.concatenate([start, jnp.full((n_pad - n_tgt,), start[-1], start.dtype)])
+    c = plan.channels
+    out = pl.pallas_call(
+        functools.partial(_kernel, plan=plan, block=block, scale=scale, acc_dtype=acc),
+        out_shape=jax.ShapeDtypeStruct((n_pad * plan.n_out * c,), out_dtype),
+        grid=(n_pad // block,),
+        name="mpnn_gather_sum",
+        **_compiler_kwargs(),
+    )(start, perm, nbr, x.reshape(-1), w.reshape(-1), sh.reshape(-1))
+    return out.reshape(n_pad, plan.n_out, c)[:n_tgt]
+
+
+def _edge_kernel(
+    nbr_ref, tgt_ref, x_ref, w_ref, sh_ref, g_ref, *out_refs, plan, block, n_edges, scale,
+    acc_dtype, want,
+):  # fmt: skip
+    """One program: ``block`` edges; ``dw [block, n_paths, C]`` and/or ``dsh [block, d_sh]``."""
+    c = plan.channels
+    terms = plan.terms()
+    rows = pl.program_id(0) * block + jnp.arange(block)  # [block]
+    e = jnp.minimum(rows, n_edges - 1)  # loads of the padded tail read the last edge
+    cols = jnp.arange(c)[None, :]  # [1, C]
+    n, t = nbr_ref[e], tgt_ref[e]  # [block]
+    x = {
+        i: x_ref[(n * plan.n_in + i)[:, None] * c + cols].astype(acc_dtype)
+        for i in sorted({i for i, _ in terms})
+    }  # [block, C] each
+    g = {
+        o: g_ref[(t * plan.n_out + o)[:, None] * c + cols].astype(acc_dtype)
+        for o in sorted({o for v in terms.values() for _, o, _ in v})
+    }
+    if "dw" in want:
+        sh = {j: sh_ref[e * plan.d_sh + j].astype(acc_dtype) for j in range(plan.d_sh)}  # [block]
+    if "dsh" in want:
+        w = {
+            p: w_ref[(e * plan.n_paths + p)[:, None] * c + cols].astype(acc_dtype)
+            for p in sorted({p for _, p in terms})
+        }  # [block, C] each
+    dw = [jnp.zeros((block, c), acc_dtype) for _ in range(plan.n_paths)]
+    dsh = [jnp.zeros((block, c), acc_dtype) for _ in range(plan.d_sh)]
+    for (i, p), lst in terms.items():
+        for j, o, coef in lst:
+            xg = x[i] * g[o]  # [block, C]
+            if "dw" in want:
+                dw[p] = dw[p] + (coef * sh[j])[:, None] * xg
+            if "dsh" in want:
+                dsh[j] = dsh[j] + coef * w[p] * xg
+    refs = list(out_refs)
+    if "dw" in want:
+        dw_ref = refs.pop(0)
+        for p in range(plan.n_paths):
+            dw_ref[(rows * plan.n_paths + p)[:, None] * c + cols] = (dw[p] * scale).astype(
+                dw_ref.dtype
+            )
+    if "dsh" in want:
+        dsh_ref = refs.pop(0)
+        for j in range(plan.d_sh):
+            dsh_ref[rows * plan.d_sh + j] = (jnp.sum(dsh[j], axis=1) * scale).astype(dsh_ref.dtype)
+
+
+def _compiler_kwargs() -> dict:
+    """``interpret`` on CPU, else the Triton compiler parameters."""
+    interpret = jax.default_backend() == "cpu" if INTERPRET is None else INTERPRET
+    if interpret:
+        return {"interpret": True}
+    from jax.experimental.pallas import triton as plgpu
+
+    return {"compiler_params": plgpu.CompilerParams(num_warps=NUM_WARPS, num_stages=1)}
+
+
+def _edge_contract(x, w, sh, g, nbr, tgt, *, plan: Plan, scale: float, acc, want):
+    """Per-edge contractions (no sum over edges) of the convolution's derivative:
+    ``dw[e, p, c] = scale sum coef x[nbr[e], i, c] sh[e, j] g[tgt[e], o, c]`` and
+    ``dsh[e, j] = scale sum_c sum coef x[nbr[e], i, c] w[e, p, c] g[tgt[e], o, c]``.
+
+    Args:
+        x: [n_src, n_in, C]; w: [n_edges, n_paths, C]; sh: [n_edges, d_sh];
+        g: [n_tgt, n_out, C]; nbr, tgt: int32 [n_edges].
+        want: which of ``("dw", "dsh")`` to compute.
+
+    Returns:
+        ``{"dw": [n_edges, n_paths, C] in w's dtype, "dsh": [n_edges, d_sh] in sh's dtype}``
+        (the keys of ``want``).
+    """
+    block = BLOCK_EDGES
+    n_edges = nbr.shape[0]
+    e_pad = -(-n_edges // block) * block
+    c = plan.channels
+    shapes = {
+        "dw": jax.ShapeDtypeStruct((e_pad * plan.n_paths * c,), w.dtype),
+        "dsh": jax.ShapeDtypeStruct((e_pad * plan.d_sh,), sh.dtype),
+    }
+    want = tuple(k for k in ("dw", "dsh") if k in want)
+    outs = pl.pallas_call(
+        functools.partial(
+            _edge_kernel,
+            plan=plan,
+            block=block,
+            n_edges=n_edges,
+            scale=scale,
+            acc_dtype=acc,
+            want=want,
+        ),  # fmt: skip
+        out_shape=tuple(shapes[k] for k in want),
+        grid=(e_pad // block,),
+        name="mpnn_edge_contract",
+        **_compiler_kwargs(),
+    )(nbr, tgt, x.reshape(-1), w.reshape(-1), sh.reshape(-1), g.reshape(-1))
+    result = {}
+    for k, v in zip(want, outs, strict=True):
+        rows = v.reshape(e_pad, -1)[:n_edges]
+        result[k] = rows.reshape(w.shape) if k == "dw" else rows
+    return result
+
+
+def _reverse(graph):
+    start_t, perm_t, nbr, start_s, perm_s, tgt = graph
+    return (start_s, perm_s, tgt, start_t, perm_t, nbr)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _fused(plan: Plan, scale: float, policy: Policy, x, w, sh, graph):
+    """The convolution ``[n_src, n_in, C] -> [n_tgt, n_out, C]`` (aggregation dtype).
+
+    ``graph = (start_t, perm_t, nbr, start_s, perm_s, tgt)``: CSR of the edges over their
+    targets (used here) and over their sources (used by the derivative).
+    """
+    start_t, perm_t, nbr, _, _, _ = graph
+    return _gather_sum(
+        x, w, sh, start_t, perm_t, nbr, plan=plan, scale=scale,
+        acc=policy.accum("messages"), out_dtype=policy.dtype("aggregation"),
+    )  # fmt: skip
+
+
+def _fused_fwd(plan, scale, policy, x, w, sh, graph):
+    return _fused(plan, scale, policy, x, w, sh, graph), (x, w, sh, graph)
+
+
+def _fused_bwd(plan, scale, policy, res, g):
+    x, w, sh, graph = res
+    g = policy.cast("messages", g)
+    dx = _fused(plan.transposed(), scale, policy, g, w, sh, _reverse(graph)).astype(x.dtype)
+    dw, dsh = _edges(plan, scale, policy, x, w, sh, g, graph)
+    return dx, dw, dsh, (None,) * len(graph)
+
+
+_fused.defvjp(_fused_fwd, _fused_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _edges(plan: Plan, scale: float, policy: Policy, x, w, sh, g, graph):
+    """``(dw, dsh)`` of :func:`_edge_contract` (both), differentiable: its derivative is two
+    :func:`_fused` calls per node input and one :func:`_edge_contract` per edge input."""
+    _, _, nbr, _, _, tgt = graph
+    out = _edge_contract(
+        x, w, sh, g, nbr, tgt, plan=plan, scale=scale, acc=policy.accum("messages"),
+        want=("dw", "dsh"),
+    )  # fmt: skip
+    return out["dw"], out["dsh"]
+
+
+def _edges_fwd(plan, scale, policy, x, w, sh, g, graph):
+    return _edges(plan, scale, policy, x, w, sh, g, graph), (x, w, sh, g, graph)
+
+
+def _edges_bwd(plan, scale, policy, res, cts):
+    # L = scale sum_e sum_terms coef x_i g_o (a_p sh_j + w_p b_j) for cotangents a (of dw) and b
+    # (of dsh): linear in each input, so every derivative is a kernel of this module again
+    x, w, sh, g, graph = res
+    a, b = policy.cast("messages", cts[0]), policy.cast("messages", cts[1])
+    _, _, nbr, _, _, tgt = graph
+    acc = policy.accum("messages")
+    rev, tp = _reverse(graph), plan.transposed()
+    dx = _fused(tp, scale, policy, g, a, sh, rev) + _fused(tp, scale, policy, g, w, b, rev)
+    dg = _fused(plan, scale, policy, x, a, sh, graph) + _fused(plan, scale, policy, x, w, b, graph)
+    kw = dict(plan=plan, scale=scale, acc=acc)
+    dw = _edge_contract(x, w, b, g, nbr, tgt, want=("dw",), **kw)["dw"]
+    dsh = _edge_contract(x, a, sh, g, nbr, tgt, want=("dsh",), **kw)["dsh"]
+    return dx.astype(x.dtype), dw, dsh, dg.astype(g.dtype), (None,) * len(graph)
+
+
+_edges.defvjp(_edges_fwd, _edges_bwd)
+
+
+def csr(targets: jax.Array, n_nodes: int) -> tuple[jax.Array, jax.Array]:
+    """``(start [n_nodes + 1], perm [n_edges])``: edges grouped by target node (stable order).
+
+    ``perm`` is the identity when the caller promises ``targets`` sorted
+    (:data:`mpnn_jax.nn.ops.SORTED_EDGES`)."""
+    targets = targets.astype(jnp.int32)
+    perm = jnp.argsort(targets, stable=True).astype(jnp.int32)
+    start = jnp.searchsorted(targets[perm], jnp.arange(n_nodes + 1, dtype=jnp.int32))
+    return start.astype(jnp.int32), perm
+
+
+def _csr_of(indices: jax.Array, n_nodes: int, promised_sorted: bool):
+    indices = indices.astype(jnp.int32)
+    if promised_sorted:
+        perm = jnp.arange(indices.shape[0], dtype=jnp.int32)
+        start = jnp.searchsorted(indices, jnp.arange(n_nodes + 1, dtype=jnp.int32))
+        return start.astype(jnp.int32), perm
+    return csr(indices, n_nodes)
+
+
+def pallas_convolution(
+    node_feats: e3nn.IrrepsArray,
+    sh: e3nn.IrrepsArray,
+    weights: jax.Array,
+    senders: jax.Array,
+    receivers: jax.Array,
+    edge_mask: jax.Array,
+    *,
+    irreps_out: e3nn.Irreps,
+    avg_num_neighbors: float,
+    policy: Policy,
+) -> e3nn.IrrepsArray:
+    """Same contract and results (to rounding) as :func:`~mpnn_jax.nn.convolution.e3nn_convolution`.
+
+    Args:
+        node_feats: [n_nodes, irreps_in] (one multiplicity for all irreps).
+        sh: [n_edges, irreps_sh]; weights: [n_edges, num_path_weights];
+        senders, receivers: int [n_edges], in bounds; edge_mask: bool [n_edges].
+
+    Returns:
+        [n_nodes, conv_irreps(irreps_in, irreps_sh, irreps_out)] in the ``aggregation`` dtype.
+    """
+    node_feats = node_feats.regroup()
+    plan, irreps = conv_plan(node_feats.irreps, sh.irreps, irreps_out)
+    n_nodes, c = node_feats.shape[0], plan.channels
+    if weights.shape[-1] != plan.n_paths * c:
+        raise ValueError(f"expected {plan.n_paths * c} path weights, got {weights.shape[-1]}")
+    with Policy.scope("messages"):
+        # [n_nodes, C, dim] chunks -> [n_nodes, n_in, C] ("component-major")
+        x = jnp.concatenate(
+            [policy.cast("messages", chunk).transpose(0, 2, 1) for chunk in node_feats.chunks],
+            axis=1,
+        )
+        w = policy.cast("messages", weights) * edge_mask[:, None].astype(policy.dtype("messages"))
+        w = w.reshape(w.shape[0], plan.n_paths, c)  # [n_edges, n_paths, C]
+        y = policy.cast("messages", sh.array)  # [n_edges, d_sh]
+        start_r, perm_r = _csr_of(receivers, n_nodes, ops.SORTED_EDGES == "receivers")
+        start_s, perm_s = _csr_of(senders, n_nodes, ops.SORTED_EDGES == "senders")
+        graph = (start_r, perm_r, senders.astype(jnp.int32), start_s, perm_s,
+                 receivers.astype(jnp.int32))  # fmt: skip
+        out = _fused(plan, 1.0 / avg_num_neighbors, policy, x, w, y, graph)  # [N, n_out, C]
+    with Policy.scope("aggregation"):
+        chunks = [
+            out[:, p.out_off : p.out_off + p.d_out, :].transpose(0, 2, 1) for p in plan.paths
+        ]  # [n_nodes, C, d_out] each
+        agg = e3nn.from_chunks(irreps, chunks, (n_nodes,), policy.dtype("aggregation"))
+        return agg.regroup()
