@@ -69,7 +69,7 @@ class PallasBackend:
 
         return pallas_convolution(*args, **kwargs)
 
-    symmetric_contraction = E3nnBackend.symmetric_contraction
+    symmetric_contraction = staticmethod(E3nnBackend.symmetric_contraction)
 
 
 def _register_optional_backends() -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import re
 from functools import partial
 from pathlib import Path
 
@@ -24,44 +23,30 @@ import pytest
 
 pytest.importorskip("cuequivariance_jax")
 
-from mpnn_jax import testing  # noqa: E402
 from mpnn_jax.nn import available_backends, get_backend  # noqa: E402
 from mpnn_jax.nn import symmetric_contraction as sc  # noqa: E402
-from mpnn_jax.nn.convolution import e3nn_convolution, num_path_weights  # noqa: E402
+from mpnn_jax.nn.convolution import e3nn_convolution  # noqa: E402
 from mpnn_jax.nn.cueq import (  # noqa: E402
     CueqBackend,
     cueq_convolution,
     cueq_symmetric_contraction,
     default_method,
 )
-from mpnn_jax.potential import init_params, make_predictor  # noqa: E402
 from mpnn_jax.precision import get_policy  # noqa: E402
 
-N_NODES, N_EDGES, N_PAD = 7, 24, 4
-FILTER = e3nn.Irreps("0e+1o+2e+1e")
+from .backend_checks import (  # noqa: E402
+    FILTER,
+    MODELS,
+    N_NODES,
+    check_equivariance,
+    check_fp64_finite_differences,
+    check_model_matches_reference,
+    conv_inputs,
+    model_case,
+    rel,
+)
 
-
-def _rel(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
-
-
-def _conv_inputs(irreps_in: str, dtype=jnp.float32, seed: int = 0):
-    """Random node features, harmonics and weights; the last edges are padding whose weights are
-    garbage (they must send nothing)."""
-    rng = np.random.default_rng(seed)
-    n_real = N_NODES - 1  # the last node is padding, as in jraph: padded edges loop on it
-    s = rng.integers(0, n_real, N_EDGES)
-    r = (s + rng.integers(1, n_real, N_EDGES)) % n_real
-    mask = np.arange(N_EDGES) < N_EDGES - N_PAD
-    s[~mask] = r[~mask] = N_NODES - 1
-    x = e3nn.normal(irreps_in, jax.random.PRNGKey(seed), (N_NODES,), dtype=dtype)
-    sh = e3nn.normal("0e+1o+2e", jax.random.PRNGKey(seed + 1), (N_EDGES,), dtype=dtype)
-    n_w = num_path_weights(x.irreps, sh.irreps, FILTER)
-    w = jax.random.normal(jax.random.PRNGKey(seed + 2), (N_EDGES, n_w), dtype)
-    w = w.at[~mask].set(1e3)  # padded edges: large weights that must not leak
-    idx = jnp.asarray(s, jnp.int32), jnp.asarray(r, jnp.int32)
-    return x, sh, w, *idx, jnp.asarray(mask)
+_rel, _conv_inputs = rel, conv_inputs
 
 
 def _conv(backend: str, policy):
@@ -218,86 +203,24 @@ def test_symmetric_contraction_dtypes_bf16_mixed():
 
 
 # --- whole models -------------------------------------------------------------------------------
-MODELS = {
-    "mace": dict(
-        num_channels=4, hidden_irreps="0e", max_ell=1, correlation=2, num_interactions=2,
-        n_basis=4, radial_features=(8,),
-    ),
-    "nequip": dict(hidden_irreps="4x0e+2x1o", max_ell=1, n_layers=2, radial_features=(8,)),
-}  # fmt: skip
-
-
-def _random_params(model, graph, seed: int = 0):
-    """Parameters with ``init``'s shapes drawn in NumPy (compiling ``init`` costs more)."""
-    shapes = jax.eval_shape(lambda g: init_params(model, jax.random.PRNGKey(0), g), graph)
-    rng = np.random.default_rng(seed)
-
-    def draw(path, leaf):
-        x = rng.normal(size=leaf.shape)
-        if re.fullmatch(r"w\d+_\w+", str(path[-1].key)):  # symmetric contraction weights
-            x = x / leaf.shape[1]
-        return jnp.asarray(x, leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(draw, shapes)
-
-
-def _loss_and_grad(model, *, second_order: bool):
-    """Jitted ``params, graph -> ((loss, predictions), d loss / d params or None)`` for an
-    energy + force loss: what a training step differentiates (second derivatives through the
-    kernels); without ``second_order`` only the predictions (a shorter compile)."""
-    predict = make_predictor(model)
-
-    def loss(params, graph):
-        out = predict(params, graph)
-        return jnp.sum(out["energy"] ** 2) + jnp.sum(out["forces"] ** 2), out
-
-    if not second_order:
-        return jax.jit(lambda params, graph: (loss(params, graph), None))
-    return jax.jit(jax.value_and_grad(loss, has_aux=True))
-
-
 @pytest.fixture(scope="module", params=sorted(MODELS))
 def models(request):
     """(name, params, graph, {backend: model}, {backend: jitted loss-and-grad}) of one model."""
     name = request.param
-    ref = testing.tiny_model(name, **MODELS[name])
-    g = testing.molecule_graph(np.random.default_rng(2), n_atoms=6, n_species=2, cutoff=3.0)
-    graph = testing.pad(
-        g, n_node=int(g.n_node.sum()) + 2, n_edge=int(g.n_edge.sum()) + 8, n_graph=2
-    )
-    params = _random_params(ref, graph)
-    mods = {"e3nn": ref, "cueq": ref.clone(backend="cueq")}
     # the parameter gradient for MACE only: NequIP runs the same convolution (compile time)
-    fns = {k: _loss_and_grad(m, second_order=name == "mace") for k, m in mods.items()}
-    return name, params, graph, mods, fns
+    return name, *model_case(name, "cueq", second_order=name == "mace")
 
 
 def test_model_energy_forces_and_loss_gradient_match_e3nn(models):
     """Same parameters: same energies, forces and (MACE) parameter gradient of an energy + force
     loss."""
     name, params, graph, _, fns = models
-    (_, o_ref), g_ref = fns["e3nn"](params, graph)
-    (_, o_cue), g_cue = fns["cueq"](params, graph)
-    e_err = _rel(o_cue["energy"][0], o_ref["energy"][0])
-    f_err = _rel(o_cue["forces"], o_ref["forces"])
-    leaves = zip(jax.tree_util.tree_leaves(g_cue), jax.tree_util.tree_leaves(g_ref))
-    g_err = max((_rel(a, b) for a, b in leaves), default=0.0)
-    print(
-        f"{name} cueq vs e3nn fp32: energy {e_err:.1e}, forces {f_err:.1e}, loss grad {g_err:.1e}"
-    )
-    assert np.abs(np.asarray(o_ref["forces"])).max() > 1e-3
-    assert e_err < 1e-5 and f_err < 1e-4 and g_err < 1e-4
+    check_model_matches_reference(fns, params, graph, "cueq", name)
 
 
 def test_model_rotation_inversion_equivariance(models):
     _, params, graph, _, fns = models
-    (_, out), _ = fns["cueq"](params, graph)
-    rot = testing.random_o3(np.random.default_rng(5), improper=True)
-    (_, out_r), _ = fns["cueq"](params, testing.transform_graph(graph, rotation=rot))
-    np.testing.assert_allclose(out_r["energy"], out["energy"], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(
-        out_r["forces"], np.asarray(out["forces"]) @ rot.T, rtol=1e-4, atol=1e-5
-    )
+    check_equivariance(fns["cueq"], params, graph)
 
 
 def test_mace_forces_match_fp64_finite_differences(models, x64):
@@ -306,18 +229,7 @@ def test_mace_forces_match_fp64_finite_differences(models, x64):
     if name != "mace":
         pytest.skip("one model suffices: NequIP runs the same convolution")
     model64 = mods["cueq"].clone(policy=get_policy("fp64"))
-    g = testing.molecule_graph(
-        np.random.default_rng(3), n_atoms=4, n_species=2, cutoff=3.0, dtype="float64"
-    )
-    predict = jax.jit(make_predictor(model64, padded=False))
-    forces = np.asarray(predict(params, g)["forces"])
-    assert forces.dtype == np.float64 and np.abs(forces).max() > 1e-3
-    fd = testing.finite_difference_forces(
-        lambda gg: float(predict(params, gg)["energy"][0]), g, eps=1e-4
-    )
-    rel = _rel(forces, fd)
-    print(f"{name} cueq forces vs FP64 finite differences: relative error {rel:.1e}")
-    assert rel < 1e-6
+    check_fp64_finite_differences(model64, params, "mace cueq")
 
 
 # --- the benchmark entry point ------------------------------------------------------------------

@@ -1,0 +1,155 @@
+"""The fused Pallas convolution (``"pallas"`` backend) against the e3nn reference: values and
+first and second derivatives in FP64 (the kernels' backward passes are kernels of their own, so
+each derivative order is a separate code path), padding, sorted-edge promises, the bf16-mixed
+error, and whole NequIP / MACE models: energies, forces, the parameter gradient of an energy +
+force loss, rotation equivariance and forces = -dE/dr by FP64 finite differences.
+
+On CPU the kernels run in Pallas's interpreter (the same kernel code the GPU compiles through
+Triton; ``experiments/perf/pallas_conv.py`` checks the compiled kernels on a GPU).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import e3nn_jax as e3nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mpnn_jax.nn import available_backends, get_backend, ops
+from mpnn_jax.nn import pallas_conv as pc
+from mpnn_jax.nn.convolution import e3nn_convolution
+from mpnn_jax.precision import get_policy
+
+from .backend_checks import (
+    FILTER,
+    N_NODES,
+    check_equivariance,
+    check_fp64_finite_differences,
+    check_model_matches_reference,
+    conv_inputs,
+    model_case,
+    rel,
+)
+
+
+def _conv(backend: str, policy):
+    fn = e3nn_convolution if backend == "e3nn" else pc.pallas_convolution
+    return partial(fn, irreps_out=FILTER, avg_num_neighbors=3.0, policy=policy)
+
+
+def test_docstring_example():
+    import doctest
+
+    result = doctest.testmod(pc, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_registered_and_validates_multiplicities():
+    assert "pallas" in available_backends() and get_backend("pallas").name == "pallas"
+    with pytest.raises(ValueError, match="one multiplicity"):
+        pc.conv_plan("4x0e+2x1o", "0e+1o", "0e+1o")
+
+
+def test_plan_transpose_is_an_involution_and_swaps_components():
+    plan, irreps = pc.conv_plan("2x0e+2x1o", "0e+1o+2e", FILTER)
+    assert plan.transposed().transposed() == plan
+    assert (plan.transposed().n_in, plan.transposed().n_out) == (plan.n_out, plan.n_in)
+    assert plan.n_out * plan.channels == irreps.dim and plan.n_in == 4
+
+
+@pytest.mark.parametrize("block", [2, 8])
+def test_fp64_values_first_and_second_derivatives(x64, block, monkeypatch):
+    """Output, gradients (the transposed node kernel and the edge kernel) and a gradient of a
+    gradient norm (the edge kernel's own derivative) equal the reference to FP64 rounding, for a
+    block smaller and one larger than the nodes' in-degrees."""
+    monkeypatch.setattr(pc, "BLOCK_NODES", block)
+    monkeypatch.setattr(pc, "BLOCK_EDGES", 2 * block)
+    x, sh, w, s, r, m = conv_inputs("2x0e+2x1o+2x2e", dtype=jnp.float64)
+    policy = get_policy("fp64")
+    res = {}
+    for backend in ("e3nn", "pallas"):
+        conv = _conv(backend, policy)
+
+        def loss(xa, y, w, conv=conv):
+            out = conv(e3nn.IrrepsArray(x.irreps, xa), e3nn.IrrepsArray(sh.irreps, y), w, s, r, m)
+            return jnp.sum(jnp.sin(out.array)), out
+
+        def grad_norm(xa, y, w, loss=loss):
+            gx, gy, gw = jax.grad(lambda *a: loss(*a)[0], (0, 1, 2))(xa, y, w)
+            return jnp.sum(gx**2) + jnp.sum(jnp.cos(gy)) + jnp.sum(gw**3)
+
+        first = jax.jit(jax.value_and_grad(loss, (0, 1, 2), has_aux=True))(x.array, sh.array, w)
+        second = jax.jit(jax.grad(grad_norm, (0, 1, 2)))(x.array, sh.array, w)
+        res[backend] = first, second
+    ((_, ref), g_ref), h_ref = res["e3nn"]
+    ((_, out), g_out), h_out = res["pallas"]
+    assert out.dtype == jnp.float64 and out.irreps == ref.irreps
+    errs = [rel(out.array, ref.array)]
+    errs += [rel(a, b) for a, b in zip(g_out, g_ref, strict=True)]
+    errs += [rel(a, b) for a, b in zip(h_out, h_ref, strict=True)]
+    print(f"pallas fp64, block {block}: value, 3 gradients, 3 second derivatives", errs)
+    assert max(errs) < 1e-12
+    assert np.abs(np.asarray(h_ref[2])).max() > 1e-3  # the second derivative is not trivial
+    assert np.all(np.asarray(g_out[2])[~np.asarray(m)] == 0.0)  # no gradient into padding
+    # nodes that receive only padded edges get exactly zero
+    lonely = np.setdiff1d(np.arange(N_NODES), np.asarray(r)[np.asarray(m)])
+    assert lonely.size > 0 and np.all(np.asarray(out.array)[lonely] == 0.0)
+
+
+def test_sorted_edge_promise_gives_the_same_sums():
+    x, sh, w, s, r, m = conv_inputs("2x0e+2x1o")
+    order = np.argsort(np.asarray(r), kind="stable")
+    args = (x, sh[order], w[order], s[order], r[order], m[order])
+    policy = get_policy("fp32")
+    plain = jax.jit(_conv("pallas", policy))(*args)
+    with ops.implementation(sorted_edges="receivers"):
+        promised = jax.jit(_conv("pallas", policy))(*args)
+    np.testing.assert_allclose(promised.array, plain.array, rtol=1e-6, atol=1e-6)
+
+
+def test_bf16_mixed_dtypes_and_error_no_worse_than_reference():
+    """The kernel reads BF16 and accumulates in FP32 without rounding each message: its error
+    against FP32 is at most the reference's (which rounds every message to BF16)."""
+    x, sh, w, s, r, m = conv_inputs("2x0e+2x1o+2x2e")
+    ref = jax.jit(_conv("e3nn", get_policy("fp32")))(x, sh, w, s, r, m)
+    policy = get_policy("bf16-mixed")
+    low_ref, low_out = (jax.jit(_conv(b, policy))(x, sh, w, s, r, m) for b in ("e3nn", "pallas"))
+    assert low_out.dtype == policy.dtype("aggregation")
+    err_out, err_ref = rel(low_out.array, ref.array), rel(low_ref.array, ref.array)
+    print(f"bf16-mixed convolution error vs fp32: pallas {err_out:.1e}, e3nn {err_ref:.1e}")
+    assert 0 < err_out <= 1.5 * err_ref
+    # the kernels' operands are 16-bit: the pallas_call reads BF16 node features and weights
+    jaxpr = jax.make_jaxpr(_conv("pallas", policy))(x, sh, w, s, r, m)
+    calls = [e for e in jaxpr.eqns if e.primitive.name == "custom_vjp_call"]
+    assert calls
+    dtypes = {v.aval.dtype for v in calls[0].invars if jnp.issubdtype(v.aval.dtype, jnp.floating)}
+    assert dtypes == {jnp.dtype(jnp.bfloat16)}
+
+
+# --- whole models -------------------------------------------------------------------------------
+@pytest.fixture(scope="module", params=["mace", "nequip"])
+def models(request):
+    name = request.param
+    # the parameter gradient (second derivatives) for NequIP, whose convolution has l = 1 inputs
+    return name, *model_case(name, "pallas", second_order=name == "nequip")
+
+
+def test_model_energy_forces_and_loss_gradient_match_e3nn(models):
+    name, params, graph, _, fns = models
+    check_model_matches_reference(fns, params, graph, "pallas", name)
+
+
+def test_model_rotation_inversion_equivariance(models):
+    _, params, graph, _, fns = models
+    check_equivariance(fns["pallas"], params, graph)
+
+
+def test_nequip_forces_match_fp64_finite_differences(models, x64):
+    name, params, _, mods, _ = models
+    if name != "nequip":
+        pytest.skip("one model suffices")
+    model64 = mods["pallas"].clone(policy=get_policy("fp64"))
+    check_fp64_finite_differences(model64, params, "nequip pallas")
