@@ -21,9 +21,10 @@ Layout inside the kernel: node arrays "component-major", ``[n_nodes, n_component
 ``[n_edges, n_paths, channels]``, harmonics ``[n_edges, dim_sh]``. The wrapper
 :func:`pallas_convolution` converts from and to e3nn-jax's "mul_ir" arrays on node arrays only.
 
-Limits: every input irrep must have the same multiplicity (``channels``), as in NequIP's and
-MACE's convolutions; otherwise :func:`conv_plan` raises ``ValueError``. On CPU the kernel runs
-in Pallas's interpreter (slow, for tests); on GPUs it compiles through Triton.
+Multiplicities: the kernel works on blocks of ``C`` channels, the greatest common divisor of the
+input multiplicities (NequIP's and MACE's convolutions have one multiplicity: one block per
+irrep). On CPU the kernels run in Pallas's interpreter (slow, for tests); on GPUs they compile
+through Triton.
 
 Example:
     >>> import jax, jax.numpy as jnp, e3nn_jax as e3nn
@@ -131,29 +132,59 @@ class Plan:
 def conv_plan(irreps_in, irreps_sh, irreps_out) -> tuple[Plan, e3nn.Irreps]:
     """The :class:`Plan` of the reference's paths and the (unmerged) irreps of its output.
 
-    Raises:
-        ValueError: if the input irreps have different multiplicities.
+    The kernel's channel block is the greatest common divisor of the input multiplicities: an
+    irrep of multiplicity ``m`` is ``m / C`` blocks of ``C`` channels, each path ``m / C``
+    sub-paths (one per block; with one multiplicity, as in NequIP and MACE, one each).
     """
     irreps_in, irreps_sh = e3nn.Irreps(irreps_in), e3nn.Irreps(irreps_sh)
-    muls = {mul for mul, _ in irreps_in}
-    if len(muls) != 1:
-        raise ValueError(
-            f"the pallas convolution needs one multiplicity for every input irrep, got {irreps_in}"
-        )
-    (channels,) = muls
-    in_offs = np.cumsum([0] + [ir.dim for _, ir in irreps_in]).tolist()
+    c = math.gcd(*(mul for mul, _ in irreps_in))
+    in_offs = np.cumsum([0] + [mul // c * ir.dim for mul, ir in irreps_in]).tolist()
     sh_offs = np.cumsum([0] + [ir.dim for _, ir in irreps_sh]).tolist()
-    paths, out_irreps, out_off = [], [], 0
-    for w, (i, j, ir_out) in enumerate(tp_paths(irreps_in, irreps_sh, irreps_out)):
-        ir_in, ir_sh = irreps_in[i].ir, irreps_sh[j].ir
+    paths, out_irreps, out_off, row = [], [], 0, 0
+    for i, j, ir_out in tp_paths(irreps_in, irreps_sh, irreps_out):
+        (mul, ir_in), ir_sh = irreps_in[i], irreps_sh[j].ir
         cg = np.asarray(e3nn.clebsch_gordan(ir_in.l, ir_sh.l, ir_out.l)) * math.sqrt(ir_out.dim)
-        paths.append(
-            Path(in_offs[i], ir_in.dim, sh_offs[j], ir_sh.dim, out_off, ir_out.dim, w, _freeze(cg))
-        )
-        out_irreps.append((channels, ir_out))
-        out_off += ir_out.dim
-    plan = Plan(tuple(paths), in_offs[-1], out_off, sh_offs[-1], channels)
+        for blk in range(mul // c):  # block blk: channels [blk * C, (blk + 1) * C)
+            paths.append(
+                Path(
+                    in_offs[i] + blk * ir_in.dim,
+                    ir_in.dim,
+                    sh_offs[j],
+                    ir_sh.dim,
+                    out_off + blk * ir_out.dim,
+                    ir_out.dim,
+                    row,
+                    _freeze(cg),
+                )  # fmt: skip
+            )
+            row += 1
+        out_irreps.append((mul, ir_out))
+        out_off += mul // c * ir_out.dim
+    plan = Plan(tuple(paths), in_offs[-1], out_off, sh_offs[-1], c)
     return plan, e3nn.Irreps(out_irreps)
+
+
+def _to_blocks(chunks: list[jax.Array], c: int) -> jax.Array:
+    """e3nn "mul_ir" chunks ``[n, mul, dim]`` -> the kernel's ``[n, components, C]``."""
+    n = chunks[0].shape[0]
+    return jnp.concatenate(
+        [
+            x.reshape(n, x.shape[1] // c, c, x.shape[2]).transpose(0, 1, 3, 2).reshape(n, -1, c)
+            for x in chunks
+        ],
+        axis=1,
+    )
+
+
+def _from_blocks(x: jax.Array, irreps: e3nn.Irreps, c: int) -> list[jax.Array]:
+    """Inverse of :func:`_to_blocks`: ``[n, components, C]`` -> chunks ``[n, mul, dim]``."""
+    n, chunks, off = x.shape[0], [], 0
+    for mul, ir in irreps:
+        k = mul // c * ir.dim
+        y = x[:, off : off + k, :].reshape(n, mul // c, ir.dim, c)
+        chunks.append(y.transpose(0, 1, 3, 2).reshape(n, mul, ir.dim))
+        off += k
+    return chunks
 
 
 # --- the kernel --------------------------------------------------------------------------------
@@ -444,11 +475,7 @@ def pallas_convolution(
     if weights.shape[-1] != plan.n_paths * c:
         raise ValueError(f"expected {plan.n_paths * c} path weights, got {weights.shape[-1]}")
     with Policy.scope("messages"):
-        # [n_nodes, C, dim] chunks -> [n_nodes, n_in, C] ("component-major")
-        x = jnp.concatenate(
-            [policy.cast("messages", chunk).transpose(0, 2, 1) for chunk in node_feats.chunks],
-            axis=1,
-        )
+        x = _to_blocks(policy.cast("messages", node_feats.chunks), c)  # [n_nodes, n_in, C]
         w = policy.cast("messages", weights) * edge_mask[:, None].astype(policy.dtype("messages"))
         w = w.reshape(w.shape[0], plan.n_paths, c)  # [n_edges, n_paths, C]
         y = policy.cast("messages", sh.array)  # [n_edges, d_sh]
@@ -458,8 +485,6 @@ def pallas_convolution(
                  receivers.astype(jnp.int32))  # fmt: skip
         out = _fused(plan, 1.0 / avg_num_neighbors, policy, x, w, y, graph)  # [N, n_out, C]
     with Policy.scope("aggregation"):
-        chunks = [
-            out[:, p.out_off : p.out_off + p.d_out, :].transpose(0, 2, 1) for p in plan.paths
-        ]  # [n_nodes, C, d_out] each
+        chunks = _from_blocks(out, irreps, c)  # [n_nodes, mul, d_out] each
         agg = e3nn.from_chunks(irreps, chunks, (n_nodes,), policy.dtype("aggregation"))
         return agg.regroup()
