@@ -6,8 +6,12 @@ then whole models timed against the XLA reference side by side in one process.
 1. Agreement: a NequIP-M-shaped convolution (32x0e+32x1o+32x2e, harmonics to l=2, 2,000 nodes,
    60,000 random edges) against the reference in float32 on the device: relative error of the
    output and of the gradients with respect to the node features, weights and harmonics.
-2. Timing: for each case ``size:system:n:preset:mode`` and each variant ``backend[/block/warps]``
-   (block = receivers per program, warps per program), :func:`mpnn_jax.benchmark.measure`.
+2. Kernels alone: that convolution on the first system's graph, forward and forward + gradient,
+   e3nn vs pallas, fp32 and bf16-mixed.
+3. Timing: for each case ``size:system:n:preset:mode`` and each variant
+   ``backend[/block/warps[/sorted]]`` (block = receivers per program, warps per program, sorted =
+   ``receivers`` or ``senders``: the graph re-sorted and the promise made),
+   :func:`mpnn_jax.benchmark.measure`.
 Prints a table last; ``--check-only`` stops after 1 (the CPU smoke run uses it with ``--small``).
 """
 
@@ -154,13 +158,15 @@ def main(argv=None) -> int:
         for v in args.variants:
             backend, *knobs = v.split("/")
             if knobs:
-                pallas_conv.BLOCK_NODES, pallas_conv.NUM_WARPS = map(int, knobs)
+                pallas_conv.BLOCK_NODES, pallas_conv.NUM_WARPS = map(int, knobs[:2])
+            sorted_edges = knobs[2] if len(knobs) > 2 else "none"
             t1 = time.time()
             try:
                 row = bm.measure(
                     size=size, system=system, preset=preset, mode=mode,
                     params=params_cache[(size, key)], avg_num_neighbors=bm.avg_neighbours(system),
                     cutoff=5.0, repeats=args.repeats, backend=backend, ceilings=ceilings,
+                    sorted_edges=sorted_edges,
                 )  # fmt: skip
             except Exception as err:  # noqa: BLE001 - a failing variant is a result too
                 row = {"model": size, "preset": preset, "mode": mode, "error": repr(err)[:2000]}

@@ -7,9 +7,11 @@ edge_mask, *, irreps_out, avg_num_neighbors, policy)`` (see
 here; ``"e3nn"`` is the pure-JAX reference implementation. Faster kernels register themselves with
 :func:`register_backend` and are tested against the reference.
 
-Optional backends are registered lazily, on the first :func:`get_backend` or
-:func:`available_backends` call, only where their package imports: ``"cueq"``
-(:mod:`mpnn_jax.nn.cueq`, NVIDIA cuEquivariance) needs ``cuequivariance_jax``.
+Other backends are registered lazily, on the first :func:`get_backend` or
+:func:`available_backends` call: ``"cueq"`` (:mod:`mpnn_jax.nn.cueq`, NVIDIA cuEquivariance) only
+where ``cuequivariance_jax`` imports, then ``"pallas"`` (:mod:`mpnn_jax.nn.pallas_conv`: the
+convolution as fused Pallas kernels, Triton on GPUs, interpreted on CPU; the reference's
+symmetric contraction) always.
 
 Example:
     >>> get_backend("e3nn").name

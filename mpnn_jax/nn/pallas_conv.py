@@ -189,12 +189,14 @@ def _from_blocks(x: jax.Array, irreps: e3nn.Irreps, c: int) -> list[jax.Array]:
 
 # --- the kernel --------------------------------------------------------------------------------
 def _kernel(
-    start_ref, perm_ref, nbr_ref, x_ref, w_ref, sh_ref, out_ref, *, plan, block, scale, acc_dtype
-):
+    start_ref, perm_ref, nbr_ref, x_ref, w_ref, sh_ref, out_ref, *, plan, block, scale, acc_dtype,
+    has_perm,
+):  # fmt: skip
     """One program: ``block`` target nodes; loops over the largest in-degree of the block and
     accumulates each output component, ``[block, C]``, in the ``acc_dtype``."""
     c = plan.channels
     terms = plan.terms()
+    perm_ref = perm_ref if has_perm else None
     rows = pl.program_id(0) * block + jnp.arange(block)  # [block]
     lo = start_ref[rows]  # [block]
     deg = start_ref[rows + 1] - lo
@@ -204,7 +206,9 @@ def _kernel(
 
     def body(k, acc):
         live = k < deg  # [block]
-        e = perm_ref[jnp.where(live, lo + k, 0)]  # [block] edge ids
+        e = jnp.where(live, lo + k, 0)  # [block] positions in target order
+        if perm_ref is not None:
+            e = perm_ref[e]  # edge ids
         n = nbr_ref[e]  # [block] neighbour nodes
         sh = {
             j: jnp.where(live, sh_ref[e * plan.d_sh + j].astype(acc_dtype), 0.0)
@@ -235,7 +239,8 @@ def _gather_sum(x, w, sh, start, perm, nbr, *, plan: Plan, scale: float, acc, ou
     Args:
         x: [n_src, n_in, C]; w: [n_edges, n_paths, C]; sh: [n_edges, d_sh].
         start: int32 [n_tgt + 1] CSR offsets into ``perm``; perm: int32 [n_edges] edge ids in
-            target order; nbr: int32 [n_edges] source node of each edge.
+            target order, or ``None`` where the edges are in target order already;
+            nbr: int32 [n_edges] source node of each edge.
 
     Returns:
         [n_tgt, n_out, C] in ``out_dtype``.
@@ -246,12 +251,14 @@ def _gather_sum(x, w, sh, start, perm, nbr, *, plan: Plan, scale: float, acc, ou
     start = jnp.concatenate([start, jnp.full((n_pad - n_tgt,), start[-1], start.dtype)])
     c = plan.channels
     out = pl.pallas_call(
-        functools.partial(_kernel, plan=plan, block=block, scale=scale, acc_dtype=acc),
+        functools.partial(
+            _kernel, plan=plan, block=block, scale=scale, acc_dtype=acc, has_perm=perm is not None
+        ),
         out_shape=jax.ShapeDtypeStruct((n_pad * plan.n_out * c,), out_dtype),
         grid=(n_pad // block,),
         name="mpnn_gather_sum",
         **_compiler_kwargs(),
-    )(start, perm, nbr, x.reshape(-1), w.reshape(-1), sh.reshape(-1))
+    )(start, start if perm is None else perm, nbr, x.reshape(-1), w.reshape(-1), sh.reshape(-1))
     return out.reshape(n_pad, plan.n_out, c)[:n_tgt]
 
 
@@ -428,10 +435,7 @@ _edges.defvjp(_edges_fwd, _edges_bwd)
 
 
 def csr(targets: jax.Array, n_nodes: int) -> tuple[jax.Array, jax.Array]:
-    """``(start [n_nodes + 1], perm [n_edges])``: edges grouped by target node (stable order).
-
-    ``perm`` is the identity when the caller promises ``targets`` sorted
-    (:data:`mpnn_jax.nn.ops.SORTED_EDGES`)."""
+    """``(start [n_nodes + 1], perm [n_edges])``: edges grouped by target node (stable order)."""
     targets = targets.astype(jnp.int32)
     perm = jnp.argsort(targets, stable=True).astype(jnp.int32)
     start = jnp.searchsorted(targets[perm], jnp.arange(n_nodes + 1, dtype=jnp.int32))
@@ -440,8 +444,8 @@ def csr(targets: jax.Array, n_nodes: int) -> tuple[jax.Array, jax.Array]:
 
 def _csr_of(indices: jax.Array, n_nodes: int, promised_sorted: bool):
     indices = indices.astype(jnp.int32)
-    if promised_sorted:
-        perm = jnp.arange(indices.shape[0], dtype=jnp.int32)
+    if promised_sorted:  # (:data:`mpnn_jax.nn.ops.SORTED_EDGES`): no permutation
+        perm = None
         start = jnp.searchsorted(indices, jnp.arange(n_nodes + 1, dtype=jnp.int32))
         return start.astype(jnp.int32), perm
     return csr(indices, n_nodes)
