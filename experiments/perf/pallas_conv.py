@@ -8,10 +8,10 @@ then whole models timed against the XLA reference side by side in one process.
    output and of the gradients with respect to the node features, weights and harmonics.
 2. Kernels alone: that convolution on the first system's graph, forward and forward + gradient,
    e3nn vs pallas, fp32 and bf16-mixed.
-3. Timing: for each case ``size:system:n:preset:mode`` and each variant
-   ``backend[/block/warps[/sorted]]`` (block = receivers per program, warps per program, sorted =
-   ``receivers`` or ``senders``: the graph re-sorted and the promise made),
-   :func:`mpnn_jax.benchmark.measure`.
+3. Timing: for each case ``size:system:n:preset:mode`` and each variant (``e3nn``, or
+   ``pallas:KEY=V,...`` with the module settings of :mod:`mpnn_jax.nn.pallas_conv`, e.g.
+   ``pallas:BLOCK_NODES=16,NUM_WARPS=8``, and ``sorted=receivers``: the graph re-sorted by
+   receiver and the promise made), :func:`mpnn_jax.benchmark.measure`.
 Prints a table last; ``--check-only`` stops after 1 (the CPU smoke run uses it with ``--small``).
 """
 
@@ -70,9 +70,31 @@ def agreement(n_nodes: int, n_edges: int, preset: str = "fp32") -> dict[str, flo
     return res
 
 
-def kernel_times(system, preset: str, repeats: int) -> dict[str, float]:
+DEFAULTS = {k: getattr(pallas_conv, k) for k in pallas_conv.SETTINGS}
+
+
+def apply_variant(variant: str) -> tuple[str, str]:
+    """``"e3nn"`` or ``"pallas[:KEY=V,...]"`` (keys of :data:`pallas_conv.SETTINGS`, plus
+    ``sorted=receivers|senders``): sets the module settings, returns (backend, sorted_edges)."""
+    backend, _, spec = variant.partition(":")
+    for k, v in DEFAULTS.items():
+        setattr(pallas_conv, k, v)
+    sorted_edges = "none"
+    for item in filter(None, spec.split(",")):
+        key, _, value = item.partition("=")
+        if key == "sorted":
+            sorted_edges = value
+        elif key in DEFAULTS:
+            setattr(pallas_conv, key, type(DEFAULTS[key])(int(value)))
+        else:
+            raise ValueError(f"unknown setting {key!r}; expected sorted or one of {list(DEFAULTS)}")
+    return backend, sorted_edges
+
+
+def kernel_times(system, preset: str, repeats: int, variants) -> dict[str, float]:
     """One NequIP-M-shaped convolution on ``system``'s graph alone: forward, and forward plus
-    the gradient with respect to node features, weights and harmonics (ms, median)."""
+    the gradient with respect to node features, weights and harmonics (ms, median), for the
+    reference and each pallas variant."""
     irin, irsh, irout = "32x0e+32x1o+32x2e", "0e+1o+2e", "96x0e+32x1o+32x2e"
     g = system.graph
     s, r = jnp.asarray(g.senders), jnp.asarray(g.receivers)
@@ -84,7 +106,9 @@ def kernel_times(system, preset: str, repeats: int) -> dict[str, float]:
     m = jnp.ones(n_edges, bool)
     kw = dict(irreps_out=e3nn.Irreps(irout), avg_num_neighbors=50.0, policy=get_policy(preset))
     res = {}
-    for name, conv in (("e3nn", e3nn_convolution), ("pallas", pallas_conv.pallas_convolution)):
+    for name in variants:
+        backend, _ = apply_variant(name)
+        conv = e3nn_convolution if backend == "e3nn" else pallas_conv.pallas_convolution
 
         def fwd(x, sh, w, conv=conv):
             out = conv(e3nn.IrrepsArray(irin, x), e3nn.IrrepsArray(irsh, sh), w, s, r, m, **kw)
@@ -113,7 +137,10 @@ def main(argv=None) -> int:
             "nequip-M:water:10000:bf16-mixed:ef",
         ],
     )
-    p.add_argument("--variants", nargs="+", default=["e3nn", "pallas/16/4", "pallas/8/4"])
+    p.add_argument("--variants", nargs="+", default=["e3nn", "pallas"])
+    p.add_argument(
+        "--kernel-variants", nargs="+", default=["e3nn", "pallas"], help="for the kernel times"
+    )
     p.add_argument("--check-only", action="store_true")
     p.add_argument(
         "--kernels", nargs="*", default=["water:10000"], help="systems for the kernel-only times"
@@ -141,7 +168,9 @@ def main(argv=None) -> int:
             kind, int(n_atoms), cutoff=5.0, species_table=table
         )
         for preset in ("fp32", "bf16-mixed"):
-            times = kernel_times(systems[(kind, int(n_atoms))], preset, args.repeats)
+            times = kernel_times(
+                systems[(kind, int(n_atoms))], preset, args.repeats, args.kernel_variants
+            )
             out["kernels"][f"{spec} {preset}"] = times
             print("kernels", spec, preset, json.dumps(times), flush=True)
             Path(args.out).write_text(json.dumps(out, indent=1))
@@ -156,10 +185,7 @@ def main(argv=None) -> int:
         if (size, key) not in params_cache:
             params_cache[(size, key)] = bm.init_for(size, system, cutoff=5.0)
         for v in args.variants:
-            backend, *knobs = v.split("/")
-            if knobs:
-                pallas_conv.BLOCK_NODES, pallas_conv.NUM_WARPS = map(int, knobs[:2])
-            sorted_edges = knobs[2] if len(knobs) > 2 else "none"
+            backend, sorted_edges = apply_variant(v)
             t1 = time.time()
             try:
                 row = bm.measure(
@@ -174,10 +200,10 @@ def main(argv=None) -> int:
             out["rows"].append(row)
             print(json.dumps(row), flush=True)
             Path(args.out).write_text(json.dumps(out, indent=1))
-    print(f"{'model':10} {'mode':5} {'preset':11} {'variant':13} {'ms':>8} {'GB':>6}")
+    print(f"{'model':10} {'mode':5} {'preset':11} {'variant':40} {'ms':>8} {'GB':>6}")
     for r in out["rows"]:
         print(
-            f"{r['model']:10} {r['mode']:5} {r['preset']:11} {r['variant']:13} "
+            f"{r['model']:10} {r['mode']:5} {r['preset']:11} {r['variant']:40} "
             f"{r.get('median_ms', float('nan')):8.2f} {(r.get('compiled_bytes') or 0) / 1e9:6.2f}"
             f"  {r.get('error', '')[:200]}"
         )

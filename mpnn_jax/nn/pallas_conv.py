@@ -60,8 +60,17 @@ from mpnn_jax.precision import Policy
 #: two). Module settings, read when a function is traced.
 BLOCK_NODES = 8
 BLOCK_EDGES = 32
-#: Triton warps per program.
+#: Triton warps per program, and software-pipelining stages of the loops.
 NUM_WARPS = 4
+NUM_STAGES = 1
+#: Kernel calls the node kernel's output components are split into (:func:`_output_groups`).
+NODE_GROUPS = 1
+#: The edge kernel's two outputs (radial-weight and harmonic cotangents) in separate calls.
+EDGE_SPLIT = False
+#: Names of the settings above (for experiments that vary them).
+SETTINGS = (
+    "BLOCK_NODES", "BLOCK_EDGES", "NUM_WARPS", "NUM_STAGES", "NODE_GROUPS", "EDGE_SPLIT",
+)  # fmt: skip
 #: Run the kernel in Pallas's interpreter: ``None`` = where JAX's default backend is the CPU.
 INTERPRET: bool | None = None
 
@@ -190,12 +199,17 @@ def _from_blocks(x: jax.Array, irreps: e3nn.Irreps, c: int) -> list[jax.Array]:
 # --- the kernel --------------------------------------------------------------------------------
 def _kernel(
     start_ref, perm_ref, nbr_ref, x_ref, w_ref, sh_ref, out_ref, *, plan, block, scale, acc_dtype,
-    has_perm,
+    has_perm, outputs,
 ):  # fmt: skip
     """One program: ``block`` target nodes; loops over the largest in-degree of the block and
-    accumulates each output component, ``[block, C]``, in the ``acc_dtype``."""
+    accumulates each output component of ``outputs``, ``[block, C]``, in the ``acc_dtype``."""
     c = plan.channels
-    terms = plan.terms()
+    local = {o: k for k, o in enumerate(outputs)}
+    terms = {}
+    for key, lst in plan.terms().items():
+        lst = [(j, local[o], coef) for j, o, coef in lst if o in local]
+        if lst:
+            terms[key] = lst
     perm_ref = perm_ref if has_perm else None
     rows = pl.program_id(0) * block + jnp.arange(block)  # [block]
     lo = start_ref[rows]  # [block]
@@ -226,9 +240,9 @@ def _kernel(
         return tuple(acc)
 
     zero = jnp.zeros((block, c), acc_dtype)
-    acc = lax.fori_loop(0, jnp.max(deg), body, (zero,) * plan.n_out)
-    for o in range(plan.n_out):
-        out_ref[(rows * plan.n_out + o)[:, None] * c + cols] = (acc[o] * scale).astype(
+    acc = lax.fori_loop(0, jnp.max(deg), body, (zero,) * len(outputs))
+    for o in range(len(outputs)):
+        out_ref[(rows * len(outputs) + o)[:, None] * c + cols] = (acc[o] * scale).astype(
             out_ref.dtype
         )
 
@@ -250,16 +264,32 @@ def _gather_sum(x, w, sh, start, perm, nbr, *, plan: Plan, scale: float, acc, ou
     n_pad = -(-n_tgt // block) * block
     start = jnp.concatenate([start, jnp.full((n_pad - n_tgt,), start[-1], start.dtype)])
     c = plan.channels
-    out = pl.pallas_call(
-        functools.partial(
-            _kernel, plan=plan, block=block, scale=scale, acc_dtype=acc, has_perm=perm is not None
-        ),
-        out_shape=jax.ShapeDtypeStruct((n_pad * plan.n_out * c,), out_dtype),
-        grid=(n_pad // block,),
-        name="mpnn_gather_sum",
-        **_compiler_kwargs(),
-    )(start, start if perm is None else perm, nbr, x.reshape(-1), w.reshape(-1), sh.reshape(-1))
-    return out.reshape(n_pad, plan.n_out, c)[:n_tgt]
+    outs = []
+    for outputs in _output_groups(plan, NODE_GROUPS):
+        out = pl.pallas_call(
+            functools.partial(
+                _kernel,
+                plan=plan,
+                block=block,
+                scale=scale,
+                acc_dtype=acc,
+                has_perm=perm is not None,
+                outputs=outputs,
+            ),  # fmt: skip
+            out_shape=jax.ShapeDtypeStruct((n_pad * len(outputs) * c,), out_dtype),
+            grid=(n_pad // block,),
+            name="mpnn_gather_sum",
+            **_compiler_kwargs(),
+        )(start, start if perm is None else perm, nbr, x.reshape(-1), w.reshape(-1), sh.reshape(-1))
+        outs.append(out.reshape(n_pad, len(outputs), c)[:n_tgt])
+    return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
+
+
+def _output_groups(plan: Plan, n_groups: int) -> list[tuple[int, ...]]:
+    """Output components split into at most ``n_groups`` contiguous runs of about equal size (one
+    kernel call each: fewer accumulators per program, so more programs per multiprocessor)."""
+    bounds = sorted({round(k * plan.n_out / n_groups) for k in range(n_groups + 1)})
+    return [tuple(range(a, b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def _edge_kernel(
@@ -317,7 +347,7 @@ def _compiler_kwargs() -> dict:
         return {"interpret": True}
     from jax.experimental.pallas import triton as plgpu
 
-    return {"compiler_params": plgpu.CompilerParams(num_warps=NUM_WARPS, num_stages=1)}
+    return {"compiler_params": plgpu.CompilerParams(num_warps=NUM_WARPS, num_stages=NUM_STAGES)}
 
 
 def _edge_contract(x, w, sh, g, nbr, tgt, *, plan: Plan, scale: float, acc, want):
@@ -404,10 +434,12 @@ def _edges(plan: Plan, scale: float, policy: Policy, x, w, sh, g, graph):
     """``(dw, dsh)`` of :func:`_edge_contract` (both), differentiable: its derivative is two
     :func:`_fused` calls per node input and one :func:`_edge_contract` per edge input."""
     _, _, nbr, _, _, tgt = graph
-    out = _edge_contract(
-        x, w, sh, g, nbr, tgt, plan=plan, scale=scale, acc=policy.accum("messages"),
-        want=("dw", "dsh"),
-    )  # fmt: skip
+    kw = dict(plan=plan, scale=scale, acc=policy.accum("messages"))
+    if EDGE_SPLIT:
+        out = _edge_contract(x, w, sh, g, nbr, tgt, want=("dw",), **kw)
+        out |= _edge_contract(x, w, sh, g, nbr, tgt, want=("dsh",), **kw)
+    else:
+        out = _edge_contract(x, w, sh, g, nbr, tgt, want=("dw", "dsh"), **kw)
     return out["dw"], out["dsh"]
 
 

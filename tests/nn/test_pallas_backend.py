@@ -67,14 +67,17 @@ def test_plan_blocks_transpose_and_layout_round_trip():
 
 
 @pytest.mark.parametrize(
-    "irreps_in, block", [("2x0e+2x1o+2x2e", 2), ("4x0e+2x1o+2x1e", 8)]
+    "irreps_in, block, split", [("2x0e+2x1o+2x2e", 2, False), ("4x0e+2x1o+2x1e", 8, True)]
 )  # fmt: skip
-def test_fp64_values_first_and_second_derivatives(x64, irreps_in, block, monkeypatch):
+def test_fp64_values_first_and_second_derivatives(x64, irreps_in, block, split, monkeypatch):
     """Output, gradients (the transposed node kernel and the edge kernel) and a gradient of a
     gradient norm (the edge kernel's own derivative) equal the reference to FP64 rounding, for a
-    block smaller and one larger than the nodes' in-degrees, one and two multiplicities."""
+    block smaller and one larger than the nodes' in-degrees, one and two multiplicities, and
+    with the kernels' outputs split over several calls (``NODE_GROUPS``, ``EDGE_SPLIT``)."""
     monkeypatch.setattr(pc, "BLOCK_NODES", block)
     monkeypatch.setattr(pc, "BLOCK_EDGES", 2 * block)
+    monkeypatch.setattr(pc, "NODE_GROUPS", 3 if split else 1)
+    monkeypatch.setattr(pc, "EDGE_SPLIT", split)
     x, sh, w, s, r, m = conv_inputs(irreps_in, dtype=jnp.float64)
     policy = get_policy("fp64")
     res = {}
