@@ -125,13 +125,78 @@ def kernel_times(system, preset: str, repeats: int, variants) -> dict[str, float
     return res
 
 
+def _median_ms(f, *args, repeats: int) -> float:
+    jax.block_until_ready(f(*args))
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(*args))
+        ts.append(1e3 * (time.perf_counter() - t0))
+    return float(np.median(ts))
+
+
+def part_times(system, preset: str, repeats: int, variants) -> dict[str, float]:
+    """The kernels alone on ``system``'s graph (CSR built once, outside the timing), NequIP-M's
+    shapes, ms: the node kernel over receivers, its transpose over senders, the edge kernel; and
+    the bytes each must move at least (every input read once, outputs written once), MB."""
+    from mpnn_jax.nn.pallas_conv import _csr_of, _edge_contract, _gather_sum, conv_plan
+
+    policy = get_policy(preset)
+    dt, acc = policy.dtype("messages"), policy.accum("messages")
+    plan, _ = conv_plan("32x0e+32x1o+32x2e", "0e+1o+2e", "96x0e+32x1o+32x2e")
+    g = system.graph
+    s, r = jnp.asarray(g.senders, jnp.int32), jnp.asarray(g.receivers, jnp.int32)
+    n, e, c = int(g.nodes["positions"].shape[0]), int(s.shape[0]), plan.channels
+    k = jax.random.split(jax.random.PRNGKey(0), 4)
+    x = jax.random.normal(k[0], (n, plan.n_in, c), dt)
+    gout = jax.random.normal(k[1], (n, plan.n_out, c), dt)
+    w = jax.random.normal(k[2], (e, plan.n_paths, c), dt)
+    sh = jax.random.normal(k[3], (e, plan.d_sh), dt)
+    start_r, perm_r = jax.jit(_csr_of, static_argnums=(1, 2))(r, n, False)
+    start_s, perm_s = jax.jit(_csr_of, static_argnums=(1, 2))(s, n, False)
+    item = jnp.dtype(dt).itemsize
+    edge_bytes = e * (plan.n_paths * c + plan.d_sh) * item + 3 * e * 4
+    res = {
+        "floor_MB node": (edge_bytes + n * plan.n_in * c * item + n * plan.n_out * c * 4) / 1e6,
+        "floor_MB transposed": (edge_bytes + n * plan.n_out * c * item + n * plan.n_in * c * 4)
+        / 1e6,
+        "floor_MB edge": (2 * edge_bytes + n * (plan.n_in + plan.n_out) * c * item) / 1e6,
+    }
+    for name in variants:
+        if not name.startswith("pallas"):
+            continue
+        apply_variant(name)
+        node = jax.jit(
+            lambda x, w, sh, st, pm, nb, plan=plan: _gather_sum(
+                x, w, sh, st, pm, nb, plan=plan, scale=1.0, acc=acc, out_dtype=jnp.float32
+            )
+        )
+        tp = plan.transposed()
+        trans = jax.jit(
+            lambda g_, w, sh, st, pm, nb, tp=tp: _gather_sum(
+                g_, w, sh, st, pm, nb, plan=tp, scale=1.0, acc=acc, out_dtype=jnp.float32
+            )
+        )
+        edge = jax.jit(
+            lambda x, w, sh, g_: _edge_contract(
+                x, w, sh, g_, s, r, plan=plan, scale=1.0, acc=acc, want=("dw", "dsh")
+            )
+        )
+        res[f"{name} node"] = _median_ms(node, x, w, sh, start_r, perm_r, s, repeats=repeats)
+        res[f"{name} transposed"] = _median_ms(
+            trans, gout, w, sh, start_s, perm_s, r, repeats=repeats
+        )
+        res[f"{name} edge"] = _median_ms(edge, x, w, sh, gout, repeats=repeats)
+    return res
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument(
         "--cases",
-        nargs="+",
+        nargs="*",
         default=[
             "nequip-M:water:10000:fp32:ef",
             "nequip-M:water:10000:bf16-mixed:ef",
@@ -173,6 +238,11 @@ def main(argv=None) -> int:
             )
             out["kernels"][f"{spec} {preset}"] = times
             print("kernels", spec, preset, json.dumps(times), flush=True)
+            parts = part_times(
+                systems[(kind, int(n_atoms))], preset, args.repeats, args.kernel_variants
+            )
+            out["kernels"][f"{spec} {preset} parts"] = parts
+            print("parts", spec, preset, json.dumps(parts), flush=True)
             Path(args.out).write_text(json.dumps(out, indent=1))
     ceilings = None if args.no_ceilings else bm.device_ceilings()
     out["ceilings"], out["rows"] = ceilings, []
