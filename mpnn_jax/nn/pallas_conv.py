@@ -67,9 +67,12 @@ NUM_STAGES = 1
 NODE_GROUPS = 1
 #: The edge kernel's two outputs (radial-weight and harmonic cotangents) in separate calls.
 EDGE_SPLIT = False
+#: Permute the neighbour indices to target order before the node kernel (one index gather).
+NBR_IN_ORDER = True
 #: Names of the settings above (for experiments that vary them).
 SETTINGS = (
     "BLOCK_NODES", "BLOCK_EDGES", "NUM_WARPS", "NUM_STAGES", "NODE_GROUPS", "EDGE_SPLIT",
+    "NBR_IN_ORDER",
 )  # fmt: skip
 #: Run the kernel in Pallas's interpreter: ``None`` = where JAX's default backend is the CPU.
 INTERPRET: bool | None = None
@@ -199,7 +202,7 @@ def _from_blocks(x: jax.Array, irreps: e3nn.Irreps, c: int) -> list[jax.Array]:
 # --- the kernel --------------------------------------------------------------------------------
 def _kernel(
     start_ref, perm_ref, nbr_ref, x_ref, w_ref, sh_ref, out_ref, *, plan, block, scale, acc_dtype,
-    has_perm, outputs,
+    has_perm, outputs, nbr_in_order,
 ):  # fmt: skip
     """One program: ``block`` target nodes; loops over the largest in-degree of the block and
     accumulates each output component of ``outputs``, ``[block, C]``, in the ``acc_dtype``."""
@@ -220,10 +223,9 @@ def _kernel(
 
     def body(k, acc):
         live = k < deg  # [block]
-        e = jnp.where(live, lo + k, 0)  # [block] positions in target order
-        if perm_ref is not None:
-            e = perm_ref[e]  # edge ids
-        n = nbr_ref[e]  # [block] neighbour nodes
+        pos = jnp.where(live, lo + k, 0)  # [block] positions in target order
+        e = pos if perm_ref is None else perm_ref[pos]  # edge ids
+        n = nbr_ref[pos] if nbr_in_order else nbr_ref[e]  # [block] neighbour nodes
         sh = {
             j: jnp.where(live, sh_ref[e * plan.d_sh + j].astype(acc_dtype), 0.0)
             for j in sorted({j for v in terms.values() for j, _, _ in v})
@@ -254,7 +256,8 @@ def _gather_sum(x, w, sh, start, perm, nbr, *, plan: Plan, scale: float, acc, ou
         x: [n_src, n_in, C]; w: [n_edges, n_paths, C]; sh: [n_edges, d_sh].
         start: int32 [n_tgt + 1] CSR offsets into ``perm``; perm: int32 [n_edges] edge ids in
             target order, or ``None`` where the edges are in target order already;
-            nbr: int32 [n_edges] source node of each edge.
+            nbr: int32 [n_edges] source node of each edge (edge order; the kernel reads it
+            permuted to target order, one gather of indices outside the kernel).
 
     Returns:
         [n_tgt, n_out, C] in ``out_dtype``.
@@ -264,6 +267,9 @@ def _gather_sum(x, w, sh, start, perm, nbr, *, plan: Plan, scale: float, acc, ou
     n_pad = -(-n_tgt // block) * block
     start = jnp.concatenate([start, jnp.full((n_pad - n_tgt,), start[-1], start.dtype)])
     c = plan.channels
+    nbr_in_order = perm is None or NBR_IN_ORDER
+    if perm is not None and NBR_IN_ORDER:
+        nbr = nbr[perm]  # [n_edges] in target order: no load that waits on another in the loop
     outs = []
     for outputs in _output_groups(plan, NODE_GROUPS):
         out = pl.pallas_call(
