@@ -281,6 +281,7 @@ def _gather_sum(x, w, sh, start, perm, nbr, *, plan: Plan, scale: float, acc, ou
                 acc_dtype=acc,
                 has_perm=perm is not None,
                 outputs=outputs,
+                nbr_in_order=nbr_in_order,
             ),  # fmt: skip
             out_shape=jax.ShapeDtypeStruct((n_pad * len(outputs) * c,), out_dtype),
             grid=(n_pad // block,),
