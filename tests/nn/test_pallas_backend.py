@@ -73,11 +73,13 @@ def test_fp64_values_first_and_second_derivatives(x64, irreps_in, block, split, 
     """Output, gradients (the transposed node kernel and the edge kernel) and a gradient of a
     gradient norm (the edge kernel's own derivative) equal the reference to FP64 rounding, for a
     block smaller and one larger than the nodes' in-degrees, one and two multiplicities, and
-    with the kernels' outputs split over several calls (``NODE_GROUPS``, ``EDGE_SPLIT``)."""
+    with the kernels' outputs split over several calls (``NODE_GROUPS``, ``EDGE_SPLIT``) and the
+    neighbour indices read through the permutation (``NBR_IN_ORDER``)."""
     monkeypatch.setattr(pc, "BLOCK_NODES", block)
     monkeypatch.setattr(pc, "BLOCK_EDGES", 2 * block)
     monkeypatch.setattr(pc, "NODE_GROUPS", 3 if split else 1)
     monkeypatch.setattr(pc, "EDGE_SPLIT", split)
+    monkeypatch.setattr(pc, "NBR_IN_ORDER", not split)
     x, sh, w, s, r, m = conv_inputs(irreps_in, dtype=jnp.float64)
     policy = get_policy("fp64")
     res = {}
