@@ -104,8 +104,8 @@ def _cmd_md(args: argparse.Namespace) -> int:
 
 
 _BACKEND_HELP = (
-    "convolution backend: e3nn (pure XLA) or cueq (cuEquivariance kernels, the cueq extra); "
-    "default: the run's"
+    "convolution backend: e3nn (pure XLA), cueq (cuEquivariance kernels, the cueq extra) or "
+    "pallas (our fused Pallas convolution, Triton on GPUs); default: the run's"
 )
 
 
