@@ -505,7 +505,7 @@ def pallas_convolution(
     """Same contract and results (to rounding) as :func:`~mpnn_jax.nn.convolution.e3nn_convolution`.
 
     Args:
-        node_feats: [n_nodes, irreps_in] (one multiplicity for all irreps).
+        node_feats: [n_nodes, irreps_in] (any multiplicities: blocks of their gcd).
         sh: [n_edges, irreps_sh]; weights: [n_edges, num_path_weights];
         senders, receivers: int [n_edges], in bounds; edge_mask: bool [n_edges].
 

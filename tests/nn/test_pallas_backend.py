@@ -67,8 +67,13 @@ def test_plan_blocks_transpose_and_layout_round_trip():
 
 
 @pytest.mark.parametrize(
-    "irreps_in, block, split", [("2x0e+2x1o+2x2e", 2, False), ("4x0e+2x1o+2x1e", 8, True)]
-)  # fmt: skip
+    "irreps_in, block, split",
+    [
+        ("2x0e+2x1o+2x2e", 2, False),
+        # the non-default settings (20 s on 2 cores)
+        pytest.param("4x0e+2x1o+2x1e", 8, True, marks=pytest.mark.slow),
+    ],
+)
 def test_fp64_values_first_and_second_derivatives(x64, irreps_in, block, split, monkeypatch):
     """Output, gradients (the transposed node kernel and the edge kernel) and a gradient of a
     gradient norm (the edge kernel's own derivative) equal the reference to FP64 rounding, for a
