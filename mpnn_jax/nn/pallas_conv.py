@@ -67,8 +67,9 @@ NUM_STAGES = 1
 NODE_GROUPS = 1
 #: The edge kernel's two outputs (radial-weight and harmonic cotangents) in separate calls.
 EDGE_SPLIT = False
-#: Permute the neighbour indices to target order before the node kernel (one index gather).
-NBR_IN_ORDER = True
+#: Permute the neighbour indices to target order before the node kernel (one index gather), so
+#: that no load in the loop waits on another. Off: not yet timed on a GPU (log entry 13).
+NBR_IN_ORDER = False
 #: Names of the settings above (for experiments that vary them).
 SETTINGS = (
     "BLOCK_NODES", "BLOCK_EDGES", "NUM_WARPS", "NUM_STAGES", "NODE_GROUPS", "EDGE_SPLIT",

@@ -84,7 +84,7 @@ def test_fp64_values_first_and_second_derivatives(x64, irreps_in, block, split, 
     monkeypatch.setattr(pc, "BLOCK_EDGES", 2 * block)
     monkeypatch.setattr(pc, "NODE_GROUPS", 3 if split else 1)
     monkeypatch.setattr(pc, "EDGE_SPLIT", split)
-    monkeypatch.setattr(pc, "NBR_IN_ORDER", not split)
+    monkeypatch.setattr(pc, "NBR_IN_ORDER", split)
     x, sh, w, s, r, m = conv_inputs(irreps_in, dtype=jnp.float64)
     policy = get_policy("fp64")
     res = {}
