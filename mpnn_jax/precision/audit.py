@@ -359,7 +359,8 @@ class AuditReport:
 
     def to_json(self, policy: Policy | None = None) -> dict[str, Any]:
         """A JSON-able dict: per stage the counts of op dtypes, matmuls, reductions and casts;
-        with ``policy`` also its dtype per stage and the violations."""
+        the 16-bit scatter-adds (:meth:`low_precision_scatter_adds`: stage, primitive, dtype,
+        backward); with ``policy`` also its dtype per stage and the violations."""
         stages = {
             s: {
                 "op_dtypes": self.op_dtypes(s),
@@ -371,6 +372,10 @@ class AuditReport:
             for s in self.stages()
         }
         out: dict[str, Any] = {"stages": stages}
+        out["low_precision_scatter_adds"] = [
+            {"stage": r.stage, "primitive": r.primitive, "accum": r.accum, "backward": r.backward}
+            for r in self.low_precision_scatter_adds()
+        ]
         if policy is not None:
             out["policy"] = policy.spec()
             for s in stages:

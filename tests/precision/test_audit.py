@@ -103,9 +103,15 @@ def test_gradient_forces_audit(policy):
 def test_low_precision_scatter_adds(name, stages):
     # the positions' gathers of a 16-bit geometry stage transpose into 16-bit scatter-adds
     policy = get_policy(name)
-    found = audit(toy_forces, *_args(policy), policy=policy).low_precision_scatter_adds()
+    report = audit(toy_forces, *_args(policy), policy=policy)
+    found = report.low_precision_scatter_adds()
     assert {r.stage for r in found} == stages
     assert all(r.backward and r.accum == "bf16" for r in found)
+    # and the JSON form lists the same sums
+    listed = json.loads(json.dumps(report.to_json(policy)))["low_precision_scatter_adds"]
+    assert [(d["stage"], d["accum"], d["backward"]) for d in listed] == [
+        (r.stage, r.accum, r.backward) for r in found
+    ]
 
 
 def test_messages_in_fp32_under_bf16_mixed_is_a_violation():
