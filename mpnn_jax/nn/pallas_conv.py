@@ -63,6 +63,11 @@ BLOCK_EDGES = 32
 #: Triton warps per program, and software-pipelining stages of the loops.
 NUM_WARPS = 4
 NUM_STAGES = 1
+#: The same for the node kernel's transpose (the node-feature gradient: few accumulators, many
+#: inputs) and for the edge kernel; ``0`` = as :data:`BLOCK_NODES` / :data:`NUM_WARPS`.
+BLOCK_NODES_T = 0
+NUM_WARPS_T = 0
+EDGE_WARPS = 0
 #: Kernel calls the node kernel's output components are split into (:func:`_output_groups`).
 NODE_GROUPS = 1
 #: The edge kernel's two outputs (radial-weight and harmonic cotangents) in separate calls.
@@ -73,7 +78,7 @@ NBR_IN_ORDER = False
 #: Names of the settings above (for experiments that vary them).
 SETTINGS = (
     "BLOCK_NODES", "BLOCK_EDGES", "NUM_WARPS", "NUM_STAGES", "NODE_GROUPS", "EDGE_SPLIT",
-    "NBR_IN_ORDER",
+    "NBR_IN_ORDER", "BLOCK_NODES_T", "NUM_WARPS_T", "EDGE_WARPS",
 )  # fmt: skip
 #: Run the kernel in Pallas's interpreter: ``None`` = where JAX's default backend is the CPU.
 INTERPRET: bool | None = None
@@ -118,6 +123,7 @@ class Plan:
     n_out: int  # components of the output node array
     d_sh: int  # components of the harmonics
     channels: int
+    transpose: bool = False  # the plan of a derivative over the senders (kernel settings only)
 
     @property
     def n_paths(self) -> int:
@@ -126,7 +132,7 @@ class Plan:
     def transposed(self) -> Plan:
         return Plan(
             tuple(p.transposed() for p in self.paths), self.n_out, self.n_in, self.d_sh,
-            self.channels,
+            self.channels, not self.transpose,
         )  # fmt: skip
 
     def terms(self) -> dict[tuple[int, int], list[tuple[int, int, float]]]:
@@ -263,7 +269,8 @@ def _gather_sum(x, w, sh, start, perm, nbr, *, plan: Plan, scale: float, acc, ou
     Returns:
         [n_tgt, n_out, C] in ``out_dtype``.
     """
-    block = BLOCK_NODES
+    block = (BLOCK_NODES_T or BLOCK_NODES) if plan.transpose else BLOCK_NODES
+    warps = (NUM_WARPS_T or NUM_WARPS) if plan.transpose else NUM_WARPS
     n_tgt = start.shape[0] - 1
     n_pad = -(-n_tgt // block) * block
     start = jnp.concatenate([start, jnp.full((n_pad - n_tgt,), start[-1], start.dtype)])
@@ -287,7 +294,7 @@ def _gather_sum(x, w, sh, start, perm, nbr, *, plan: Plan, scale: float, acc, ou
             out_shape=jax.ShapeDtypeStruct((n_pad * len(outputs) * c,), out_dtype),
             grid=(n_pad // block,),
             name="mpnn_gather_sum",
-            **_compiler_kwargs(),
+            **_compiler_kwargs(warps),
         )(start, start if perm is None else perm, nbr, x.reshape(-1), w.reshape(-1), sh.reshape(-1))
         outs.append(out.reshape(n_pad, len(outputs), c)[:n_tgt])
     return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
@@ -348,14 +355,14 @@ def _edge_kernel(
             dsh_ref[rows * plan.d_sh + j] = (jnp.sum(dsh[j], axis=1) * scale).astype(dsh_ref.dtype)
 
 
-def _compiler_kwargs() -> dict:
+def _compiler_kwargs(num_warps: int) -> dict:
     """``interpret`` on CPU, else the Triton compiler parameters."""
     interpret = jax.default_backend() == "cpu" if INTERPRET is None else INTERPRET
     if interpret:
         return {"interpret": True}
     from jax.experimental.pallas import triton as plgpu
 
-    return {"compiler_params": plgpu.CompilerParams(num_warps=NUM_WARPS, num_stages=NUM_STAGES)}
+    return {"compiler_params": plgpu.CompilerParams(num_warps=num_warps, num_stages=NUM_STAGES)}
 
 
 def _edge_contract(x, w, sh, g, nbr, tgt, *, plan: Plan, scale: float, acc, want):
@@ -394,7 +401,7 @@ def _edge_contract(x, w, sh, g, nbr, tgt, *, plan: Plan, scale: float, acc, want
         out_shape=tuple(shapes[k] for k in want),
         grid=(e_pad // block,),
         name="mpnn_edge_contract",
-        **_compiler_kwargs(),
+        **_compiler_kwargs(EDGE_WARPS or NUM_WARPS),
     )(nbr, tgt, x.reshape(-1), w.reshape(-1), sh.reshape(-1), g.reshape(-1))
     result = {}
     for k, v in zip(want, outs, strict=True):
