@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mpnn_jax import benchmark as bm
+from mpnn_jax.data.graphs import edge_mask
 from mpnn_jax.nn import pallas_conv
 from mpnn_jax.nn.convolution import e3nn_convolution, num_path_weights
 from mpnn_jax.precision import get_policy
@@ -104,7 +105,7 @@ def kernel_times(system, preset: str, repeats: int, variants) -> dict[str, float
     x = e3nn.normal(irin, k[0], (n_nodes,)).array
     sh = e3nn.normal(irsh, k[1], (n_edges,)).array
     w = jax.random.normal(k[2], (n_edges, num_path_weights(irin, irsh, irout)))
-    m = jnp.ones(n_edges, bool)
+    m = edge_mask(g)  # the padded edges masked, as in the models
     kw = dict(irreps_out=e3nn.Irreps(irout), avg_num_neighbors=50.0, policy=get_policy(preset))
     res = {}
     for name in variants:
@@ -153,8 +154,9 @@ def part_times(system, preset: str, repeats: int, variants) -> dict[str, float]:
     gout = jax.random.normal(k[1], (n, plan.n_out, c), dt)
     w = jax.random.normal(k[2], (e, plan.n_paths, c), dt)
     sh = jax.random.normal(k[3], (e, plan.d_sh), dt)
-    start_r, perm_r = jax.jit(_csr_of, static_argnums=(1, 2))(r, n, False)
-    start_s, perm_s = jax.jit(_csr_of, static_argnums=(1, 2))(s, n, False)
+    live = edge_mask(g)  # padded edges are in no CSR, as in the models
+    start_r, perm_r = jax.jit(_csr_of, static_argnums=(1, 2))(r, n, False, live)
+    start_s, perm_s = jax.jit(_csr_of, static_argnums=(1, 2))(s, n, False, live)
     item = jnp.dtype(dt).itemsize
     edge_bytes = e * (plan.n_paths * c + plan.d_sh) * item + 3 * e * 4
     res = {

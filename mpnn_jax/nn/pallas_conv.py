@@ -9,6 +9,9 @@ each program of the kernel owns a block of ``block_nodes`` receivers, walks thei
 radial weights and the spherical harmonics of each edge in their stage dtype, and accumulates
 every output component in FP32 registers (``policy.accum("messages")``): one write per node, no
 atomics. In 16 bits the kernel reads half the bytes of FP32 and does the same arithmetic.
+Masked (padded) edges are left out of the CSR: no program walks them (they all point at one
+padding node, and walking its hundreds of edges one by one made one program the whole kernel's
+time: 2.2 of its 2.7 ms at 10k atoms, log entry 14).
 
 The derivative with respect to the node features is the same kernel on the reversed graph (over
 the senders, with the Clebsch-Gordan blocks transposed), so it is fused too and the operation is
@@ -411,18 +414,21 @@ def _edge_contract(x, w, sh, g, nbr, tgt, *, plan: Plan, scale: float, acc, want
 
 
 def _reverse(graph):
-    start_t, perm_t, nbr, start_s, perm_s, tgt = graph
-    return (start_s, perm_s, tgt, start_t, perm_t, nbr)
+    start_t, perm_t, nbr, start_s, perm_s, tgt, live = graph
+    return (start_s, perm_s, tgt, start_t, perm_t, nbr, live)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
 def _fused(plan: Plan, scale: float, policy: Policy, x, w, sh, graph):
     """The convolution ``[n_src, n_in, C] -> [n_tgt, n_out, C]`` (aggregation dtype).
 
-    ``graph = (start_t, perm_t, nbr, start_s, perm_s, tgt)``: CSR of the edges over their
-    targets (used here) and over their sources (used by the derivative).
+    ``graph = (start_t, perm_t, nbr, start_s, perm_s, tgt, live)``: CSR of the live edges over
+    their targets (used here) and over their sources (used by the derivative), and the bool mask
+    ``live [n_edges]``. Masked edges are in neither CSR: they add nothing and are never walked
+    (padding edges all point at one padding node, whose hundreds of edges would otherwise make
+    one program of the grid walk them one by one while the rest of the GPU waits).
     """
-    start_t, perm_t, nbr, _, _, _ = graph
+    start_t, perm_t, nbr = graph[:3]
     return _gather_sum(
         x, w, sh, start_t, perm_t, nbr, plan=plan, scale=scale,
         acc=policy.accum("messages"), out_dtype=policy.dtype("aggregation"),
@@ -446,16 +452,18 @@ _fused.defvjp(_fused_fwd, _fused_bwd)
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
 def _edges(plan: Plan, scale: float, policy: Policy, x, w, sh, g, graph):
-    """``(dw, dsh)`` of :func:`_edge_contract` (both), differentiable: its derivative is two
-    :func:`_fused` calls per node input and one :func:`_edge_contract` per edge input."""
-    _, _, nbr, _, _, tgt = graph
+    """``(dw, dsh)`` of :func:`_edge_contract` (both; zero on masked edges, which
+    :func:`_fused` leaves out), differentiable: its derivative is two :func:`_fused` calls per
+    node input and one :func:`_edge_contract` per edge input."""
+    nbr, tgt, live = graph[2], graph[5], graph[6]
     kw = dict(plan=plan, scale=scale, acc=policy.accum("messages"))
     if EDGE_SPLIT:
         out = _edge_contract(x, w, sh, g, nbr, tgt, want=("dw",), **kw)
         out |= _edge_contract(x, w, sh, g, nbr, tgt, want=("dsh",), **kw)
     else:
         out = _edge_contract(x, w, sh, g, nbr, tgt, want=("dw", "dsh"), **kw)
-    return out["dw"], out["dsh"]
+    dw = jnp.where(live[:, None, None], out["dw"], jnp.zeros((), out["dw"].dtype))
+    return dw, jnp.where(live[:, None], out["dsh"], jnp.zeros((), out["dsh"].dtype))
 
 
 def _edges_fwd(plan, scale, policy, x, w, sh, g, graph):
@@ -466,8 +474,9 @@ def _edges_bwd(plan, scale, policy, res, cts):
     # L = scale sum_e sum_terms coef x_i g_o (a_p sh_j + w_p b_j) for cotangents a (of dw) and b
     # (of dsh): linear in each input, so every derivative is a kernel of this module again
     x, w, sh, g, graph = res
-    a, b = policy.cast("messages", cts[0]), policy.cast("messages", cts[1])
-    _, _, nbr, _, _, tgt = graph
+    nbr, tgt, live = graph[2], graph[5], graph[6]
+    a = policy.cast("messages", jnp.where(live[:, None, None], cts[0], jnp.zeros((), cts[0].dtype)))
+    b = policy.cast("messages", jnp.where(live[:, None], cts[1], jnp.zeros((), cts[1].dtype)))
     acc = policy.accum("messages")
     rev, tp = _reverse(graph), plan.transposed()
     dx = _fused(tp, scale, policy, g, a, sh, rev) + _fused(tp, scale, policy, g, w, b, rev)
@@ -481,21 +490,31 @@ def _edges_bwd(plan, scale, policy, res, cts):
 _edges.defvjp(_edges_fwd, _edges_bwd)
 
 
-def csr(targets: jax.Array, n_nodes: int) -> tuple[jax.Array, jax.Array]:
-    """``(start [n_nodes + 1], perm [n_edges])``: edges grouped by target node (stable order)."""
+def csr(
+    targets: jax.Array, n_nodes: int, live: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """``(start [n_nodes + 1], perm [n_edges])``: edges grouped by target node (stable order).
+
+    Edges where ``live`` (bool [n_edges]) is false are sorted past every node
+    (``start[n_nodes]`` counts the live edges): no node's range holds them.
+    """
     targets = targets.astype(jnp.int32)
+    if live is not None:
+        targets = jnp.where(live, targets, n_nodes)
     perm = jnp.argsort(targets, stable=True).astype(jnp.int32)
     start = jnp.searchsorted(targets[perm], jnp.arange(n_nodes + 1, dtype=jnp.int32))
     return start.astype(jnp.int32), perm
 
 
-def _csr_of(indices: jax.Array, n_nodes: int, promised_sorted: bool):
+def _csr_of(indices: jax.Array, n_nodes: int, promised_sorted: bool, live=None):
     indices = indices.astype(jnp.int32)
     if promised_sorted:  # (:data:`mpnn_jax.nn.ops.SORTED_EDGES`): no permutation
-        perm = None
-        start = jnp.searchsorted(indices, jnp.arange(n_nodes + 1, dtype=jnp.int32))
-        return start.astype(jnp.int32), perm
-    return csr(indices, n_nodes)
+        # padded edges point at padding nodes past every real node, so they stay last when
+        # moved past every node (as :func:`mpnn_jax.benchmark.sort_edges` leaves them)
+        keys = indices if live is None else jnp.where(live, indices, n_nodes)
+        start = jnp.searchsorted(keys, jnp.arange(n_nodes + 1, dtype=jnp.int32))
+        return start.astype(jnp.int32), None
+    return csr(indices, n_nodes, live)
 
 
 def pallas_convolution(
@@ -530,10 +549,11 @@ def pallas_convolution(
         w = policy.cast("messages", weights) * edge_mask[:, None].astype(policy.dtype("messages"))
         w = w.reshape(w.shape[0], plan.n_paths, c)  # [n_edges, n_paths, C]
         y = policy.cast("messages", sh.array)  # [n_edges, d_sh]
-        start_r, perm_r = _csr_of(receivers, n_nodes, ops.SORTED_EDGES == "receivers")
-        start_s, perm_s = _csr_of(senders, n_nodes, ops.SORTED_EDGES == "senders")
+        live = edge_mask.astype(bool)
+        start_r, perm_r = _csr_of(receivers, n_nodes, ops.SORTED_EDGES == "receivers", live)
+        start_s, perm_s = _csr_of(senders, n_nodes, ops.SORTED_EDGES == "senders", live)
         graph = (start_r, perm_r, senders.astype(jnp.int32), start_s, perm_s,
-                 receivers.astype(jnp.int32))  # fmt: skip
+                 receivers.astype(jnp.int32), live)  # fmt: skip
         out = _fused(plan, 1.0 / avg_num_neighbors, policy, x, w, y, graph)  # [N, n_out, C]
     with Policy.scope("aggregation"):
         chunks = _from_blocks(out, irreps, c)  # [n_nodes, mul, d_out] each

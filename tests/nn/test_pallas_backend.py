@@ -58,6 +58,7 @@ def test_plan_blocks_transpose_and_layout_round_trip():
     assert plan.channels == 2 and plan.n_in == 2 * 1 + 1 * 3
     assert plan.transposed().transposed() == plan
     assert (plan.transposed().n_in, plan.transposed().n_out) == (plan.n_out, plan.n_in)
+    assert plan.transposed().transpose and plan.transposed().transposed() == plan
     assert plan.n_out * plan.channels == irreps.dim
     x = e3nn.normal(irreps, jax.random.PRNGKey(0), (3,))
     blocks = pc._to_blocks(x.chunks, plan.channels)
@@ -78,9 +79,11 @@ def test_fp64_values_first_and_second_derivatives(x64, irreps_in, block, split, 
     """Output, gradients (the transposed node kernel and the edge kernel) and a gradient of a
     gradient norm (the edge kernel's own derivative) equal the reference to FP64 rounding, for a
     block smaller and one larger than the nodes' in-degrees, one and two multiplicities, and
-    with the kernels' outputs split over several calls (``NODE_GROUPS``, ``EDGE_SPLIT``) and the
-    neighbour indices read through the permutation (``NBR_IN_ORDER``)."""
+    with the kernels' outputs split over several calls (``NODE_GROUPS``, ``EDGE_SPLIT``), the
+    neighbour indices read through the permutation (``NBR_IN_ORDER``) and the transposed kernel
+    on a block of its own (``BLOCK_NODES_T``)."""
     monkeypatch.setattr(pc, "BLOCK_NODES", block)
+    monkeypatch.setattr(pc, "BLOCK_NODES_T", 2 * block if not split else block // 2)
     monkeypatch.setattr(pc, "BLOCK_EDGES", 2 * block)
     monkeypatch.setattr(pc, "NODE_GROUPS", 3 if split else 1)
     monkeypatch.setattr(pc, "EDGE_SPLIT", split)
