@@ -78,10 +78,14 @@ EDGE_SPLIT = False
 #: Permute the neighbour indices to target order before the node kernel (one index gather), so
 #: that no load in the loop waits on another. Off: not yet timed on a GPU (log entry 13).
 NBR_IN_ORDER = False
+#: Software pipelining of the node kernels' loop by hand: ``0`` none, ``1`` the next step's
+#: indices loaded during this step, ``2`` the next step's operands too (their loads overlap the
+#: arithmetic; latency, not bandwidth, bounds these kernels: log entry 14).
+PREFETCH = 0
 #: Names of the settings above (for experiments that vary them).
 SETTINGS = (
     "BLOCK_NODES", "BLOCK_EDGES", "NUM_WARPS", "NUM_STAGES", "NODE_GROUPS", "EDGE_SPLIT",
-    "NBR_IN_ORDER", "BLOCK_NODES_T", "NUM_WARPS_T", "EDGE_WARPS",
+    "NBR_IN_ORDER", "BLOCK_NODES_T", "NUM_WARPS_T", "EDGE_WARPS", "PREFETCH",
 )  # fmt: skip
 #: Run the kernel in Pallas's interpreter: ``None`` = where JAX's default backend is the CPU.
 INTERPRET: bool | None = None
@@ -212,7 +216,7 @@ def _from_blocks(x: jax.Array, irreps: e3nn.Irreps, c: int) -> list[jax.Array]:
 # --- the kernel --------------------------------------------------------------------------------
 def _kernel(
     start_ref, perm_ref, nbr_ref, x_ref, w_ref, sh_ref, out_ref, *, plan, block, scale, acc_dtype,
-    has_perm, outputs, nbr_in_order,
+    has_perm, outputs, nbr_in_order, prefetch,
 ):  # fmt: skip
     """One program: ``block`` target nodes; loops over the largest in-degree of the block and
     accumulates each output component of ``outputs``, ``[block, C]``, in the ``acc_dtype``."""
@@ -231,19 +235,26 @@ def _kernel(
     used_in = sorted({i for i, _ in terms})
     used_w = sorted({p for _, p in terms})
 
-    def body(k, acc):
-        live = k < deg  # [block]
-        pos = jnp.where(live, lo + k, 0)  # [block] positions in target order
-        e = pos if perm_ref is None else perm_ref[pos]  # edge ids
-        n = nbr_ref[pos] if nbr_in_order else nbr_ref[e]  # [block] neighbour nodes
-        sh = {
-            j: jnp.where(live, sh_ref[e * plan.d_sh + j].astype(acc_dtype), 0.0)
-            for j in sorted({j for v in terms.values() for j, _, _ in v})
-        }  # [block] each
-        x = {i: x_ref[(n * plan.n_in + i)[:, None] * c + cols].astype(acc_dtype) for i in used_in}
-        w = {
-            p: w_ref[(e * plan.n_paths + p)[:, None] * c + cols].astype(acc_dtype) for p in used_w
-        }  # [block, C] each
+    used_sh = sorted({j for v in terms.values() for j, _, _ in v})
+
+    def indices(k):  # [block] each: live flag, edge ids, neighbour nodes of loop step k
+        live = k < deg
+        pos = jnp.where(live, lo + k, 0)  # positions in target order
+        e = pos if perm_ref is None else perm_ref[pos]
+        return live, e, nbr_ref[pos] if nbr_in_order else nbr_ref[e]
+
+    def loads(idx):  # the step's operands in their stored dtype (converted where used)
+        live, e, n = idx
+        sh = tuple(sh_ref[e * plan.d_sh + j] for j in used_sh)  # [block] each
+        x = tuple(x_ref[(n * plan.n_in + i)[:, None] * c + cols] for i in used_in)  # [block, C]
+        w = tuple(w_ref[(e * plan.n_paths + p)[:, None] * c + cols] for p in used_w)
+        return live, sh, x, w
+
+    def accumulate(acc, data):
+        live, sh, x, w = data
+        sh = {j: jnp.where(live, v.astype(acc_dtype), 0.0) for j, v in zip(used_sh, sh)}
+        x = {i: v.astype(acc_dtype) for i, v in zip(used_in, x)}
+        w = {p: v.astype(acc_dtype) for p, v in zip(used_w, w)}
         acc = list(acc)
         for (i, p), lst in terms.items():
             xw = x[i] * w[p]  # [block, C]
@@ -251,8 +262,25 @@ def _kernel(
                 acc[o] = acc[o] + (coef * sh[j])[:, None] * xw
         return tuple(acc)
 
-    zero = jnp.zeros((block, c), acc_dtype)
-    acc = lax.fori_loop(0, jnp.max(deg), body, (zero,) * len(outputs))
+    zero = (jnp.zeros((block, c), acc_dtype),) * len(outputs)
+    steps = jnp.max(deg)
+    if prefetch == 0:
+        acc = lax.fori_loop(0, steps, lambda k, a: accumulate(a, loads(indices(k))), zero)
+    elif prefetch == 1:  # step k+1's indices load while step k's operands do
+
+        def body(k, carry):
+            acc, idx = carry
+            return accumulate(acc, loads(idx)), indices(k + 1)
+
+        acc = lax.fori_loop(0, steps, body, (zero, indices(0)))[0]
+    else:  # and step k+1's operands load while step k computes
+
+        def body(k, carry):
+            acc, data, idx = carry
+            nxt = loads(idx)
+            return accumulate(acc, data), nxt, indices(k + 2)
+
+        acc = lax.fori_loop(0, steps, body, (zero, loads(indices(0)), indices(1)))[0]
     for o in range(len(outputs)):
         out_ref[(rows * len(outputs) + o)[:, None] * c + cols] = (acc[o] * scale).astype(
             out_ref.dtype
@@ -293,6 +321,7 @@ def _gather_sum(x, w, sh, start, perm, nbr, *, plan: Plan, scale: float, acc, ou
                 has_perm=perm is not None,
                 outputs=outputs,
                 nbr_in_order=nbr_in_order,
+                prefetch=PREFETCH,
             ),  # fmt: skip
             out_shape=jax.ShapeDtypeStruct((n_pad * len(outputs) * c,), out_dtype),
             grid=(n_pad // block,),

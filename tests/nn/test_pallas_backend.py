@@ -81,13 +81,15 @@ def test_fp64_values_first_and_second_derivatives(x64, irreps_in, block, split, 
     block smaller and one larger than the nodes' in-degrees, one and two multiplicities, and
     with the kernels' outputs split over several calls (``NODE_GROUPS``, ``EDGE_SPLIT``), the
     neighbour indices read through the permutation (``NBR_IN_ORDER``) and the transposed kernel
-    on a block of its own (``BLOCK_NODES_T``)."""
+    on a block of its own (``BLOCK_NODES_T``), and the loop's loads issued a step ahead
+    (``PREFETCH``)."""
     monkeypatch.setattr(pc, "BLOCK_NODES", block)
     monkeypatch.setattr(pc, "BLOCK_NODES_T", 2 * block if not split else block // 2)
     monkeypatch.setattr(pc, "BLOCK_EDGES", 2 * block)
     monkeypatch.setattr(pc, "NODE_GROUPS", 3 if split else 1)
     monkeypatch.setattr(pc, "EDGE_SPLIT", split)
     monkeypatch.setattr(pc, "NBR_IN_ORDER", split)
+    monkeypatch.setattr(pc, "PREFETCH", 1 if split else 2)
     x, sh, w, s, r, m = conv_inputs(irreps_in, dtype=jnp.float64)
     policy = get_policy("fp64")
     res = {}
