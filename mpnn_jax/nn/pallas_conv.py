@@ -59,29 +59,34 @@ from mpnn_jax.nn import ops
 from mpnn_jax.nn.convolution import tp_paths
 from mpnn_jax.precision import Policy
 
+# Module settings, read when a function is traced. The defaults are the fastest measured on an
+# H200 (NequIP-M shapes, 10,125 water atoms, each kernel alone, fp32 and bf16-mixed; log entry 14,
+# `experiments/perf/pallas_tune.sh`): per layer node + transposed + edge kernel 2.57 ms fp32 and
+# 1.80 ms bf16-mixed, against 3.17 and 2.26 with session 11's settings.
 #: Receivers per program of the node kernel, edges per program of the edge kernel (powers of
-#: two). Module settings, read when a function is traced.
+#: two).
 BLOCK_NODES = 8
-BLOCK_EDGES = 32
-#: Triton warps per program, and software-pipelining stages of the loops.
-NUM_WARPS = 4
+BLOCK_EDGES = 8
+#: Triton warps per program, and Triton's software-pipelining stages of the loops.
+NUM_WARPS = 2
 NUM_STAGES = 1
 #: The same for the node kernel's transpose (the node-feature gradient: few accumulators, many
 #: inputs) and for the edge kernel; ``0`` = as :data:`BLOCK_NODES` / :data:`NUM_WARPS`.
-BLOCK_NODES_T = 0
-NUM_WARPS_T = 0
-EDGE_WARPS = 0
-#: Kernel calls the node kernel's output components are split into (:func:`_output_groups`).
+BLOCK_NODES_T = 4
+NUM_WARPS_T = 2
+EDGE_WARPS = 2
+#: Kernel calls the node kernel's output components are split into (:func:`_output_groups`;
+#: 2 and 3 measured slower).
 NODE_GROUPS = 1
 #: The edge kernel's two outputs (radial-weight and harmonic cotangents) in separate calls.
 EDGE_SPLIT = False
 #: Permute the neighbour indices to target order before the node kernel (one index gather), so
-#: that no load in the loop waits on another. Off: not yet timed on a GPU (log entry 13).
-NBR_IN_ORDER = False
+#: that no load in the loop waits on another.
+NBR_IN_ORDER = True
 #: Software pipelining of the node kernels' loop by hand: ``0`` none, ``1`` the next step's
 #: indices loaded during this step, ``2`` the next step's operands too (their loads overlap the
-#: arithmetic; latency, not bandwidth, bounds these kernels: log entry 14).
-PREFETCH = 0
+#: arithmetic: latency, not bandwidth, bounds these kernels; node kernel 1.04 -> 0.64 ms fp32).
+PREFETCH = 2
 #: Names of the settings above (for experiments that vary them).
 SETTINGS = (
     "BLOCK_NODES", "BLOCK_EDGES", "NUM_WARPS", "NUM_STAGES", "NODE_GROUPS", "EDGE_SPLIT",
