@@ -13,7 +13,9 @@ then whole models timed against the XLA reference side by side in one process.
    ``pallas:KEY=V,...`` with the module settings of :mod:`mpnn_jax.nn.pallas_conv`, e.g.
    ``pallas:BLOCK_NODES=16,NUM_WARPS=8``, and ``sorted=receivers``: the graph re-sorted by
    receiver and the promise made), :func:`mpnn_jax.benchmark.measure`.
-Prints a table last; ``--check-only`` stops after 1 (the CPU smoke run uses it with ``--small``).
+Prints a table last; ``--check-only`` stops after 1 (the CPU smoke run uses it with ``--small``),
+``--parts-only`` times only the kernels alone in 2 (``experiments/perf/pallas_tune.sh`` sweeps
+their settings that way), ``--cases`` with no case skips 3.
 """
 
 from __future__ import annotations

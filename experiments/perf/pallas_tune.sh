@@ -5,12 +5,23 @@
 # A sweep variant sets the node kernel (BLOCK_NODES, NUM_WARPS), its transpose (BLOCK_NODES_T,
 # NUM_WARPS_T) and the edge kernel (BLOCK_EDGES, EDGE_WARPS) at once, and the shared settings
 # (NBR_IN_ORDER, PREFETCH, NUM_STAGES, NODE_GROUPS).
-# Usage (GPU machine, repo root):
-#   source experiments/gpu_env.sh && bash experiments/perf/pallas_tune.sh OUT [sweep] [models]
+# Usage (GPU machine, repo root; each step takes 4-6 minutes, together they outran one 10-minute
+# device command in session 12, so run them as two calls; `models` reads the sweep's JSON from
+# TUNE_JSON, by default OUT/pallas_tune.json, which a new device command no longer has: point it
+# at the sweep's committed copy):
+#   source experiments/gpu_env.sh && bash experiments/perf/pallas_tune.sh OUT sweep
+#   TUNE_JSON=experiments/results/benchmarks/h200_pallas/tune_prefetch.json \
+#     bash experiments/perf/pallas_tune.sh OUT models
+# Steps not run yet (session 12 ran out of device time; each is one call of 3-6 minutes):
+#   train: NequIP-M training steps, session-11 settings against the defaults, both presets;
+#   mask:  NequIP-M E+F and training with and without MASK_WEIGHTS (redundant since the masked
+#          edges left the CSRs; predicted: fp32 faster by up to an elementwise pass over the
+#          weights and one over their gradient per layer, bf16-mixed unchanged: its cast stays);
+#   mace:  MACE MP-S size at 10,125 atoms, e3nn against pallas (never timed), E+F, both presets.
 set -euo pipefail
 out=${1:?output folder}
 shift
-steps=${*:-sweep models}
+steps=${*:-sweep}
 N=NBR_IN_ORDER=1
 S=BLOCK_NODES=8,NUM_WARPS=2,BLOCK_NODES_T=4,NUM_WARPS_T=2,BLOCK_EDGES=8,EDGE_WARPS=2
 if [[ " $steps " == *" sweep "* ]]; then
@@ -32,7 +43,7 @@ python3 experiments/perf/pallas_conv.py --out "$out/pallas_tune.json" --cases --
   pallas:$N,PREFETCH=2,BLOCK_NODES=32,NUM_WARPS=8,BLOCK_NODES_T=4,NUM_WARPS_T=1,BLOCK_EDGES=8,EDGE_WARPS=1
 fi
 if [[ " $steps " == *" models "* ]]; then
-mapfile -t best < <(python3 - "$out/pallas_tune.json" <<'PY'
+mapfile -t best < <(python3 - "${TUNE_JSON:-$out/pallas_tune.json}" <<'PY'
 import json, math, sys
 parts = json.load(open(sys.argv[1]))["kernels"]
 for key in ("water:10000 fp32 parts", "water:10000 bf16-mixed parts"):
@@ -52,4 +63,20 @@ python3 experiments/perf/pallas_conv.py --out "$out/pallas_models.json" --kernel
   --cases nequip-M:water:10000:fp32:ef nequip-M:water:10000:bf16-mixed:ef \
           nequip-M:water:10000:fp32:train nequip-M:water:10000:bf16-mixed:train \
   --variants "${variants[@]}"
+fi
+OLD=pallas:NBR_IN_ORDER=0,PREFETCH=0,BLOCK_NODES=8,NUM_WARPS=4,BLOCK_NODES_T=8,NUM_WARPS_T=4,BLOCK_EDGES=32,EDGE_WARPS=4
+W=nequip-M:water:10000
+if [[ " $steps " == *" train "* ]]; then
+python3 experiments/perf/pallas_conv.py --out "$out/pallas_train.json" --kernels --repeats 20 \
+  --no-ceilings --cases $W:fp32:train $W:bf16-mixed:train --variants "$OLD" pallas
+fi
+if [[ " $steps " == *" mask "* ]]; then
+python3 experiments/perf/pallas_conv.py --out "$out/pallas_mask.json" --kernels --repeats 20 \
+  --no-ceilings --cases $W:fp32:ef $W:bf16-mixed:ef $W:fp32:train $W:bf16-mixed:train \
+  --variants pallas pallas:MASK_WEIGHTS=0
+fi
+if [[ " $steps " == *" mace "* ]]; then
+python3 experiments/perf/pallas_conv.py --out "$out/pallas_mace.json" --kernels --repeats 20 \
+  --no-ceilings --cases mace-mp-s:water:10000:fp32:ef mace-mp-s:water:10000:bf16-mixed:ef \
+  --variants e3nn pallas
 fi

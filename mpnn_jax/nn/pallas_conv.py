@@ -11,7 +11,7 @@ every output component in FP32 registers (``policy.accum("messages")``): one wri
 atomics. In 16 bits the kernel reads half the bytes of FP32 and does the same arithmetic.
 Masked (padded) edges are left out of the CSR: no program walks them (they all point at one
 padding node, and walking its hundreds of edges one by one made one program the whole kernel's
-time: 2.2 of its 2.7 ms at 10k atoms, log entry 14).
+time: 2.75 ms against 1.03 without it at 10k atoms, log entry 14).
 
 The derivative with respect to the node features is the same kernel on the reversed graph (over
 the senders, with the Clebsch-Gordan blocks transposed), so it is fused too and the operation is
@@ -67,14 +67,20 @@ from mpnn_jax.precision import Policy
 #: two).
 BLOCK_NODES = 8
 BLOCK_EDGES = 8
-#: Triton warps per program, and Triton's software-pipelining stages of the loops.
-NUM_WARPS = 2
-NUM_STAGES = 1
-#: The same for the node kernel's transpose (the node-feature gradient: few accumulators, many
-#: inputs) and for the edge kernel; ``0`` = as :data:`BLOCK_NODES` / :data:`NUM_WARPS`.
+#: Receivers per program of the node kernel's transpose (the node-feature gradient: few
+#: accumulators, many inputs); ``0`` = as :data:`BLOCK_NODES`.
 BLOCK_NODES_T = 4
-NUM_WARPS_T = 2
-EDGE_WARPS = 2
+#: Triton warps per program of the node kernel, its transpose and the edge kernel; ``0`` = from
+#: :data:`ELEMENTS_PER_THREAD` (:func:`warps_for`).
+NUM_WARPS = 0
+NUM_WARPS_T = 0
+EDGE_WARPS = 0
+#: Values of a ``[block, C]`` tile per thread where the warps are not set: the measured optimum
+#: at C = 32 (2 warps for each kernel's default block), so that wider channel blocks (MACE's 128)
+#: get more warps instead of more registers per thread.
+ELEMENTS_PER_THREAD = {"node": 4, "transposed": 2, "edge": 4}
+#: Triton's software-pipelining stages of the loops.
+NUM_STAGES = 1
 #: Kernel calls the node kernel's output components are split into (:func:`_output_groups`;
 #: 2 and 3 measured slower).
 NODE_GROUPS = 1
@@ -87,13 +93,37 @@ NBR_IN_ORDER = True
 #: indices loaded during this step, ``2`` the next step's operands too (their loads overlap the
 #: arithmetic: latency, not bandwidth, bounds these kernels; node kernel 1.04 -> 0.64 ms fp32).
 PREFETCH = 2
+#: Multiply the radial weights by the edge mask before the kernels. Redundant: masked edges are in
+#: no CSR and their weight and harmonic gradients are zeroed. Without it an fp32 program skips one
+#: elementwise pass over the ``[n_edges, n_paths * C]`` weights (and one over their gradient)
+#: wherever XLA does not fuse the product into the radial MLP's last matmul; kept on until timed.
+MASK_WEIGHTS = True
 #: Names of the settings above (for experiments that vary them).
 SETTINGS = (
     "BLOCK_NODES", "BLOCK_EDGES", "NUM_WARPS", "NUM_STAGES", "NODE_GROUPS", "EDGE_SPLIT",
-    "NBR_IN_ORDER", "BLOCK_NODES_T", "NUM_WARPS_T", "EDGE_WARPS", "PREFETCH",
+    "NBR_IN_ORDER", "BLOCK_NODES_T", "NUM_WARPS_T", "EDGE_WARPS", "PREFETCH", "MASK_WEIGHTS",
 )  # fmt: skip
+
+
 #: Run the kernel in Pallas's interpreter: ``None`` = where JAX's default backend is the CPU.
 INTERPRET: bool | None = None
+
+
+def warps_for(kernel: str, block: int, channels: int) -> int:
+    """Triton warps for ``kernel`` ("node", "transposed", "edge") on ``[block, channels]`` tiles:
+    the setting where given, else the power of two (1 to 8) nearest below ``block * channels /
+    (32 * ELEMENTS_PER_THREAD[kernel])``.
+
+    Example:
+        >>> warps_for("node", 8, 32), warps_for("node", 8, 128), warps_for("transposed", 4, 32)
+        (2, 8, 2)
+    """
+    explicit = {"node": NUM_WARPS, "transposed": NUM_WARPS_T, "edge": EDGE_WARPS}[kernel]
+    if explicit:
+        return explicit
+    want = block * channels // (32 * ELEMENTS_PER_THREAD[kernel])
+    return min(8, 1 << max(0, want.bit_length() - 1))
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -306,7 +336,7 @@ def _gather_sum(x, w, sh, start, perm, nbr, *, plan: Plan, scale: float, acc, ou
         [n_tgt, n_out, C] in ``out_dtype``.
     """
     block = (BLOCK_NODES_T or BLOCK_NODES) if plan.transpose else BLOCK_NODES
-    warps = (NUM_WARPS_T or NUM_WARPS) if plan.transpose else NUM_WARPS
+    warps = warps_for("transposed" if plan.transpose else "node", block, plan.channels)
     n_tgt = start.shape[0] - 1
     n_pad = -(-n_tgt // block) * block
     start = jnp.concatenate([start, jnp.full((n_pad - n_tgt,), start[-1], start.dtype)])
@@ -438,7 +468,7 @@ def _edge_contract(x, w, sh, g, nbr, tgt, *, plan: Plan, scale: float, acc, want
         out_shape=tuple(shapes[k] for k in want),
         grid=(e_pad // block,),
         name="mpnn_edge_contract",
-        **_compiler_kwargs(EDGE_WARPS or NUM_WARPS),
+        **_compiler_kwargs(warps_for("edge", block, c)),
     )(nbr, tgt, x.reshape(-1), w.reshape(-1), sh.reshape(-1), g.reshape(-1))
     result = {}
     for k, v in zip(want, outs, strict=True):
@@ -580,7 +610,9 @@ def pallas_convolution(
         raise ValueError(f"expected {plan.n_paths * c} path weights, got {weights.shape[-1]}")
     with Policy.scope("messages"):
         x = _to_blocks(policy.cast("messages", node_feats.chunks), c)  # [n_nodes, n_in, C]
-        w = policy.cast("messages", weights) * edge_mask[:, None].astype(policy.dtype("messages"))
+        w = policy.cast("messages", weights)  # [n_edges, n_paths * C]
+        if MASK_WEIGHTS:
+            w = w * edge_mask[:, None].astype(w.dtype)
         w = w.reshape(w.shape[0], plan.n_paths, c)  # [n_edges, n_paths, C]
         y = policy.cast("messages", sh.array)  # [n_edges, d_sh]
         live = edge_mask.astype(bool)

@@ -47,6 +47,18 @@ def test_docstring_example():
     assert result.attempted > 0 and result.failed == 0
 
 
+def test_warps_keep_the_measured_work_per_thread(monkeypatch):
+    """At NequIP-M's 32 channels the rule gives the warps measured fastest on an H200 (2 for each
+    kernel's default block, log entry 14); wider channels get more warps (at most 8), narrower
+    fewer (at least 1); an explicit setting wins."""
+    kinds = {"node": pc.BLOCK_NODES, "transposed": pc.BLOCK_NODES_T, "edge": pc.BLOCK_EDGES}
+    assert {k: pc.warps_for(k, b, 32) for k, b in kinds.items()} == dict.fromkeys(kinds, 2)
+    assert pc.warps_for("node", 8, 128) == 8 and pc.warps_for("node", 8, 48) == 2
+    assert pc.warps_for("edge", 1, 2) == 1 and pc.warps_for("node", 64, 256) == 8
+    monkeypatch.setattr(pc, "EDGE_WARPS", 4)
+    assert pc.warps_for("edge", 8, 32) == 4 and pc.warps_for("node", 8, 32) == 2
+
+
 def test_registered():
     assert "pallas" in available_backends() and get_backend("pallas").name == "pallas"
 
@@ -81,8 +93,9 @@ def test_fp64_values_first_and_second_derivatives(x64, irreps_in, block, split, 
     block smaller and one larger than the nodes' in-degrees, one and two multiplicities, and
     with the kernels' outputs split over several calls (``NODE_GROUPS``, ``EDGE_SPLIT``), the
     neighbour indices read through the permutation (``NBR_IN_ORDER``) and the transposed kernel
-    on a block of its own (``BLOCK_NODES_T``), and the loop's loads issued a step ahead
-    (``PREFETCH``)."""
+    on a block of its own (``BLOCK_NODES_T``), the loop's loads issued a step ahead
+    (``PREFETCH``), and the padded edges' garbage weights unmasked (``MASK_WEIGHTS``): no program
+    may read them."""
     monkeypatch.setattr(pc, "BLOCK_NODES", block)
     monkeypatch.setattr(pc, "BLOCK_NODES_T", 2 * block if not split else block // 2)
     monkeypatch.setattr(pc, "BLOCK_EDGES", 2 * block)
@@ -90,6 +103,7 @@ def test_fp64_values_first_and_second_derivatives(x64, irreps_in, block, split, 
     monkeypatch.setattr(pc, "EDGE_SPLIT", split)
     monkeypatch.setattr(pc, "NBR_IN_ORDER", split)
     monkeypatch.setattr(pc, "PREFETCH", 1 if split else 0)  # the default (2): every other test
+    monkeypatch.setattr(pc, "MASK_WEIGHTS", split)  # off: padded edges' 1e3 weights reach it
     x, sh, w, s, r, m = conv_inputs(irreps_in, dtype=jnp.float64)
     policy = get_policy("fp64")
     res = {}
