@@ -125,7 +125,6 @@ def warps_for(kernel: str, block: int, channels: int) -> int:
     return min(8, 1 << max(0, want.bit_length() - 1))
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Path:
     """One tensor-product path ``x[in_off : in_off + d_in] (x) sh[sh_off : sh_off + d_sh] ->
