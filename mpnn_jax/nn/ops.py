@@ -18,7 +18,9 @@ in one process (:func:`implementation` sets them for a ``with`` block):
   gather (whose gradient is a scatter-add over senders) or to the receiver ``segment_sum``.
   A false promise gives wrong sums on GPUs: set it only for graphs sorted that way (the neighbour
   list of :mod:`mpnn_jax.data.neighbours` sorts by sender, and batching and padding keep that
-  order; ``mpnn_jax.benchmark.sort_edges`` re-sorts by receiver).
+  order; ``mpnn_jax.benchmark.sort_edges`` re-sorts by receiver). The ``"pallas"`` backend also
+  takes the promise to cover the masked edges: they come last (padded edges point at padding
+  nodes past every real node, as jraph's padding and the MD neighbour lists leave them).
 """
 
 from __future__ import annotations
