@@ -268,7 +268,6 @@ def _kernel(
     cols = jnp.arange(c)[None, :]  # [1, C]
     used_in = sorted({i for i, _ in terms})
     used_w = sorted({p for _, p in terms})
-
     used_sh = sorted({j for v in terms.values() for j, _, _ in v})
 
     def indices(k):  # [block] each: live flag, edge ids, neighbour nodes of loop step k
