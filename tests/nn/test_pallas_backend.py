@@ -136,6 +136,23 @@ def test_fp64_values_first_and_second_derivatives(x64, irreps_in, block, split, 
     assert lonely.size > 0 and np.all(np.asarray(out.array)[lonely] == 0.0)
 
 
+def test_csr_leaves_masked_edges_out_of_every_range():
+    """Masked edges sit past every node's range (no program walks them: the padding node's
+    hundreds of padded edges once made one program the whole kernel's time), live edges each in
+    their target's range, in a stable order; the sorted path gives the same offsets."""
+    _, _, _, s, r, m = conv_inputs("2x0e")
+    start, perm = pc.csr(r, N_NODES, m)
+    start, perm, r_np, m_np = (np.asarray(a) for a in (start, perm, r, m))
+    assert start[-1] == m_np.sum() and np.all(np.diff(start) >= 0)
+    for t in range(N_NODES):
+        edges = perm[start[t] : start[t + 1]]
+        assert np.all(r_np[edges] == t) and np.all(m_np[edges]) and np.all(np.diff(edges) > 0)
+    assert not np.any(m_np[perm[start[-1] :]])  # the masked ones, after every range
+    order = np.argsort(r_np, kind="stable")  # padded edges point at the last node: they stay last
+    sorted_start, none = pc._csr_of(jnp.asarray(r_np[order]), N_NODES, True, m[order])
+    assert none is None and np.array_equal(np.asarray(sorted_start), start)
+
+
 def test_sorted_edge_promise_gives_the_same_sums():
     x, sh, w, s, r, m = conv_inputs("2x0e+2x1o")
     order = np.argsort(np.asarray(r), kind="stable")
