@@ -182,9 +182,10 @@ def part_times(system, preset: str, repeats: int, variants) -> dict[str, float]:
                 g_, w, sh, st, pm, nb, plan=tp, scale=1.0, acc=acc, out_dtype=jnp.float32
             )
         )
+        order = perm_r if pallas_conv.EDGE_IN_TARGET_ORDER else None
         edge = jax.jit(
-            lambda x, w, sh, g_: _edge_contract(
-                x, w, sh, g_, s, r, plan=plan, scale=1.0, acc=acc, want=("dw", "dsh")
+            lambda x, w, sh, g_, order=order: _edge_contract(
+                x, w, sh, g_, s, r, plan=plan, scale=1.0, acc=acc, want=("dw", "dsh"), order=order
             )
         )
         calls = {

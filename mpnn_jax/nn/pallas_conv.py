@@ -93,6 +93,10 @@ NBR_IN_ORDER = True
 #: indices loaded during this step, ``2`` the next step's operands too (their loads overlap the
 #: arithmetic: latency, not bandwidth, bounds these kernels; node kernel 1.04 -> 0.64 ms fp32).
 PREFETCH = 2
+#: Visit the edges in target order in the edge kernel, so that neighbouring programs read the same
+#: ``[n_out, C]`` cotangent rows (35 per edge for NequIP: its largest load) instead of random ones.
+#: Not timed on a GPU yet (``experiments/perf/pallas_tune.sh``).
+EDGE_IN_TARGET_ORDER = False
 #: Multiply the radial weights by the edge mask before the kernels. Redundant: masked edges are in
 #: no CSR and their weight and harmonic gradients are zeroed. Without it an fp32 program skips one
 #: elementwise pass over the ``[n_edges, n_paths * C]`` weights (and one over their gradient)
@@ -102,6 +106,7 @@ MASK_WEIGHTS = True
 SETTINGS = (
     "BLOCK_NODES", "BLOCK_EDGES", "NUM_WARPS", "NUM_STAGES", "NODE_GROUPS", "EDGE_SPLIT",
     "NBR_IN_ORDER", "BLOCK_NODES_T", "NUM_WARPS_T", "EDGE_WARPS", "PREFETCH", "MASK_WEIGHTS",
+    "EDGE_IN_TARGET_ORDER",
 )  # fmt: skip
 
 
@@ -373,16 +378,21 @@ def _output_groups(plan: Plan, n_groups: int) -> list[tuple[int, ...]]:
 
 
 def _edge_kernel(
-    nbr_ref, tgt_ref, x_ref, w_ref, sh_ref, g_ref, *out_refs, plan, block, n_edges, scale,
-    acc_dtype, want,
+    order_ref, nbr_ref, tgt_ref, x_ref, w_ref, sh_ref, g_ref, *out_refs, plan, block, n_edges,
+    scale, acc_dtype, want, has_order,
 ):  # fmt: skip
-    """One program: ``block`` edges; ``dw [block, n_paths, C]`` and/or ``dsh [block, d_sh]``."""
+    """One program: ``block`` edges; ``dw [block, n_paths, C]`` and/or ``dsh [block, d_sh]``.
+
+    With ``has_order`` the program's edges are ``order[rows]`` (``nbr``, ``tgt`` given in that
+    order), written back to their own rows."""
     c = plan.channels
     terms = plan.terms()
     rows = pl.program_id(0) * block + jnp.arange(block)  # [block]
-    e = jnp.minimum(rows, n_edges - 1)  # loads of the padded tail read the last edge
+    pos = jnp.minimum(rows, n_edges - 1)  # loads of the padded tail read the last edge
+    e = order_ref[pos] if has_order else pos  # [block] edge ids
+    dst = jnp.where(rows < n_edges, e, rows) if has_order else rows  # padded tail: its own rows
     cols = jnp.arange(c)[None, :]  # [1, C]
-    n, t = nbr_ref[e], tgt_ref[e]  # [block]
+    n, t = nbr_ref[pos], tgt_ref[pos]  # [block]
     x = {
         i: x_ref[(n * plan.n_in + i)[:, None] * c + cols].astype(acc_dtype)
         for i in sorted({i for i, _ in terms})
@@ -411,13 +421,13 @@ def _edge_kernel(
     if "dw" in want:
         dw_ref = refs.pop(0)
         for p in range(plan.n_paths):
-            dw_ref[(rows * plan.n_paths + p)[:, None] * c + cols] = (dw[p] * scale).astype(
+            dw_ref[(dst * plan.n_paths + p)[:, None] * c + cols] = (dw[p] * scale).astype(
                 dw_ref.dtype
             )
     if "dsh" in want:
         dsh_ref = refs.pop(0)
         for j in range(plan.d_sh):
-            dsh_ref[rows * plan.d_sh + j] = (jnp.sum(dsh[j], axis=1) * scale).astype(dsh_ref.dtype)
+            dsh_ref[dst * plan.d_sh + j] = (jnp.sum(dsh[j], axis=1) * scale).astype(dsh_ref.dtype)
 
 
 def _compiler_kwargs(num_warps: int) -> dict:
@@ -430,7 +440,7 @@ def _compiler_kwargs(num_warps: int) -> dict:
     return {"compiler_params": plgpu.CompilerParams(num_warps=num_warps, num_stages=NUM_STAGES)}
 
 
-def _edge_contract(x, w, sh, g, nbr, tgt, *, plan: Plan, scale: float, acc, want):
+def _edge_contract(x, w, sh, g, nbr, tgt, *, plan: Plan, scale: float, acc, want, order=None):
     """Per-edge contractions (no sum over edges) of the convolution's derivative:
     ``dw[e, p, c] = scale sum coef x[nbr[e], i, c] sh[e, j] g[tgt[e], o, c]`` and
     ``dsh[e, j] = scale sum_c sum coef x[nbr[e], i, c] w[e, p, c] g[tgt[e], o, c]``.
@@ -439,6 +449,8 @@ def _edge_contract(x, w, sh, g, nbr, tgt, *, plan: Plan, scale: float, acc, want
         x: [n_src, n_in, C]; w: [n_edges, n_paths, C]; sh: [n_edges, d_sh];
         g: [n_tgt, n_out, C]; nbr, tgt: int32 [n_edges].
         want: which of ``("dw", "dsh")`` to compute.
+        order: int32 [n_edges], a permutation of the edges to visit them in (e.g. by target,
+            so that neighbouring programs read the same rows of ``g``), or ``None``.
 
     Returns:
         ``{"dw": [n_edges, n_paths, C] in w's dtype, "dsh": [n_edges, d_sh] in sh's dtype}``
@@ -462,17 +474,29 @@ def _edge_contract(x, w, sh, g, nbr, tgt, *, plan: Plan, scale: float, acc, want
             scale=scale,
             acc_dtype=acc,
             want=want,
+            has_order=order is not None,
         ),  # fmt: skip
         out_shape=tuple(shapes[k] for k in want),
         grid=(e_pad // block,),
         name="mpnn_edge_contract",
         **_compiler_kwargs(warps_for("edge", block, c)),
-    )(nbr, tgt, x.reshape(-1), w.reshape(-1), sh.reshape(-1), g.reshape(-1))
+    )(
+        nbr if order is None else order,
+        nbr if order is None else nbr[order],  # [n_edges] in visiting order
+        tgt if order is None else tgt[order],
+        x.reshape(-1), w.reshape(-1), sh.reshape(-1), g.reshape(-1),
+    )  # fmt: skip
     result = {}
     for k, v in zip(want, outs, strict=True):
         rows = v.reshape(e_pad, -1)[:n_edges]
         result[k] = rows.reshape(w.shape) if k == "dw" else rows
     return result
+
+
+def _edge_order(graph):
+    """The edge kernel's visiting order: by target (the CSR's permutation) with
+    :data:`EDGE_IN_TARGET_ORDER`, else the edges' own order (already by target where promised)."""
+    return graph[1] if EDGE_IN_TARGET_ORDER else None
 
 
 def _reverse(graph):
@@ -518,7 +542,7 @@ def _edges(plan: Plan, scale: float, policy: Policy, x, w, sh, g, graph):
     :func:`_fused` leaves out), differentiable: its derivative is two :func:`_fused` calls per
     node input and one :func:`_edge_contract` per edge input."""
     nbr, tgt, live = graph[2], graph[5], graph[6]
-    kw = dict(plan=plan, scale=scale, acc=policy.accum("messages"))
+    kw = dict(plan=plan, scale=scale, acc=policy.accum("messages"), order=_edge_order(graph))
     if EDGE_SPLIT:
         out = _edge_contract(x, w, sh, g, nbr, tgt, want=("dw",), **kw)
         out |= _edge_contract(x, w, sh, g, nbr, tgt, want=("dsh",), **kw)
@@ -543,7 +567,7 @@ def _edges_bwd(plan, scale, policy, res, cts):
     rev, tp = _reverse(graph), plan.transposed()
     dx = _fused(tp, scale, policy, g, a, sh, rev) + _fused(tp, scale, policy, g, w, b, rev)
     dg = _fused(plan, scale, policy, x, a, sh, graph) + _fused(plan, scale, policy, x, w, b, graph)
-    kw = dict(plan=plan, scale=scale, acc=acc)
+    kw = dict(plan=plan, scale=scale, acc=acc, order=_edge_order(graph))
     dw = _edge_contract(x, w, b, g, nbr, tgt, want=("dw",), **kw)["dw"]
     dsh = _edge_contract(x, a, sh, g, nbr, tgt, want=("dsh",), **kw)["dsh"]
     return dx.astype(x.dtype), dw, dsh, dg.astype(g.dtype), (None,) * len(graph)

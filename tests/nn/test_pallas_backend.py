@@ -94,8 +94,8 @@ def test_fp64_values_first_and_second_derivatives(x64, irreps_in, block, split, 
     with the kernels' outputs split over several calls (``NODE_GROUPS``, ``EDGE_SPLIT``), the
     neighbour indices read through the permutation (``NBR_IN_ORDER``) and the transposed kernel
     on a block of its own (``BLOCK_NODES_T``), the loop's loads issued a step ahead
-    (``PREFETCH``), and the padded edges' garbage weights unmasked (``MASK_WEIGHTS``): no program
-    may read them."""
+    (``PREFETCH``), the padded edges' garbage weights unmasked (``MASK_WEIGHTS``): no program
+    may read them, and the edge kernel visiting the edges by receiver (``EDGE_IN_TARGET_ORDER``)."""
     monkeypatch.setattr(pc, "BLOCK_NODES", block)
     monkeypatch.setattr(pc, "BLOCK_NODES_T", 2 * block if not split else block // 2)
     monkeypatch.setattr(pc, "BLOCK_EDGES", 2 * block)
@@ -104,6 +104,7 @@ def test_fp64_values_first_and_second_derivatives(x64, irreps_in, block, split, 
     monkeypatch.setattr(pc, "NBR_IN_ORDER", split)
     monkeypatch.setattr(pc, "PREFETCH", 1 if split else 0)  # the default (2): every other test
     monkeypatch.setattr(pc, "MASK_WEIGHTS", split)  # off: padded edges' 1e3 weights reach it
+    monkeypatch.setattr(pc, "EDGE_IN_TARGET_ORDER", not split)
     x, sh, w, s, r, m = conv_inputs(irreps_in, dtype=jnp.float64)
     policy = get_policy("fp64")
     res = {}
