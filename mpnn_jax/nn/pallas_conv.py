@@ -493,6 +493,11 @@ def _edge_contract(x, w, sh, g, nbr, tgt, *, plan: Plan, scale: float, acc, want
     return result
 
 
+def _live_only(x: jax.Array, live: jax.Array) -> jax.Array:
+    """``x [n_edges, ...]`` with the rows of masked edges zero (``live``: bool [n_edges])."""
+    return jnp.where(live.reshape(-1, *(1,) * (x.ndim - 1)), x, jnp.zeros((), x.dtype))
+
+
 def _edge_order(graph):
     """The edge kernel's visiting order: by target (the CSR's permutation) with
     :data:`EDGE_IN_TARGET_ORDER`, else the edges' own order (already by target where promised)."""
@@ -548,8 +553,7 @@ def _edges(plan: Plan, scale: float, policy: Policy, x, w, sh, g, graph):
         out |= _edge_contract(x, w, sh, g, nbr, tgt, want=("dsh",), **kw)
     else:
         out = _edge_contract(x, w, sh, g, nbr, tgt, want=("dw", "dsh"), **kw)
-    dw = jnp.where(live[:, None, None], out["dw"], jnp.zeros((), out["dw"].dtype))
-    return dw, jnp.where(live[:, None], out["dsh"], jnp.zeros((), out["dsh"].dtype))
+    return _live_only(out["dw"], live), _live_only(out["dsh"], live)
 
 
 def _edges_fwd(plan, scale, policy, x, w, sh, g, graph):
@@ -561,8 +565,7 @@ def _edges_bwd(plan, scale, policy, res, cts):
     # (of dsh): linear in each input, so every derivative is a kernel of this module again
     x, w, sh, g, graph = res
     nbr, tgt, live = graph[2], graph[5], graph[6]
-    a = policy.cast("messages", jnp.where(live[:, None, None], cts[0], jnp.zeros((), cts[0].dtype)))
-    b = policy.cast("messages", jnp.where(live[:, None], cts[1], jnp.zeros((), cts[1].dtype)))
+    a, b = (policy.cast("messages", _live_only(ct, live)) for ct in cts)
     acc = policy.accum("messages")
     rev, tp = _reverse(graph), plan.transposed()
     dx = _fused(tp, scale, policy, g, a, sh, rev) + _fused(tp, scale, policy, g, w, b, rev)
