@@ -36,6 +36,7 @@ from mpnn_jax.data.graphs import edge_mask
 from mpnn_jax.nn import pallas_conv
 from mpnn_jax.nn.convolution import e3nn_convolution, num_path_weights
 from mpnn_jax.precision import get_policy
+from mpnn_jax.precision import ops as precision_ops
 
 
 def agreement(n_nodes: int, n_edges: int, preset: str = "fp32") -> dict[str, float]:
@@ -75,14 +76,20 @@ def agreement(n_nodes: int, n_edges: int, preset: str = "fp32") -> dict[str, flo
 
 
 DEFAULTS = {k: getattr(pallas_conv, k) for k in pallas_conv.SETTINGS}
+#: settings of other modules a variant may set too (same ``KEY=V`` form)
+OTHER = {"SMALL_CONTRACTION_UNBATCHED": precision_ops}
+OTHER_DEFAULTS = {k: getattr(m, k) for k, m in OTHER.items()}
 
 
 def apply_variant(variant: str) -> tuple[str, str]:
-    """``"e3nn"`` or ``"pallas[:KEY=V,...]"`` (keys of :data:`pallas_conv.SETTINGS`, plus
-    ``sorted=receivers|senders``): sets the module settings, returns (backend, sorted_edges)."""
+    """``"e3nn"`` or ``"pallas[:KEY=V,...]"`` (keys of :data:`pallas_conv.SETTINGS` and of
+    :data:`OTHER`, plus ``sorted=receivers|senders``): sets the module settings, returns
+    (backend, sorted_edges)."""
     backend, _, spec = variant.partition(":")
     for k, v in DEFAULTS.items():
         setattr(pallas_conv, k, v)
+    for k, v in OTHER_DEFAULTS.items():
+        setattr(OTHER[k], k, v)
     sorted_edges = "none"
     for item in filter(None, spec.split(",")):
         key, _, value = item.partition("=")
@@ -90,8 +97,11 @@ def apply_variant(variant: str) -> tuple[str, str]:
             sorted_edges = value
         elif key in DEFAULTS:
             setattr(pallas_conv, key, type(DEFAULTS[key])(int(value)))
+        elif key in OTHER:
+            setattr(OTHER[key], key, type(OTHER_DEFAULTS[key])(int(value)))
         else:
-            raise ValueError(f"unknown setting {key!r}; expected sorted or one of {list(DEFAULTS)}")
+            known = [*DEFAULTS, *OTHER]
+            raise ValueError(f"unknown setting {key!r}; expected sorted or one of {known}")
     return backend, sorted_edges
 
 

@@ -80,6 +80,18 @@ python3 experiments/perf/pallas_conv.py --out "$out/pallas_mask.json" --kernels 
   --no-ceilings --cases $W:fp32:ef $W:bf16-mixed:ef $W:fp32:train $W:bf16-mixed:train \
   --variants pallas pallas:MASK_WEIGHTS=0
 fi
+if [[ " $steps " == *" radial "* ]]; then
+# session 13: the radial MLP's first layer as a GEMM (the new default) against its elementwise
+# form (SMALL_CONTRACTION_UNBATCHED=1, the program before), then the weight mask off, then the
+# edge kernel in receiver order on top; E+F both presets, training old against new
+U=pallas:SMALL_CONTRACTION_UNBATCHED=1
+python3 experiments/perf/pallas_conv.py --out "$out/pallas_radial.json" --kernels --repeats 20 \
+  --no-ceilings --cases $W:fp32:ef $W:bf16-mixed:ef \
+  --variants $U pallas pallas:MASK_WEIGHTS=0 pallas:MASK_WEIGHTS=0,EDGE_IN_TARGET_ORDER=1
+python3 experiments/perf/pallas_conv.py --out "$out/pallas_radial_train.json" --kernels \
+  --repeats 20 --no-ceilings --cases $W:fp32:train $W:bf16-mixed:train \
+  --variants $U pallas:MASK_WEIGHTS=0
+fi
 if [[ " $steps " == *" mace "* ]]; then
 python3 experiments/perf/pallas_conv.py --out "$out/pallas_mace.json" --kernels --repeats 20 \
   --no-ceilings --cases mace-mp-s:water:10000:fp32:ef mace-mp-s:water:10000:bf16-mixed:ef \

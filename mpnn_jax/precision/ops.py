@@ -14,7 +14,9 @@ Tiny contractions (contracted size at most :data:`SMALL_CONTRACTION`, e.g. the p
 dots into fused elementwise code only when operands and result share a dtype). On accelerators
 :func:`accum_einsum` evaluates them with :func:`accum_contraction` instead: the operands are
 upcast to the accumulator dtype, multiplied elementwise (exact, as above) and summed in the
-accumulator dtype, which XLA fuses with its neighbours. The same function again.
+accumulator dtype, which XLA fuses with its neighbours. The same function again. Only batched
+contractions take that path (:data:`SMALL_CONTRACTION_UNBATCHED`): a plain matmul with a short
+contracted side is still a GEMM for XLA, and its elementwise form's gradient is a slow reduction.
 
 The dtype audit (:mod:`mpnn_jax.precision.audit`) reads the accelerator branch, which is what
 runs on the hardware the policy is for; it reports an :func:`accum_contraction` as one matmul
@@ -37,6 +39,12 @@ SMALL_CONTRACTION = 16
 #: Whether tiny contractions whose operands are already in the accumulator dtype (FP32 stages)
 #: take the elementwise path too.
 SMALL_CONTRACTION_SAME_DTYPE = True
+#: Whether tiny *unbatched* contractions (no output dimension shared by two operands: plain
+#: matmuls such as the radial MLP's first layer, ``[n_edges, n_basis] @ [n_basis, 64]``) take the
+#: elementwise path too. Off: XLA runs them as GEMMs well, and the elementwise form's transpose
+#: is a reduction over the *wide* side (64) that took 0.42 ms per layer on an H200 at 547k edges,
+#: 9% of NequIP-M's E+F (PERFORMANCE_LOG entry 15).
+SMALL_CONTRACTION_UNBATCHED = False
 
 
 def accum_einsum(subscripts: str, *operands: jax.Array, accum_dtype: Any) -> jax.Array:
@@ -52,7 +60,9 @@ def accum_einsum(subscripts: str, *operands: jax.Array, accum_dtype: Any) -> jax
     """
     accum_dtype = jnp.dtype(accum_dtype)
     same = all(jnp.dtype(o.dtype) == accum_dtype for o in operands)
-    small = contracted_size(subscripts, *operands) <= SMALL_CONTRACTION
+    small = contracted_size(subscripts, *operands) <= SMALL_CONTRACTION and (
+        SMALL_CONTRACTION_UNBATCHED or is_batched(subscripts, *operands)
+    )
 
     def native(*ops):
         return jnp.einsum(subscripts, *ops, preferred_element_type=accum_dtype)
@@ -103,6 +113,22 @@ def _explicit(subscripts: str, *operands: jax.Array) -> tuple[list[str], str] | 
     if len(set(out)) != len(out) or not set(out) <= set("".join(expanded)):
         return None
     return expanded, out
+
+
+def is_batched(subscripts: str, *operands: jax.Array) -> bool:
+    """Whether an einsum is batched: some output dimension comes from two or more operands
+    (``True`` where the subscripts cannot be parsed).
+
+    Example:
+        >>> a, b, m = jnp.ones((10, 4, 3)), jnp.ones((10, 3, 5)), jnp.ones((3, 5))
+        >>> is_batched("eui,eik->euk", a, b), is_batched("...k,kn->...n", a, m)
+        (True, False)
+    """
+    parsed = _explicit(subscripts, *operands)
+    if parsed is None:
+        return True
+    ins, out = parsed
+    return any(sum(c in s for s in ins) > 1 for c in out)
 
 
 def contracted_size(subscripts: str, *operands: jax.Array) -> int:

@@ -252,3 +252,28 @@ def test_tiny_contraction_is_one_matmul_record():
     x, w = jnp.ones((2, 64), jnp.bfloat16), jnp.ones((64, 2), jnp.bfloat16)
     big = audit(lambda x, w: accum_einsum("ij,jk->ik", x, w, accum_dtype=jnp.float32), x, w)
     assert [r.primitive for r in big.records if r.kind == "matmul"] == ["dot_general"]
+
+
+@pytest.mark.parametrize("elementwise", [False, True])
+def test_tiny_unbatched_matmul_is_a_dot_unless_asked(monkeypatch, elementwise):
+    """A plain matmul with a short contracted side (the radial MLP's first layer, K = n_basis)
+    stays a ``dot_general`` (its elementwise form's transpose is a slow reduction over the wide
+    side); ``SMALL_CONTRACTION_UNBATCHED`` turns the elementwise path back on. Same values and
+    gradients either way."""
+    from mpnn_jax.precision import ops as pops
+
+    monkeypatch.setattr(pops, "SMALL_CONTRACTION_UNBATCHED", elementwise)
+    x = jnp.linspace(-1, 1, 6 * 8).reshape(6, 8)
+    w = jnp.linspace(0, 2, 8 * 64).reshape(8, 64)
+
+    def f(x, w):
+        return jnp.sum(jnp.sin(pops.accum_einsum("...k,kn->...n", x, w, accum_dtype=jnp.float32)))
+
+    report = audit(jax.grad(f, argnums=(0, 1)), x, w)
+    want = "accum_contraction" if elementwise else "dot_general"
+    assert {r.primitive for r in report.records if r.kind == "matmul"} == {want}
+    x64, w64 = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    gx, gw = jax.grad(f, argnums=(0, 1))(x, w)
+    c = np.cos(x64 @ w64)
+    np.testing.assert_allclose(np.asarray(gx), c @ w64.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(gw), x64.T @ c, rtol=1e-5, atol=1e-5)
