@@ -95,5 +95,5 @@ fi
 if [[ " $steps " == *" mace "* ]]; then
 python3 experiments/perf/pallas_conv.py --out "$out/pallas_mace.json" --kernels --repeats 20 \
   --no-ceilings --cases mace-mp-s:water:10000:fp32:ef mace-mp-s:water:10000:bf16-mixed:ef \
-  --variants e3nn pallas
+  --variants pallas e3nn
 fi

@@ -95,13 +95,14 @@ NBR_IN_ORDER = True
 PREFETCH = 2
 #: Visit the edges in target order in the edge kernel, so that neighbouring programs read the same
 #: ``[n_out, C]`` cotangent rows (35 per edge for NequIP: its largest load) instead of random ones.
-#: Not timed on a GPU yet (``experiments/perf/pallas_tune.sh``).
+#: Measured slower on an H200 (NequIP-M E+F 13.74 -> 13.82 ms fp32, 12.26 -> 12.54 bf16-mixed;
+#: log entry 15): the extra index gather costs more than the cotangent rows' locality saves.
 EDGE_IN_TARGET_ORDER = False
 #: Multiply the radial weights by the edge mask before the kernels. Redundant: masked edges are in
-#: no CSR and their weight and harmonic gradients are zeroed. Without it an fp32 program skips one
-#: elementwise pass over the ``[n_edges, n_paths * C]`` weights (and one over their gradient)
-#: wherever XLA does not fuse the product into the radial MLP's last matmul; kept on until timed.
-MASK_WEIGHTS = True
+#: no CSR and their weight and harmonic gradients are zeroed. Off: one elementwise pass over the
+#: ``[n_edges, n_paths * C]`` weights and one over their gradient fewer per layer (H200,
+#: NequIP-M E+F 15.11 -> 13.74 ms fp32, 13.41 -> 12.26 bf16-mixed; log entry 15).
+MASK_WEIGHTS = False
 #: Names of the settings above (for experiments that vary them).
 SETTINGS = (
     "BLOCK_NODES", "BLOCK_EDGES", "NUM_WARPS", "NUM_STAGES", "NODE_GROUPS", "EDGE_SPLIT",
