@@ -193,11 +193,8 @@ def part_times(system, preset: str, repeats: int, variants) -> dict[str, float]:
             )
         )
         order = perm_r if pallas_conv.EDGE_IN_TARGET_ORDER else None
-        edge = jax.jit(
-            lambda x, w, sh, g_, order=order: _edge_contract(
-                x, w, sh, g_, s, r, plan=plan, scale=1.0, acc=acc, want=("dw", "dsh"), order=order
-            )
-        )
+        kw = dict(plan=plan, scale=1.0, acc=acc, want=("dw", "dsh"), order=order)
+        edge = jax.jit(lambda x, w, sh, g_, kw=kw: _edge_contract(x, w, sh, g_, s, r, live, **kw))
         calls = {
             "node": (node, (x, w, sh, start_r, perm_r, s)),
             "transposed": (trans, (gout, w, sh, start_s, perm_s, r)),

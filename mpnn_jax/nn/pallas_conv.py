@@ -379,13 +379,14 @@ def _output_groups(plan: Plan, n_groups: int) -> list[tuple[int, ...]]:
 
 
 def _edge_kernel(
-    order_ref, nbr_ref, tgt_ref, x_ref, w_ref, sh_ref, g_ref, *out_refs, plan, block, n_edges,
-    scale, acc_dtype, want, has_order,
+    order_ref, nbr_ref, tgt_ref, live_ref, x_ref, w_ref, sh_ref, g_ref, *out_refs, plan, block,
+    n_edges, scale, acc_dtype, want, has_order,
 ):  # fmt: skip
-    """One program: ``block`` edges; ``dw [block, n_paths, C]`` and/or ``dsh [block, d_sh]``.
+    """One program: ``block`` edges; ``dw [block, n_paths, C]`` and/or ``dsh [block, d_sh]``,
+    zero on masked edges (``live == 0``; a select, so whatever they hold stays out).
 
-    With ``has_order`` the program's edges are ``order[rows]`` (``nbr``, ``tgt`` given in that
-    order), written back to their own rows."""
+    With ``has_order`` the program's edges are ``order[rows]`` (``nbr``, ``tgt``, ``live``
+    given in that order), written back to their own rows."""
     c = plan.channels
     terms = plan.terms()
     rows = pl.program_id(0) * block + jnp.arange(block)  # [block]
@@ -394,6 +395,7 @@ def _edge_kernel(
     dst = jnp.where(rows < n_edges, e, rows) if has_order else rows  # padded tail: its own rows
     cols = jnp.arange(c)[None, :]  # [1, C]
     n, t = nbr_ref[pos], tgt_ref[pos]  # [block]
+    keep = live_ref[pos] != 0  # [block]
     x = {
         i: x_ref[(n * plan.n_in + i)[:, None] * c + cols].astype(acc_dtype)
         for i in sorted({i for i, _ in terms})
@@ -422,13 +424,13 @@ def _edge_kernel(
     if "dw" in want:
         dw_ref = refs.pop(0)
         for p in range(plan.n_paths):
-            dw_ref[(dst * plan.n_paths + p)[:, None] * c + cols] = (dw[p] * scale).astype(
-                dw_ref.dtype
-            )
+            val = jnp.where(keep[:, None], dw[p] * scale, 0.0)
+            dw_ref[(dst * plan.n_paths + p)[:, None] * c + cols] = val.astype(dw_ref.dtype)
     if "dsh" in want:
         dsh_ref = refs.pop(0)
         for j in range(plan.d_sh):
-            dsh_ref[dst * plan.d_sh + j] = (jnp.sum(dsh[j], axis=1) * scale).astype(dsh_ref.dtype)
+            val = jnp.where(keep, jnp.sum(dsh[j], axis=1) * scale, 0.0)
+            dsh_ref[dst * plan.d_sh + j] = val.astype(dsh_ref.dtype)
 
 
 def _compiler_kwargs(num_warps: int) -> dict:
@@ -441,14 +443,18 @@ def _compiler_kwargs(num_warps: int) -> dict:
     return {"compiler_params": plgpu.CompilerParams(num_warps=num_warps, num_stages=NUM_STAGES)}
 
 
-def _edge_contract(x, w, sh, g, nbr, tgt, *, plan: Plan, scale: float, acc, want, order=None):
+def _edge_contract(
+    x, w, sh, g, nbr, tgt, live, *, plan: Plan, scale: float, acc, want, order=None
+):  # fmt: skip
     """Per-edge contractions (no sum over edges) of the convolution's derivative:
     ``dw[e, p, c] = scale sum coef x[nbr[e], i, c] sh[e, j] g[tgt[e], o, c]`` and
-    ``dsh[e, j] = scale sum_c sum coef x[nbr[e], i, c] w[e, p, c] g[tgt[e], o, c]``.
+    ``dsh[e, j] = scale sum_c sum coef x[nbr[e], i, c] w[e, p, c] g[tgt[e], o, c]``, both zero
+    on masked edges (in the kernel: no elementwise pass over the ``[n_edges, n_paths, C]`` array
+    afterwards).
 
     Args:
         x: [n_src, n_in, C]; w: [n_edges, n_paths, C]; sh: [n_edges, d_sh];
-        g: [n_tgt, n_out, C]; nbr, tgt: int32 [n_edges].
+        g: [n_tgt, n_out, C]; nbr, tgt: int32 [n_edges]; live: bool [n_edges].
         want: which of ``("dw", "dsh")`` to compute.
         order: int32 [n_edges], a permutation of the edges to visit them in (e.g. by target,
             so that neighbouring programs read the same rows of ``g``), or ``None``.
@@ -485,6 +491,7 @@ def _edge_contract(x, w, sh, g, nbr, tgt, *, plan: Plan, scale: float, acc, want
         nbr if order is None else order,
         nbr if order is None else nbr[order],  # [n_edges] in visiting order
         tgt if order is None else tgt[order],
+        (live if order is None else live[order]).astype(jnp.int32),
         x.reshape(-1), w.reshape(-1), sh.reshape(-1), g.reshape(-1),
     )  # fmt: skip
     result = {}
@@ -492,11 +499,6 @@ def _edge_contract(x, w, sh, g, nbr, tgt, *, plan: Plan, scale: float, acc, want
         rows = v.reshape(e_pad, -1)[:n_edges]
         result[k] = rows.reshape(w.shape) if k == "dw" else rows
     return result
-
-
-def _live_only(x: jax.Array, live: jax.Array) -> jax.Array:
-    """``x [n_edges, ...]`` with the rows of masked edges zero (``live``: bool [n_edges])."""
-    return jnp.where(live.reshape(-1, *(1,) * (x.ndim - 1)), x, jnp.zeros((), x.dtype))
 
 
 def _edge_order(graph):
@@ -550,11 +552,11 @@ def _edges(plan: Plan, scale: float, policy: Policy, x, w, sh, g, graph):
     nbr, tgt, live = graph[2], graph[5], graph[6]
     kw = dict(plan=plan, scale=scale, acc=policy.accum("messages"), order=_edge_order(graph))
     if EDGE_SPLIT:
-        out = _edge_contract(x, w, sh, g, nbr, tgt, want=("dw",), **kw)
-        out |= _edge_contract(x, w, sh, g, nbr, tgt, want=("dsh",), **kw)
+        out = _edge_contract(x, w, sh, g, nbr, tgt, live, want=("dw",), **kw)
+        out |= _edge_contract(x, w, sh, g, nbr, tgt, live, want=("dsh",), **kw)
     else:
-        out = _edge_contract(x, w, sh, g, nbr, tgt, want=("dw", "dsh"), **kw)
-    return _live_only(out["dw"], live), _live_only(out["dsh"], live)
+        out = _edge_contract(x, w, sh, g, nbr, tgt, live, want=("dw", "dsh"), **kw)
+    return out["dw"], out["dsh"]
 
 
 def _edges_fwd(plan, scale, policy, x, w, sh, g, graph):
@@ -564,16 +566,18 @@ def _edges_fwd(plan, scale, policy, x, w, sh, g, graph):
 def _edges_bwd(plan, scale, policy, res, cts):
     # L = scale sum_e sum_terms coef x_i g_o (a_p sh_j + w_p b_j) for cotangents a (of dw) and b
     # (of dsh): linear in each input, so every derivative is a kernel of this module again
+    # the cotangents' masked rows are read by no kernel's sum: the node kernels walk live edges
+    # only, and the edge kernel's outputs on masked edges are selected to zero
     x, w, sh, g, graph = res
     nbr, tgt, live = graph[2], graph[5], graph[6]
-    a, b = (policy.cast("messages", _live_only(ct, live)) for ct in cts)
+    a, b = (policy.cast("messages", ct) for ct in cts)
     acc = policy.accum("messages")
     rev, tp = _reverse(graph), plan.transposed()
     dx = _fused(tp, scale, policy, g, a, sh, rev) + _fused(tp, scale, policy, g, w, b, rev)
     dg = _fused(plan, scale, policy, x, a, sh, graph) + _fused(plan, scale, policy, x, w, b, graph)
     kw = dict(plan=plan, scale=scale, acc=acc, order=_edge_order(graph))
-    dw = _edge_contract(x, w, b, g, nbr, tgt, want=("dw",), **kw)["dw"]
-    dsh = _edge_contract(x, a, sh, g, nbr, tgt, want=("dsh",), **kw)["dsh"]
+    dw = _edge_contract(x, w, b, g, nbr, tgt, live, want=("dw",), **kw)["dw"]
+    dsh = _edge_contract(x, a, sh, g, nbr, tgt, live, want=("dsh",), **kw)["dsh"]
     return dx.astype(x.dtype), dw, dsh, dg.astype(g.dtype), (None,) * len(graph)
 
 
