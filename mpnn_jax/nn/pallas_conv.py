@@ -90,8 +90,10 @@ EDGE_SPLIT = False
 #: that no load in the loop waits on another.
 NBR_IN_ORDER = True
 #: Software pipelining of the node kernels' loop by hand: ``0`` none, ``1`` the next step's
-#: indices loaded during this step, ``2`` the next step's operands too (their loads overlap the
-#: arithmetic: latency, not bandwidth, bounds these kernels; node kernel 1.04 -> 0.64 ms fp32).
+#: indices loaded during this step, ``k >= 2`` the operands of the next ``k - 1`` steps too (their
+#: loads overlap the arithmetic: latency, not bandwidth, bounds these kernels; node kernel
+#: 1.04 -> 0.64 ms fp32 with 2). ``3`` and more keep more bytes in flight (more registers);
+#: not timed on a GPU yet (log entry 15: the transposed kernel gains nothing from BF16).
 PREFETCH = 2
 #: Visit the edges in target order in the edge kernel, so that neighbouring programs read the same
 #: ``[n_out, C]`` cotangent rows (35 per edge for NequIP: its largest load) instead of random ones.
@@ -312,14 +314,16 @@ def _kernel(
             return accumulate(acc, loads(idx)), indices(k + 1)
 
         acc = lax.fori_loop(0, steps, body, (zero, indices(0)))[0]
-    else:  # and step k+1's operands load while step k computes
+    else:  # and the operands of the next prefetch - 1 steps load while step k computes
+        depth = prefetch - 1
 
         def body(k, carry):
-            acc, data, idx = carry
+            acc, queue, idx = carry  # queue: the loaded operands of steps k .. k + depth - 1
             nxt = loads(idx)
-            return accumulate(acc, data), nxt, indices(k + 2)
+            return accumulate(acc, queue[0]), (*queue[1:], nxt), indices(k + depth + 1)
 
-        acc = lax.fori_loop(0, steps, body, (zero, loads(indices(0)), indices(1)))[0]
+        queue = tuple(loads(indices(i)) for i in range(depth))
+        acc = lax.fori_loop(0, steps, body, (zero, queue, indices(depth)))[0]
     for o in range(len(outputs)):
         out_ref[(rows * len(outputs) + o)[:, None] * c + cols] = (acc[o] * scale).astype(
             out_ref.dtype
