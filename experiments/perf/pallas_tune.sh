@@ -12,14 +12,10 @@
 #   source experiments/gpu_env.sh && bash experiments/perf/pallas_tune.sh OUT sweep
 #   TUNE_JSON=experiments/results/benchmarks/h200_pallas/tune_prefetch.json \
 #     bash experiments/perf/pallas_tune.sh OUT models
-# Steps not run yet (session 12 ran out of device time; each is one call of 3-6 minutes):
-#   train: NequIP-M training steps, session-11 settings against the defaults, both presets;
-#   mask:  NequIP-M E+F and training with and without MASK_WEIGHTS (redundant since the masked
-#          edges left the CSRs; predicted: fp32 faster by up to an elementwise pass over the
-#          weights and one over their gradient per layer, bf16-mixed unchanged: its cast stays);
-#   mace:  MACE MP-S size at 10,125 atoms, e3nn against pallas (never timed), E+F, both presets.
-# The sweep's last three variants (EDGE_IN_TARGET_ORDER, built in session 12) are not timed yet;
-# run 4 ran the sweep without them.
+# Session 13 ran `radial` (419 s) and `mace` (87 s); `mask` is covered by `radial`, `train` by
+# `radial`'s training rows (session-11 settings are no longer worth a row). Not run yet:
+#   next:  what session 13 built after its last run (one call, about 5 minutes).
+# The sweep's EDGE_IN_TARGET_ORDER variants are superseded by `radial`'s model rows (slower).
 set -euo pipefail
 out=${1:?output folder}
 shift
@@ -91,6 +87,18 @@ python3 experiments/perf/pallas_conv.py --out "$out/pallas_radial.json" --kernel
 python3 experiments/perf/pallas_conv.py --out "$out/pallas_radial_train.json" --kernels \
   --repeats 20 --no-ceilings --cases $W:fp32:train $W:bf16-mixed:train \
   --variants $U pallas:MASK_WEIGHTS=0
+fi
+if [[ " $steps " == *" next "* ]]; then
+# built in session 13 after its last run, not timed: the edge kernel zeroing masked edges itself
+# (predicted: NequIP-M E+F 13.74 -> ~12.7 ms fp32, 12.26 -> ~11.6 bf16-mixed) and deeper
+# prefetch of the node kernels (PREFETCH 3, 4: more bytes in flight for the BF16 kernels, which
+# gained nothing from 16 bits in the transposed direction); kernels alone, then the models
+python3 experiments/perf/pallas_conv.py --out "$out/pallas_next.json" --cases --no-ceilings \
+  --parts-only --repeats 20 --kernel-variants pallas pallas:PREFETCH=3 pallas:PREFETCH=4 \
+  pallas:PREFETCH=3,BLOCK_NODES=4,BLOCK_NODES_T=2
+python3 experiments/perf/pallas_conv.py --out "$out/pallas_next_models.json" --kernels \
+  --repeats 20 --no-ceilings --cases $W:fp32:ef $W:bf16-mixed:ef $W:fp32:train \
+  $W:bf16-mixed:train --variants pallas pallas:PREFETCH=3
 fi
 if [[ " $steps " == *" mace "* ]]; then
 python3 experiments/perf/pallas_conv.py --out "$out/pallas_mace.json" --kernels --repeats 20 \
