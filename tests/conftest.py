@@ -1,4 +1,5 @@
-"""Fixtures shared by all test directories (keep small): float64 on demand and a seeded rng."""
+"""Fixtures shared by all test directories (keep small): float64 on demand, a seeded rng and one
+persistent XLA compilation cache for the session."""
 
 import jax
 import numpy as np
@@ -16,3 +17,26 @@ def x64():
 def rng():
     """A seeded numpy generator."""
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """A persistent XLA compilation cache for the whole session (one per pytest-xdist worker):
+    tests that jit the same program through new function objects (each ``jax.jit(make_predictor(
+    model))``, the resume tests' four compilations of one step) compile it once. Its path, for
+    subprocesses that should share it."""
+    path = str(tmp_path_factory.mktemp("xla_cache"))
+    old = {
+        k: getattr(jax.config, k)
+        for k in (
+            "jax_compilation_cache_dir",
+            "jax_persistent_cache_min_compile_time_secs",
+            "jax_persistent_cache_min_entry_size_bytes",
+        )
+    }
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    yield path
+    for k, v in old.items():
+        jax.config.update(k, v)

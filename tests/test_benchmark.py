@@ -73,6 +73,7 @@ def test_build_system_edge_padding():
         bm.build_system("water", 100, cutoff=5.0, species_table=table, edge_multiple=-1)
 
 
+@pytest.mark.slow  # the harness's own quick test above covers the rows it writes
 def test_side_by_side_script_quick(tmp_path):
     """The side-by-side script's CPU smoke run: one row per variant, each padded as it says, and
     a table with each variant's speed-up over the first (no timing claims from the CPU)."""

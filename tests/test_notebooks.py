@@ -13,7 +13,13 @@ def test_notebooks_exist():
     assert {p.name for p in NOTEBOOKS} >= {"quickstart.ipynb", "precision_explorer.ipynb"}
 
 
-@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+@pytest.mark.parametrize(
+    "notebook",
+    [  # the quickstart in the default suite, the others with -m slow (40-50 s each on 2 cores)
+        p if p.stem == "quickstart" else pytest.param(p, marks=pytest.mark.slow) for p in NOTEBOOKS
+    ],
+    ids=[p.stem for p in NOTEBOOKS],
+)
 def test_notebook_runs(notebook, tmp_path):
     cmd = [
         sys.executable,

@@ -10,11 +10,13 @@ import sys
 from pathlib import Path
 
 import jax
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "perf" / "parallel_overhead.py"
 
 
+@pytest.mark.slow  # an experiment script's smoke run (33 s); tests/training covers the step
 def test_quick_run_writes_every_case(tmp_path):
     out = tmp_path / "overhead.json"
     args = ["--quick", "--model", "nequip", "--batch-sizes", "3", "--out", str(out)]

@@ -175,6 +175,7 @@ def test_padding_invariance_and_nan_safety(setup):
     assert float(jnp.abs(grad).max()) == 0.0  # masked edges do not move the energy
 
 
+@pytest.mark.slow  # every other test runs jitted; NequIP's twin stays in the default suite
 def test_jit_matches_no_jit(setup):
     model, params, graph, _ = setup
     vec = (
@@ -223,6 +224,7 @@ def test_stress_matches_fp64_finite_strain(setup, x64):
     np.testing.assert_allclose(stress, stress.T, atol=1e-10)
 
 
+@pytest.mark.slow  # NequIP's twin and the energy-stage tests keep this in the default suite
 def test_bf16_mixed_close_to_fp64_and_bf16_pure_worse(setup, x64):
     model, params, _, _ = setup
     g64 = _pad(_graph("float64", seed=4, n_atoms=8))

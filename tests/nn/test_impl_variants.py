@@ -148,7 +148,7 @@ def test_mace_variants_same_outputs_and_parameter_gradients(spec, graph):
         assert diff <= tol * scale, (key, diff, scale)
 
 
-@pytest.mark.parametrize("spec", ["fp32", "bf16-mixed"])
+@pytest.mark.parametrize("spec", [pytest.param("fp32", marks=pytest.mark.slow), "bf16-mixed"])
 def test_mace_variants_audit_clean(spec, graph):
     """E+F is audit-clean in both variants; the parameter gradient of a force loss (the training
     step) has no violation in the take variant that the one-hot one does not have."""

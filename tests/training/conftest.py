@@ -33,26 +33,6 @@ def run_dir(tmp_path_factory):
     return workdir
 
 
-@pytest.fixture(scope="session", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """A persistent XLA cache for this session: the resume tests compile the same step 4 times."""
-    path = str(tmp_path_factory.mktemp("xla_cache"))
-    old = {
-        k: getattr(jax.config, k)
-        for k in (
-            "jax_compilation_cache_dir",
-            "jax_persistent_cache_min_compile_time_secs",
-            "jax_persistent_cache_min_entry_size_bytes",
-        )
-    }
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    yield path
-    for k, v in old.items():
-        jax.config.update(k, v)
-
-
 def ethanol_graphs(n: int, *, start: int = 0, dtype=np.float32) -> list:
     configs = read_xyz(bundled_path("rmd17_ethanol", "train"), index=f"{start}:{start + n}")
     return [atoms_to_graph(c, cutoff=4.0, species_table=SPECIES, dtype=dtype) for c in configs]

@@ -32,7 +32,10 @@ def read_losses(workdir: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in lines]
 
 
-@pytest.mark.parametrize("policy", ["fp32", "bf16-mixed", "fp16-mixed", "bf16-pure"])
+@pytest.mark.parametrize(
+    "policy",
+    ["fp32", "bf16-mixed", "fp16-mixed", pytest.param("bf16-pure", marks=pytest.mark.slow)],
+)
 def test_few_steps_decrease_loss_without_nan(tmp_path, policy):
     cfg = load_config(TINY, overrides=[*FAST, f"precision.policy={policy}"])
     summary = train(cfg, tmp_path)
