@@ -77,7 +77,7 @@ def agreement(n_nodes: int, n_edges: int, preset: str = "fp32") -> dict[str, flo
 
 DEFAULTS = {k: getattr(pallas_conv, k) for k in pallas_conv.SETTINGS}
 #: settings of other modules a variant may set too (same ``KEY=V`` form)
-OTHER = {"SMALL_CONTRACTION_UNBATCHED": precision_ops}
+OTHER = {"SMALL_CONTRACTION_UNBATCHED": precision_ops, "STORE_16BIT": precision_ops}
 OTHER_DEFAULTS = {k: getattr(m, k) for k, m in OTHER.items()}
 
 

@@ -13,7 +13,8 @@ are marked *backward*. Equations outside every stage go to ``"unscoped"``.
 For every equation with a floating output the audit records its output dtypes and its kind:
 
 * ``matmul`` (``dot_general``, convolutions): operand dtypes and the accumulation dtype
-  (``preferred_element_type`` or else the output dtype); a call of
+  (the accumulator of a named dot algorithm such as ``BF16_BF16_F32``, else
+  ``preferred_element_type``, else the output dtype); a call of
   :func:`~mpnn_jax.precision.ops.accum_contraction` (a tiny contraction written as an upcast,
   an elementwise product and a sum) is one ``matmul`` record too, with the dtypes of its
   operands and, as accumulation, the widest dtype of the arithmetic inside it;
@@ -209,6 +210,9 @@ def _walk(jaxpr: jex.Jaxpr, prefix: str, out: list[OpRecord], platform: str) -> 
             kind = "matmul"
             pet = eqn.params.get("preferred_element_type")
             accum = dtype_short(pet) if pet is not None else outs[0]
+            algorithm = eqn.params.get("precision")
+            if getattr(algorithm, "accumulation_type", None) is not None:  # a named dot algorithm
+                accum = dtype_short(algorithm.accumulation_type)
         elif name in REDUCTION_PRIMITIVES:
             kind, accum = "reduction", outs[0]
         elif name in CAST_PRIMITIVES:

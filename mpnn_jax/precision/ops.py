@@ -18,6 +18,13 @@ accumulator dtype, which XLA fuses with its neighbours. The same function again.
 contractions take that path (:data:`SMALL_CONTRACTION_UNBATCHED`): a plain matmul with a short
 contracted side is still a GEMM for XLA, and its elementwise form's gradient is a slow reduction.
 
+A 16-bit stage keeps a contraction's result in 16 bits. XLA does not fuse the cast of an FP32 dot
+result into the GEMM that produced it, so ``dot(bf16, bf16) -> f32`` then ``-> bf16`` writes the
+FP32 array, reads it back and writes it again halved. With :data:`STORE_16BIT` such a dot names
+its arithmetic instead (``precision="BF16_BF16_F32"`` or ``"F16_F16_F32"``: 16-bit operands,
+FP32 accumulation) and stores 16 bits directly (``out_dtype`` of :func:`accum_einsum`): the same
+function, one rounding of the FP32 sum, half the bytes written and no second pass.
+
 The dtype audit (:mod:`mpnn_jax.precision.audit`) reads the accelerator branch, which is what
 runs on the hardware the policy is for; it reports an :func:`accum_contraction` as one matmul
 (its operand dtypes and its accumulator), like the dot it replaces.
@@ -45,20 +52,44 @@ SMALL_CONTRACTION_SAME_DTYPE = True
 #: is a reduction over the *wide* side (64) that took 0.42 ms per layer on an H200 at 547k edges,
 #: 9% of NequIP-M's E+F (PERFORMANCE_LOG entry 15).
 SMALL_CONTRACTION_UNBATCHED = False
+#: Whether a contraction of 16-bit operands whose result the stage keeps in 16 bits stores it
+#: from the dot (its FP32 accumulation named by :data:`ALGORITHMS`) rather than casting the FP32
+#: result in a second pass. MACE's symmetric contraction wrote a ``[n, c, 16, 16]`` FP32 array,
+#: 1.3 GB at 10k atoms, and cast it in a pass of its own, 0.40 ms each on an H200 (PERFORMANCE_LOG
+#: entry 16).
+STORE_16BIT = True
+#: The dot algorithm (operand types and FP32 accumulator) of each 16-bit operand dtype.
+ALGORITHMS = {
+    jnp.dtype(jnp.bfloat16): jax.lax.DotAlgorithmPreset.BF16_BF16_F32,
+    jnp.dtype(jnp.float16): jax.lax.DotAlgorithmPreset.F16_F16_F32,
+}
 
 
-def accum_einsum(subscripts: str, *operands: jax.Array, accum_dtype: Any) -> jax.Array:
+def accum_einsum(
+    subscripts: str, *operands: jax.Array, accum_dtype: Any, out_dtype: Any = None
+) -> jax.Array:
     """``jnp.einsum`` of ``operands`` (kept in their dtype) accumulating in ``accum_dtype``.
 
     Args:
         subscripts: einsum subscripts.
         *operands: arrays, already in the stage's compute dtype.
-        accum_dtype: accumulator and result dtype (e.g. float32).
+        accum_dtype: accumulator dtype (e.g. float32).
+        out_dtype: the dtype the caller keeps the result in (default ``accum_dtype``). Where the
+            operands are 16-bit of this dtype, the accumulator FP32 and :data:`STORE_16BIT` on,
+            the dot stores it directly (:data:`ALGORITHMS`); otherwise it is the caller's cast.
 
     Returns:
-        The contraction, in ``accum_dtype``.
+        The contraction, in ``accum_dtype``, or in ``out_dtype`` where the dot stored it.
+
+    Example:
+        >>> a, b = jnp.ones((2, 32), jnp.bfloat16), jnp.ones((32, 4), jnp.bfloat16)
+        >>> accum_einsum("ij,jk->ik", a, b, accum_dtype=jnp.float32).dtype
+        dtype('float32')
+        >>> accum_einsum("ij,jk->ik", a, b, accum_dtype=jnp.float32, out_dtype=jnp.bfloat16).dtype
+        dtype(bfloat16)
     """
     accum_dtype = jnp.dtype(accum_dtype)
+    out_dtype = accum_dtype if out_dtype is None else jnp.dtype(out_dtype)
     same = all(jnp.dtype(o.dtype) == accum_dtype for o in operands)
     small = contracted_size(subscripts, *operands) <= SMALL_CONTRACTION and (
         SMALL_CONTRACTION_UNBATCHED or is_batched(subscripts, *operands)
@@ -78,8 +109,29 @@ def accum_einsum(subscripts: str, *operands: jax.Array, accum_dtype: Any) -> jax
         return native(*operands)
     if same:
         return elementwise(*operands)
+    if not small and stores_16bit(accum_dtype, out_dtype, *operands):
+
+        def stored(*ops):  # 16-bit operands, FP32 sums, 16 bits written
+            algorithm = ALGORITHMS[out_dtype]
+            return jnp.einsum(subscripts, *ops, precision=algorithm, preferred_element_type=out_dtype)
+
+        return jax.lax.platform_dependent(
+            *operands, cpu=lambda *ops: upcast(*ops).astype(out_dtype), default=stored
+        )
     fast = elementwise if small else native
     return jax.lax.platform_dependent(*operands, cpu=upcast, default=fast)
+
+
+def stores_16bit(accum_dtype: Any, out_dtype: Any, *operands: jax.Array) -> bool:
+    """Whether :func:`accum_einsum` lets the dot store the result in ``out_dtype``: on
+    (:data:`STORE_16BIT`), an FP32 accumulator, and every operand of the 16-bit ``out_dtype``."""
+    out_dtype = jnp.dtype(out_dtype)
+    return (
+        STORE_16BIT
+        and jnp.dtype(accum_dtype) == jnp.float32
+        and out_dtype in ALGORITHMS
+        and all(jnp.dtype(o.dtype) == out_dtype for o in operands)
+    )
 
 
 def accum_matmul(a: jax.Array, b: jax.Array, *, accum_dtype: Any) -> jax.Array:

@@ -209,12 +209,15 @@ class Policy:
     def einsum(self, stage: str, subscripts: str, *operands: jax.Array) -> jax.Array:
         """``jnp.einsum`` in the dtype of ``stage`` accumulating in :meth:`accum`.
 
-        Operands are cast to the stage dtype; the result is returned in the stage dtype.
+        Operands are cast to the stage dtype; the result is returned in the stage dtype (in a
+        16-bit stage stored by the dot itself: :data:`mpnn_jax.precision.ops.STORE_16BIT`).
         """
         from mpnn_jax.precision.ops import accum_einsum
 
         ops = [self.cast(stage, o) for o in operands]
-        out = accum_einsum(subscripts, *ops, accum_dtype=self.accum(stage))
+        out = accum_einsum(
+            subscripts, *ops, accum_dtype=self.accum(stage), out_dtype=self.dtype(stage)
+        )
         return self.cast(stage, out)
 
     # --- scopes ------------------------------------------------------------------------------
