@@ -113,7 +113,9 @@ def accum_einsum(
 
         def stored(*ops):  # 16-bit operands, FP32 sums, 16 bits written
             algorithm = ALGORITHMS[out_dtype]
-            return jnp.einsum(subscripts, *ops, precision=algorithm, preferred_element_type=out_dtype)
+            return jnp.einsum(
+                subscripts, *ops, precision=algorithm, preferred_element_type=out_dtype
+            )
 
         return jax.lax.platform_dependent(
             *operands, cpu=lambda *ops: upcast(*ops).astype(out_dtype), default=stored
