@@ -277,3 +277,46 @@ def test_tiny_unbatched_matmul_is_a_dot_unless_asked(monkeypatch, elementwise):
     c = np.cos(x64 @ w64)
     np.testing.assert_allclose(np.asarray(gx), c @ w64.T, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(gw), x64.T @ c, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("preset", MIXED)
+@pytest.mark.parametrize("store", [True, False])
+def test_16bit_result_is_stored_by_the_dot(monkeypatch, preset, store):
+    """With ``STORE_16BIT`` a 16-bit stage's GEMM names its arithmetic (16-bit operands, FP32
+    accumulator) and writes 16 bits itself: no FP32 result and no cast pass, forward or backward,
+    and the audit reads the algorithm's FP32 accumulator. Off: FP32 result, then a cast. The
+    stored value is the FP64 product of the rounded operands rounded once (<= 1 ulp)."""
+    from mpnn_jax.precision import ops as pops
+
+    monkeypatch.setattr(pops, "STORE_16BIT", store)
+    p = get_policy(preset)
+    d = p.dtype("update")
+    x = jnp.linspace(-1, 1, 6 * 64).reshape(6, 64)
+    w = jnp.cos(jnp.linspace(0, 5, 64 * 3)).reshape(64, 3)
+
+    def f(x, w):
+        with Policy.scope("update"):
+            y = p.einsum("update", "ij,jk->ik", x, w)
+        with Policy.scope("energy"):
+            return jnp.sum(p.cast("energy", y) ** 2)
+
+    report = audit(jax.grad(f, argnums=(0, 1)), x, w)
+    assert report.check(p) == []
+    dots = report.of("update", "matmul")
+    assert len(dots) == 3 and all(r.accum == "f32" for r in dots)  # forward, two transposes
+    fwd = [r for r in dots if not r.backward]
+    casts = [r for r in report.of("update", "cast") if not r.backward and r.in_dtypes == ("f32",)]
+    assert [r.out_dtypes for r in fwd] == [(dtype_short(d),) if store else ("f32",)]
+    assert len(casts) == 2 + (not store)  # x and w; the result's cast only without STORE_16BIT
+    x16, w16 = p.cast("update", x), p.cast("update", w)
+    exact = np.asarray(x16, np.float64) @ np.asarray(w16, np.float64)
+    ulp = np.abs(exact) * float(jnp.finfo(d).eps)
+    stored = [p.einsum("update", "ij,jk->ik", x, w)]  # this platform's (CPU) branch
+    if d == jnp.bfloat16:  # and the accelerators' dot itself (XLA:CPU runs BF16_BF16_F32 only)
+        algorithm = pops.ALGORITHMS[jnp.dtype(d)]
+        stored.append(
+            jnp.einsum("ij,jk->ik", x16, w16, precision=algorithm, preferred_element_type=d)
+        )
+    for got in stored:
+        assert got.dtype == d
+        assert np.all(np.abs(np.asarray(got, np.float64) - exact) <= ulp + 1e-30)
