@@ -13,8 +13,8 @@
 #   TUNE_JSON=experiments/results/benchmarks/h200_pallas/tune_prefetch.json \
 #     bash experiments/perf/pallas_tune.sh OUT models
 # Session 13 ran `radial` (419 s) and `mace` (87 s); `mask` is covered by `radial`, `train` by
-# `radial`'s training rows (session-11 settings are no longer worth a row). Not run yet:
-#   next:  what session 13 built after its last run (one call, about 5 minutes).
+# `radial`'s training rows (session-11 settings are no longer worth a row). Session 14 ran `next`
+# (over 600 s: PREFETCH 3 and 4 compile slowly; its training rows were cut, log entry 16).
 # The sweep's EDGE_IN_TARGET_ORDER variants are superseded by `radial`'s model rows (slower).
 set -euo pipefail
 out=${1:?output folder}
