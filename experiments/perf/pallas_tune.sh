@@ -16,8 +16,7 @@
 # `radial`'s training rows (session-11 settings are no longer worth a row). Session 14 ran `next`
 # (over 600 s: PREFETCH 3 and 4 compile slowly; its training rows were cut, log entry 16).
 # Not run yet:
-#   s15:   NequIP-M training with and without STORE_16BIT, then MACE's training profile.
-#   gemm:  MACE training with XLA's Triton GEMMs off (cuBLAS only), about 2 minutes.
+#   (session 15 ran s15 and gemm on an H100; log entry 17)
 # The sweep's EDGE_IN_TARGET_ORDER variants are superseded by `radial`'s model rows (slower).
 set -euo pipefail
 out=${1:?output folder}

@@ -23,8 +23,10 @@ result into the GEMM that produced it, so ``dot(bf16, bf16) -> f32`` then ``-> b
 FP32 array, reads it back and writes it again halved. With :data:`STORE_16BIT` such a dot names
 its arithmetic instead (``precision="BF16_BF16_F32"`` or ``"F16_F16_F32"``: 16-bit operands,
 FP32 accumulation) and stores 16 bits directly (``out_dtype`` of :func:`accum_einsum`): the same
-function, one rounding of the FP32 sum, half the bytes written and no second pass. XLA:CPU runs
-the BF16 algorithm too, so that dot has no CPU branch (:data:`CPU_ALGORITHMS`).
+function, one rounding of the FP32 sum, half the bytes written and no second pass. It keeps a
+CPU branch too: XLA:CPU runs ``BF16_BF16_F32`` only for dots with one contracting dimension
+("Dot with multiple contracting dimensions is not implemented"), and autodiff's transposes
+of the model's einsums have several.
 
 The dtype audit (:mod:`mpnn_jax.precision.audit`) reads the accelerator branch, which is what
 runs on the hardware the policy is for; it reports an :func:`accum_contraction` as one matmul
@@ -64,10 +66,6 @@ ALGORITHMS = {
     jnp.dtype(jnp.bfloat16): jax.lax.DotAlgorithmPreset.BF16_BF16_F32,
     jnp.dtype(jnp.float16): jax.lax.DotAlgorithmPreset.F16_F16_F32,
 }
-#: The 16-bit dtypes whose algorithm XLA:CPU runs as well (jaxlib 0.10: ``BF16_BF16_F32`` yes,
-#: ``F16_F16_F32`` no): their stored dots are one program on every platform, so the CPU test
-#: suite runs the accelerators' arithmetic; FP16 keeps the CPU branch (upcast, then round).
-CPU_ALGORITHMS = (jnp.dtype(jnp.bfloat16),)
 
 
 def accum_einsum(
@@ -122,8 +120,6 @@ def accum_einsum(
                 subscripts, *ops, precision=algorithm, preferred_element_type=out_dtype
             )
 
-        if out_dtype in CPU_ALGORITHMS:  # one program on every platform, tested on the CPU
-            return stored(*operands)
         return jax.lax.platform_dependent(
             *operands, cpu=lambda *ops: upcast(*ops).astype(out_dtype), default=stored
         )

@@ -208,13 +208,9 @@ def test_table_and_json():
     assert js["stages"]["aggregation"]["casts"] == {"bf16->f32": 1}
 
 
-def test_platform_dependent_reads_one_branch(monkeypatch):
-    """policy.einsum upcasts on CPU (XLA:CPU has no BF16 x BF16 = F32 dot; with STORE_16BIT the
-    BF16-stored dot is one program on both); the audit reads the GPU branch by default, the CPU
-    one on request, and never both."""
-    from mpnn_jax.precision import ops as pops
-
-    monkeypatch.setattr(pops, "STORE_16BIT", False)
+def test_platform_dependent_reads_one_branch():
+    """policy.einsum upcasts on CPU (XLA:CPU has no BF16 x BF16 = F32 dot); the audit reads the
+    GPU branch by default, the CPU one on request, and never both."""
     p = get_policy("bf16-mixed")
     jaxpr = jax.make_jaxpr(lambda *a: toy_energy(*a, policy=p))(*_args(p))
     gpu, cpu = audit_jaxpr(jaxpr), audit_jaxpr(jaxpr, platform="cpu")
@@ -315,8 +311,8 @@ def test_16bit_result_is_stored_by_the_dot(monkeypatch, preset, store):
     x16, w16 = p.cast("update", x), p.cast("update", w)
     exact = np.asarray(x16, np.float64) @ np.asarray(w16, np.float64)
     ulp = np.abs(exact) * float(jnp.finfo(d).eps)
-    stored = [p.einsum("update", "ij,jk->ik", x, w)]  # BF16: the stored dot; FP16: CPU branch
-    if d == jnp.bfloat16:  # and the algorithm's dot written out (XLA:CPU runs BF16_BF16_F32 only)
+    stored = [p.einsum("update", "ij,jk->ik", x, w)]  # this platform's (CPU) branch
+    if d == jnp.bfloat16:  # and the accelerators' dot itself (XLA:CPU runs BF16_BF16_F32 only)
         algorithm = pops.ALGORITHMS[jnp.dtype(d)]
         stored.append(
             jnp.einsum("ij,jk->ik", x16, w16, precision=algorithm, preferred_element_type=d)
