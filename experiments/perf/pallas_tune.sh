@@ -15,8 +15,7 @@
 # Session 13 ran `radial` (419 s) and `mace` (87 s); `mask` is covered by `radial`, `train` by
 # `radial`'s training rows (session-11 settings are no longer worth a row). Session 14 ran `next`
 # (over 600 s: PREFETCH 3 and 4 compile slowly; its training rows were cut, log entry 16).
-# Not run yet:
-#   (session 15 ran s15 and gemm on an H100; log entry 17)
+# Session 15 ran `s15` and `gemm` on an H100, each as its own timed command (log entry 17).
 # The sweep's EDGE_IN_TARGET_ORDER variants are superseded by `radial`'s model rows (slower).
 set -euo pipefail
 out=${1:?output folder}
