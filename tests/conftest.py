@@ -1,5 +1,5 @@
-"""Fixtures shared by all test directories (keep small): float64 on demand, a seeded rng and one
-persistent XLA compilation cache for the session."""
+"""Fixtures shared by all test directories (keep small): float64 on demand, a seeded rng, one
+persistent XLA compilation cache for the session and true FP32 matmuls on accelerators."""
 
 import jax
 import numpy as np
@@ -40,3 +40,21 @@ def compilation_cache(tmp_path_factory):
     yield path
     for k, v in old.items():
         jax.config.update(k, v)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def true_fp32_matmuls():
+    """True FP32 matmuls for the whole session on GPUs and TPUs (the CPU has no other kind).
+
+    The suite's FP32 tolerances (against float64, finite differences, padding, rotations) are
+    FP32's; on NVIDIA GPUs XLA runs FP32 matmuls as TF32 by default (10-bit mantissas, the speed
+    setting of the ``fp32`` preset), which misses them by 1e-4 relative: on an H100 four tests
+    failed that way and passed with ``highest`` (PERFORMANCE_LOG entry 17). The ``fp32`` preset's
+    TF32 speed is the benchmarks' business; 16-bit policies name their own dot algorithms."""
+    if jax.default_backend() == "cpu":
+        yield
+        return
+    old = jax.config.jax_default_matmul_precision
+    jax.config.update("jax_default_matmul_precision", "highest")
+    yield
+    jax.config.update("jax_default_matmul_precision", old)
