@@ -10,6 +10,8 @@
     python experiments/benchmark.py --replot h100.json --plot h100.png   # plot an earlier run
     python experiments/benchmark.py --backends e3nn,cueq --sizes mace-mp-s --systems water:3000 \
         --presets fp32 bf16-mixed --out backends.json
+    python experiments/benchmark.py --goals experiments/results/benchmarks/*.json \
+        experiments/results/benchmarks/*/*.json          # where the issue's goals stand
 
 Each row carries the roofline columns (XLA's FLOPs and bytes, the lower-bound time against the
 ceilings measured with ``--ceilings``, else the H100 defaults). ``--variants`` are
@@ -17,7 +19,9 @@ ceilings measured with ``--ceilings``, else the H100 defaults). ``--variants`` a
 ``--backends`` (comma- or space-separated) runs every case once per backend of the convolution and
 symmetric contraction (:func:`mpnn_jax.nn.backends.available_backends`); each row records its
 ``backend``.
-The JSON file is rewritten after every row, so a run cut short keeps what it measured.
+The JSON file is rewritten after every row, so a run cut short keeps what it measured. A GPU run
+ends with the goals table of its own rows (:mod:`mpnn_jax.benchmark.goals`); ``--goals`` prints
+that table for earlier result files (this script's or ``experiments/perf/pallas_conv.py``'s).
 The logic lives in :mod:`mpnn_jax.benchmark`; this file only parses arguments.
 """
 
@@ -35,6 +39,23 @@ from mpnn_jax import benchmark as bm
 def _plot_title(info: dict) -> str:
     """The figure's heading: device and JAX version of the run (from its JSON ``info``)."""
     return f"{info.get('device', '?')}, JAX {info.get('jax', '?')}"
+
+
+def _print_goals(p: argparse.ArgumentParser, paths: list[str]) -> int:
+    """The goals table of earlier result files (files without rows or largest are skipped)."""
+    results, names = [], []
+    for path in paths:
+        try:
+            result = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as err:
+            p.error(f"--goals {path}: not a readable JSON ({err})")
+        if isinstance(result, dict) and (result.get("rows") or result.get("largest")):
+            results.append(result)
+            names.append(path)
+    if not results:
+        p.error("--goals: none of these files holds benchmark rows")
+    print(bm.format_goals(bm.goal_figures(results, names)))
+    return 0
 
 
 def main(argv=None) -> int:
@@ -109,7 +130,16 @@ def main(argv=None) -> int:
         metavar="JSON",
         help="draw --plot from the rows of an earlier run's JSON and exit (no benchmark runs)",
     )
+    p.add_argument(
+        "--goals",
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="print where the performance goals stand in these result files and exit",
+    )
     args = p.parse_args(argv)
+    if args.goals:
+        return _print_goals(p, args.goals)
     if args.replot:
         if not args.plot:
             p.error("--replot needs --plot PNG")
@@ -203,6 +233,9 @@ def main(argv=None) -> int:
     if args.plot and rows:
         bm.plot_throughput(rows, args.plot, title=_plot_title(result["info"]))
         print(f"wrote {args.plot}")
+    figures = bm.goal_figures([result], [args.out or "this run"])
+    if figures:
+        print(bm.format_goals(figures))
     return 0
 
 

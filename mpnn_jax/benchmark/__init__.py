@@ -35,9 +35,18 @@ Modules (every public name is re-exported here, as ``mpnn_jax.benchmark.<name>``
 * :mod:`~mpnn_jax.benchmark.harness`: one case (:func:`measure`) and every case
   (:func:`run_benchmark`);
 * :mod:`~mpnn_jax.benchmark.largest`: the largest system that fits;
-* :mod:`~mpnn_jax.benchmark.report`: the table and the throughput plot.
+* :mod:`~mpnn_jax.benchmark.report`: the table and the throughput plot;
+* :mod:`~mpnn_jax.benchmark.goals`: the performance issue's goals checked against result files.
 """
 
+from mpnn_jax.benchmark.goals import (
+    GOALS,
+    Goal,
+    device_of,
+    format_goals,
+    goal_figures,
+    goal_summary,
+)
 from mpnn_jax.benchmark.harness import measure, run_benchmark
 from mpnn_jax.benchmark.largest import bytes_per_atom, largest_system
 from mpnn_jax.benchmark.models import (
@@ -77,6 +86,12 @@ from mpnn_jax.benchmark.timing import (
 )
 
 __all__ = [
+    "GOALS",
+    "Goal",
+    "format_goals",
+    "goal_figures",
+    "goal_summary",
+    "device_of",
     "H100_CEILINGS",
     "MODEL_SIZES",
     "System",

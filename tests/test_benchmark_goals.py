@@ -1,0 +1,129 @@
+"""The performance goals read from result files: which rows pair up, which files count, and the
+committed results read back."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from mpnn_jax import benchmark as bm
+
+ROOT = Path(__file__).resolve().parents[1]
+H100 = {"device": "NVIDIA H100 80GB HBM3", "platform": "gpu"}
+
+
+def _row(preset, ms, model="nequip-M", mode="ef", atoms=10125, **kw):
+    return dict(
+        model=model,
+        system=f"water-{atoms}",
+        n_atoms=atoms,
+        mode=mode,
+        preset=preset,
+        median_ms=ms,
+        **kw,
+    )
+
+
+def test_ratios_pair_rows_of_one_case_in_one_file():
+    rows = [
+        _row("fp32", 15.0),
+        _row("bf16-mixed", 10.0),  # 1.5x: met
+        _row("fp16-mixed", 5.0),  # not a goal's preset
+        _row("fp32", 40.0, mode="train"),
+        _row("bf16-mixed", 32.0, mode="train"),  # 1.25x: not met
+        _row("fp32", 9.0, backend="cueq"),  # another backend: its own pair, without bf16
+        _row("fp32", 2.0, atoms=5000),  # too small for the speed-up goals
+        _row("bf16-mixed", 1.0, atoms=5000),
+        _row("bf16-mixed", 1.0, mode="train", oom=True),
+    ]
+    figs = bm.goal_figures([{"info": H100, "rows": rows}], ["a.json"])
+    got = {(f["goal"], f["backend"]): f for f in figs}
+    assert set(got) == {("ef_speedup", "e3nn"), ("train_speedup", "e3nn")}
+    ef, train = got["ef_speedup", "e3nn"], got["train_speedup", "e3nn"]
+    assert ef["value"] == pytest.approx(1.5) and ef["met"] and ef["source"] == "a.json"
+    assert train["value"] == pytest.approx(1.25) and not train["met"] and not train["reached"]
+    # the fp32 row of one file never pairs with the bf16 row of another
+    split = [{"info": H100, "rows": rows[:1]}, {"info": H100, "rows": rows[1:2]}]
+    assert bm.goal_figures(split) == []
+
+
+def test_cpu_files_make_no_claim_and_other_devices_do_not_meet():
+    rows = [_row("fp32", 30.0), _row("bf16-mixed", 10.0)]
+    assert bm.goal_figures([{"info": {"device": "cpu", "platform": "cpu"}, "rows": rows}]) == []
+    (f,) = bm.goal_figures([{"device": {"device": "NVIDIA H200", "platform": "gpu"}, "rows": rows}])
+    assert f["reached"] and not f["met"]
+    assert "reached, not on an H100" in bm.format_goals([f])
+
+
+def test_largest_and_mp_s_goals():
+    largest = [
+        dict(model="mace-mp-s", kind="water", mode="ef", preset=p, verified_atoms=n)
+        for p, n in (("fp32", 1000), ("bf16-mixed", 1800))
+    ]
+    rows = [_row("fp32", 5.0, model="mace-mp-s", atoms=3000)]
+    figs = {
+        f["goal"]: f for f in bm.goal_figures([{"info": H100, "rows": rows, "largest": largest}])
+    }
+    assert figs["largest_ef"]["value"] == pytest.approx(1.8) and figs["largest_ef"]["met"]
+    assert figs["mp_s_fp32"]["value"] == 5.0 and figs["mp_s_fp32"]["met"]  # <= 5.52 ms
+    slow = [_row("fp32", 6.0, model="mace-mp-s", atoms=3000)]
+    (f,) = bm.goal_figures([{"info": H100, "rows": slow}])
+    assert not f["met"] and "not met" in bm.format_goals([f])
+
+
+def test_summary_prefers_a_met_figure_then_the_named_device():
+    def fig(value, device):
+        return bm.goal_figures(
+            [
+                {
+                    "info": {"device": device, "platform": "gpu"},
+                    "rows": [_row("fp32", value), _row("bf16-mixed", 1.0)],
+                }
+            ]
+        )[0]
+
+    h100_low, h200_low = fig(1.2, H100["device"]), fig(1.4, "NVIDIA H200")
+    assert bm.goal_summary([h200_low, h100_low]) == [h100_low]  # neither reaches 1.5x: the H100
+    h200_high = fig(1.6, "NVIDIA H200")
+    assert bm.goal_summary([h100_low, h200_high]) == [h200_high]  # reached somewhere beats not
+    h100_met = fig(1.55, H100["device"])
+    assert bm.goal_summary([h200_high, h100_low, h100_met]) == [h100_met]
+
+
+def test_committed_h100_results_read_back():
+    """The session-15 H100 files: each figure is the ratio of the file's own two rows."""
+    path = ROOT / "experiments/results/benchmarks/h100_s15/seed_mace.json"
+    result = json.loads(path.read_text())
+    figs = bm.goal_figures([result])
+    assert {f["goal"] for f in figs} == {"ef_speedup", "train_speedup"}
+    for f in figs:
+        mode = "ef" if f["goal"] == "ef_speedup" else "train"
+        ms = {r["preset"]: r["median_ms"] for r in result["rows"] if r["mode"] == mode}
+        assert f["value"] == pytest.approx(ms["fp32"] / ms["bf16-mixed"], abs=1e-3)
+        assert f["met"] == (f["value"] >= bm.GOALS[f["goal"]].target)
+        assert "H100" in f["device"]
+
+
+def test_goals_option_of_the_script(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location(
+        "benchmark_cli", ROOT / "experiments/benchmark.py"
+    )
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    good = tmp_path / "good.json"
+    good.write_text(
+        json.dumps(
+            {
+                "info": H100,
+                "rows": [_row("fp32", 13.0, mode="train"), _row("bf16-mixed", 10.0, mode="train")],
+            }
+        )
+    )
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"note": "no rows"}))
+    assert cli.main(["--goals", str(good), str(empty)]) == 0
+    out = capsys.readouterr().out
+    assert "train_speedup" in out and "1.3x" in out and " met " in out
+    with pytest.raises(SystemExit):
+        cli.main(["--goals", str(empty)])
