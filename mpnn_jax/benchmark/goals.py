@@ -67,8 +67,6 @@ def device_of(result: dict[str, Any]) -> tuple[str, str]:
     """``(device name, platform)`` of a result file (``info`` from benchmark.py, ``device`` from
     the perf scripts); ``("?", "?")`` if it records neither."""
     info = result.get("info") or result.get("device") or {}
-    if isinstance(info, str):
-        return info, "gpu" if "NVIDIA" in info else "?"
     return str(info.get("device", "?")), str(info.get("platform", "?"))
 
 
