@@ -84,14 +84,14 @@ def _case(row: dict[str, Any]) -> tuple:
 
 
 def _figure(goal: Goal, value: float, device: str, source: str, **what: Any) -> dict[str, Any]:
-    on_device = goal.device in device
+    reached = goal.meets(value)
     return dict(
         goal=goal.name,
         value=round(value, 3),
         target=goal.target,
         unit=goal.unit,
-        met=bool(goal.meets(value) and on_device),
-        reached=bool(goal.meets(value)),
+        met=reached and goal.device in device,
+        reached=reached,
         device=device,
         source=source,
         **what,
@@ -201,7 +201,7 @@ def goal_summary(figures: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def format_goals(figures: Sequence[dict[str, Any]]) -> str:
     """A table of :func:`goal_summary`: goal, model, best value against the target, status
-    (``met``; ``reached on <device>`` where the goal names another device; ``not met``), device,
+    (``met``; ``reached, not on an H100`` where the goal names another device; ``not met``), device,
     what was compared and the file it came from."""
     head = f"{'goal':14} {'model':10} {'value':>9} {'target':>9} {'status':26} {'device':24} case"
     lines = [head, "-" * len(head)]
