@@ -33,7 +33,7 @@ import numpy as np
 
 from mpnn_jax import benchmark as bm
 from mpnn_jax.data.graphs import edge_mask
-from mpnn_jax.nn import pallas_conv
+from mpnn_jax.nn import pallas_conv, pallas_symmetric
 from mpnn_jax.nn.convolution import e3nn_convolution, num_path_weights
 from mpnn_jax.precision import get_policy
 from mpnn_jax.precision import ops as precision_ops
@@ -77,7 +77,11 @@ def agreement(n_nodes: int, n_edges: int, preset: str = "fp32") -> dict[str, flo
 
 DEFAULTS = {k: getattr(pallas_conv, k) for k in pallas_conv.SETTINGS}
 #: settings of other modules a variant may set too (same ``KEY=V`` form)
-OTHER = {"SMALL_CONTRACTION_UNBATCHED": precision_ops, "STORE_16BIT": precision_ops}
+OTHER = {
+    "SMALL_CONTRACTION_UNBATCHED": precision_ops,
+    "STORE_16BIT": precision_ops,
+    **dict.fromkeys(pallas_symmetric.SETTINGS, pallas_symmetric),
+}
 OTHER_DEFAULTS = {k: getattr(m, k) for k, m in OTHER.items()}
 
 

@@ -11,7 +11,8 @@ Other backends are registered lazily, on the first :func:`get_backend` or
 :func:`available_backends` call: ``"cueq"`` (:mod:`mpnn_jax.nn.cueq`, NVIDIA cuEquivariance) only
 where ``cuequivariance_jax`` imports, then ``"pallas"`` (:mod:`mpnn_jax.nn.pallas_conv`: the
 convolution as fused Pallas kernels, Triton on GPUs, interpreted on CPU; the reference's
-symmetric contraction) always.
+symmetric contraction with its order-3 term as sparse Pallas forms,
+:mod:`mpnn_jax.nn.pallas_symmetric`) always.
 
 Example:
     >>> get_backend("e3nn").name
@@ -61,7 +62,8 @@ _OPTIONAL_LOADED = False
 
 class PallasBackend:
     """The convolution as one fused Pallas kernel per direction (:mod:`mpnn_jax.nn.pallas_conv`);
-    the symmetric contraction of the reference."""
+    the symmetric contraction of the reference with its order-3 term as sparse forms
+    (:mod:`mpnn_jax.nn.pallas_symmetric`)."""
 
     name = "pallas"
 
@@ -71,7 +73,15 @@ class PallasBackend:
 
         return pallas_convolution(*args, **kwargs)
 
-    symmetric_contraction = staticmethod(E3nnBackend.symmetric_contraction)
+    @staticmethod
+    def symmetric_contraction(*args: Any, **kwargs: Any) -> Any:
+        from mpnn_jax.nn import pallas_symmetric as ps
+        from mpnn_jax.nn import symmetric_contraction as sc
+
+        x = args[0]
+        if ps.SPARSE_ORDER3 and ps.usable(x.shape[-2]):
+            kwargs = {**kwargs, "order3": ps.order3_term}
+        return sc.symmetric_contraction(*args, **kwargs)
 
 
 def _register_optional_backends() -> None:

@@ -44,7 +44,7 @@ Example:
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import e3nn_jax as e3nn
 import flax.linen as nn
@@ -134,6 +134,7 @@ def symmetric_contraction(
     correlation: int,
     keep_irrep_out: str | e3nn.Irreps,
     policy: Policy,
+    order3: Callable[..., jax.Array] | None = None,
 ) -> e3nn.IrrepsArray:
     """Species-dependent symmetric contraction of ``x`` with itself up to ``correlation``.
 
@@ -146,6 +147,10 @@ def symmetric_contraction(
         keep_irrep_out: the output irreps ``L`` (multiplicities ignored); an irrep that no
             symmetric product reaches comes out as zeros.
         policy: precision policy; the contraction runs in stage ``"update"``.
+        order3: another evaluation of the order-3 term (``correlation == 3``), called as
+            ``order3(xs [n, c, d], w3 [n_species, k, c], species, ir, irreps_in=, policy=,
+            stage=) -> [n, c, dim ir]`` in the stage dtype (the pallas backend's sparse forms,
+            :func:`mpnn_jax.nn.pallas_symmetric.order3_term`); ``None``: the dense GEMM here.
 
     Returns:
         ``[n_nodes, n_channels, irreps_out]`` in the update dtype, ``irreps_out`` being the
@@ -161,7 +166,12 @@ def symmetric_contraction(
         chunks = []
         for _, ir in irreps_out:
             acc = None  # [n, c, d**(nu-1), dim L] after order nu
-            for nu in range(correlation, 0, -1):
+            top, extra = correlation, None
+            if order3 is not None and correlation == 3 and (3, ir) in basis:
+                w3 = weights[weight_name(3, ir)]
+                extra = order3(xs, w3, species, ir, irreps_in=x.irreps, policy=policy, stage=STAGE)
+                top = 2  # [n, c, dim L], added after the dense orders below
+            for nu in range(top, 0, -1):
                 if acc is not None:
                     # one more power of x: contract the last basis index of the accumulator
                     acc = policy.einsum(STAGE, "nc...jm,ncj->nc...m", acc, xs)
@@ -173,6 +183,8 @@ def symmetric_contraction(
                 z = xs[:, :, :, None] * jnp.swapaxes(w, 1, 2)[:, :, None, :]  # [n, c, d, k]
                 term = policy.einsum(STAGE, "...jkm,ncjk->nc...m", u, z)  # [n, c, d**(nu-1), m]
                 acc = term if acc is None else acc + term
+            if extra is not None:
+                acc = extra if acc is None else acc + extra
             chunks.append(None if acc is None else acc[:, :, None, :])  # [n, c, 1, dim L]
         return e3nn.from_chunks(irreps_out, chunks, x.shape[:-1], dtype)
 

@@ -88,8 +88,10 @@ SUM_STAGES = ("aggregation", "energy")
 # primitives whose sub-jaxprs are scalar combiners, not program code
 _NO_RECURSE_PREFIXES = ("scatter", "reduce", "select_and", "sort", "argsort", "cum")
 _WRAPPER = re.compile(r"[A-Za-z_][\w.\-]*\(")
-#: name of the jitted contraction helper that the audit reads as one matmul
-CONTRACTION_CALL = "accum_contraction"
+#: names of the jitted contraction helpers that the audit reads as one matmul each
+#: (:func:`~mpnn_jax.precision.ops.accum_contraction`,
+#: :func:`~mpnn_jax.nn.pallas_symmetric.sparse_form`)
+CONTRACTION_CALLS = ("accum_contraction", "sparse_form")
 
 
 def stage_of(name_stack: str) -> str:
@@ -156,7 +158,7 @@ def _subjaxprs(eqn: Any, platform: str) -> Iterator[jex.Jaxpr]:
 
 
 def _is_contraction_call(eqn: Any) -> bool:
-    return eqn.primitive.name in ("jit", "pjit") and eqn.params.get("name") == CONTRACTION_CALL
+    return eqn.primitive.name in ("jit", "pjit") and eqn.params.get("name") in CONTRACTION_CALLS
 
 
 def _vars(atoms: list[Any]) -> list[Any]:
@@ -188,7 +190,7 @@ def _walk(jaxpr: jex.Jaxpr, prefix: str, out: list[OpRecord], platform: str) -> 
             )
             accum = dtype_short(wide)
             rec = OpRecord(
-                stage_of(ns), CONTRACTION_CALL, "matmul", ins, outs, accum, "transpose(" in ns, ns
+                stage_of(ns), eqn.params["name"], "matmul", ins, outs, accum, "transpose(" in ns, ns
             )
             out.append(rec)
             continue

@@ -79,10 +79,11 @@ def loss_and_grad(model, *, second_order: bool):
     return jax.jit(jax.value_and_grad(loss, has_aux=True))
 
 
-def model_case(name: str, backend: str, *, second_order: bool):
+def model_case(name: str, backend: str, *, second_order: bool, **overrides):
     """``(params, graph, {backend: model}, {backend: jitted loss-and-grad})`` of a tiny model of
-    ``name`` with the reference ``"e3nn"`` and ``backend``, on a padded 6-atom molecule."""
-    ref = testing.tiny_model(name, **MODELS[name])
+    ``name`` (:data:`MODELS`, with ``overrides``) with the reference ``"e3nn"`` and ``backend``,
+    on a padded 6-atom molecule."""
+    ref = testing.tiny_model(name, **{**MODELS[name], **overrides})
     g = testing.molecule_graph(np.random.default_rng(2), n_atoms=6, n_species=2, cutoff=3.0)
     graph = testing.pad(
         g, n_node=int(g.n_node.sum()) + 2, n_edge=int(g.n_edge.sum()) + 8, n_graph=2
