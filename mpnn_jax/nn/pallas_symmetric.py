@@ -245,8 +245,14 @@ def form_h(x, y, z, spec: FormSpec) -> jax.Array:
     return _form(x, y, z, spec, "H")
 
 
-def _h_fwd(x, y, z, spec):
-    return form_h(x, y, z, spec), (x, y, z)
+def _keeping_operands(form):
+    """The forward rule of a form: its value, and its three operands as the residuals (every
+    cotangent is a form of two of them and the incoming cotangent)."""
+
+    def fwd(a, b, c, spec):
+        return form(a, b, c, spec), (a, b, c)
+
+    return fwd
 
 
 def _h_bwd(spec, res, h):
@@ -256,9 +262,6 @@ def _h_bwd(spec, res, h):
         form_g(x, z, h, spec).astype(y.dtype),
         form_g(x, y, h, spec).astype(z.dtype),
     )
-
-
-form_h.defvjp(_h_fwd, _h_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -275,10 +278,6 @@ def form_g(y, z, h, spec: FormSpec) -> jax.Array:
     return _form(y, z, h, spec, "G")
 
 
-def _g_fwd(y, z, h, spec):
-    return form_g(y, z, h, spec), (y, z, h)
-
-
 def _g_bwd(spec, res, g):
     y, z, h = res
     return (
@@ -288,7 +287,8 @@ def _g_bwd(spec, res, g):
     )
 
 
-form_g.defvjp(_g_fwd, _g_bwd)
+form_h.defvjp(_keeping_operands(form_h), _h_bwd)
+form_g.defvjp(_keeping_operands(form_g), _g_bwd)
 
 
 def order3_term(
