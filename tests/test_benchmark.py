@@ -12,10 +12,21 @@ import pytest
 from mpnn_jax import benchmark as bm
 from mpnn_jax.data import SpeciesTable
 
+#: A test-only model size for the harness tests (one layer, 4 channels, l <= 1): the harness
+#: treats every size alike, and compiling it costs half of ``nequip-S``'s on 2 cores.
+XS = "nequip-XS"
 
-def test_quick_benchmark_rows_table_and_plot(tmp_path):
+
+@pytest.fixture
+def xs_size(monkeypatch):
+    """Registers :data:`XS` in ``MODEL_SIZES`` for one test (the CLI's ``--sizes`` choices too)."""
+    monkeypatch.setitem(bm.MODEL_SIZES, XS, dict(name="nequip", channels=4, max_ell=1, n_layers=1))
+    return XS
+
+
+def test_quick_benchmark_rows_table_and_plot(tmp_path, xs_size):
     rows = bm.run_benchmark(
-        sizes=["nequip-S"],
+        sizes=[xs_size],
         systems=[("ethanol", 18)],
         presets=["fp32", "bf16-mixed"],
         modes=["ef", "train"],
@@ -153,9 +164,9 @@ def test_public_names_are_re_exported():
             assert getattr(bm, name) is value and name in bm.__all__, (info.name, name)
 
 
-def test_backend_option_records_the_backend_and_rejects_unknown_ones(tmp_path, capsys):
+def test_backend_option_records_the_backend_and_rejects_unknown_ones(tmp_path, capsys, xs_size):
     rows = bm.run_benchmark(
-        sizes=["nequip-S"],
+        sizes=[xs_size],
         systems=[("ethanol", 9)],
         presets=["fp32"],
         modes=["ef"],
@@ -179,7 +190,7 @@ def test_backend_option_records_the_backend_and_rejects_unknown_ones(tmp_path, c
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
     out = tmp_path / "b.json"
-    argv = ["--sizes", "nequip-S", "--systems", "ethanol:9", "--presets", "fp32", "--modes", "ef"]
+    argv = ["--sizes", xs_size, "--systems", "ethanol:9", "--presets", "fp32", "--modes", "ef"]
     assert cli.main([*argv, "--repeats", "1", "--backends", "e3nn,", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["args"]["backends"] == ["e3nn"]
