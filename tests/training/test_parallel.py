@@ -30,7 +30,7 @@ SCRIPT = Path(__file__).with_name("parallel_checks.py")
 FOUR = [*FAST, "train.max_steps=5", "train.eval_every=5", "parallel.devices=4"]
 
 
-def _run_check(name: str, workdir: Path, cache: str) -> str:
+def _run_checks(names: list[str], workdir: Path, cache: str) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
@@ -38,24 +38,38 @@ def _run_check(name: str, workdir: Path, cache: str) -> str:
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
     }
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), name, str(workdir)],
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), ",".join(names), str(workdir)],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
         timeout=600,
     )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def _run_check(name: str, workdir: Path, cache: str) -> str:
+    proc = _run_checks([name], workdir, cache)
+    assert proc.returncode == 0 and f"{name} passed" in proc.stdout, proc.stderr[-4000:]
     return proc.stdout
 
 
-def test_parallel_step_equals_mean_of_single_device_losses(tmp_path, compilation_cache):
-    assert "ok" in _run_check("step", tmp_path, compilation_cache)
+@pytest.fixture(scope="module")
+def step_and_overflow(tmp_path_factory, compilation_cache):
+    """The two checks below in one subprocess: one start and one ``init`` (the FP32 parameters
+    are the same for both policies); each test reads its own check's result."""
+    return _run_checks(["step", "overflow"], tmp_path_factory.mktemp("parallel"), compilation_cache)
 
 
-def test_overflow_on_one_device_skips_everywhere(tmp_path, compilation_cache):
-    assert "ok" in _run_check("overflow", tmp_path, compilation_cache)
+def test_parallel_step_equals_mean_of_single_device_losses(step_and_overflow):
+    proc = step_and_overflow
+    assert "step passed" in proc.stdout, proc.stderr[-4000:]
+    assert "ok: 4 batches, 2 distinct buckets" in proc.stdout
+
+
+def test_overflow_on_one_device_skips_everywhere(step_and_overflow):
+    proc = step_and_overflow
+    assert "overflow passed" in proc.stdout, proc.stderr[-4000:]
 
 
 @pytest.mark.slow  # 21 s on 2 cores
