@@ -72,8 +72,15 @@ INTERPRET: bool | None = None
 #: Whether the ``"pallas"`` backend's symmetric contraction uses these forms for order 3 (off:
 #: the reference's dense path).
 SPARSE_ORDER3 = True
+#: Bases with more non-zero terms than this take the dense path: each term is code in the
+#: kernels, and only MP-S's (353 for ``0e`` at L = 3) is timed on a GPU; the ``1o`` and ``2e``
+#: outputs of L = 3 inputs (1,686 and 3,764 terms, MACE's M and L sizes) are not.
+SPARSE_MAX_TERMS = 1000
 #: Names of the settings above (for experiments that vary them).
-SETTINGS = ("SPARSE_BLOCK_NODES", "SPARSE_CHANNEL_BLOCK", "SPARSE_WARPS", "SPARSE_ORDER3")
+SETTINGS = (
+    "SPARSE_BLOCK_NODES", "SPARSE_CHANNEL_BLOCK", "SPARSE_WARPS", "SPARSE_ORDER3",
+    "SPARSE_MAX_TERMS",
+)  # fmt: skip
 #: Entries of ``U`` below this are structural zeros (the basis is exact to ~1e-15).
 _ZERO = 1e-12
 
@@ -304,12 +311,15 @@ def order3_term(
 
     Returns:
         ``[n, c, dim ir]`` in the stage dtype (the products of ``H`` cast to it, then contracted
-        with the weights accumulating in ``policy.accum(stage)``).
+        with the weights accumulating in ``policy.accum(stage)``); ``None`` where the basis has
+        more than :data:`SPARSE_MAX_TERMS` non-zero terms (the caller's dense path).
     """
     from mpnn_jax.nn.ops import take_rows
 
     n, c, _ = xs.shape
     spec = FormSpec(str(e3nn.Irreps(irreps_in)), str(ir))
+    if sum(map(len, terms(spec, "H"))) > SPARSE_MAX_TERMS:
+        return None
     xt = jnp.swapaxes(xs, 1, 2)  # [n, d, c]
     h = policy.cast(stage, form_h(xt, xt, xt, spec))  # [n, Q, c]
     h = h.reshape(n, w3.shape[1], ir.dim, c)  # [n, k, m, c]

@@ -150,7 +150,8 @@ def symmetric_contraction(
         order3: another evaluation of the order-3 term (``correlation == 3``), called as
             ``order3(xs [n, c, d], w3 [n_species, k, c], species, ir, irreps_in=, policy=,
             stage=) -> [n, c, dim ir]`` in the stage dtype (the pallas backend's sparse forms,
-            :func:`mpnn_jax.nn.pallas_symmetric.order3_term`); ``None``: the dense GEMM here.
+            :func:`mpnn_jax.nn.pallas_symmetric.order3_term`), or ``None`` where it declines that
+            irrep; ``None``: the dense GEMM here.
 
     Returns:
         ``[n_nodes, n_channels, irreps_out]`` in the update dtype, ``irreps_out`` being the
@@ -170,7 +171,7 @@ def symmetric_contraction(
             if order3 is not None and correlation == 3 and (3, ir) in basis:
                 w3 = weights[weight_name(3, ir)]
                 extra = order3(xs, w3, species, ir, irreps_in=x.irreps, policy=policy, stage=STAGE)
-                top = 2  # [n, c, dim L], added after the dense orders below
+                top = 3 if extra is None else 2  # [n, c, dim L], added after the dense orders
             for nu in range(top, 0, -1):
                 if acc is not None:
                     # one more power of x: contract the last basis index of the accumulator

@@ -182,3 +182,27 @@ def test_off_switch_and_unusable_channels_take_the_dense_path(monkeypatch):
     assert ps.usable(4) and ps.usable(256) and not ps.usable(6)
     monkeypatch.setattr(ps, "SPARSE_CHANNEL_BLOCK", 64)
     assert ps.usable(192) and not ps.usable(96)
+
+
+def test_bases_above_the_term_limit_take_the_dense_path(monkeypatch):
+    """A basis with more non-zero terms than SPARSE_MAX_TERMS is declined per irrep: the same
+    values as the dense path, and no form in the program for that irrep."""
+    x, species, weights = _contraction_case()
+    p32 = get_policy("fp32")
+    n_1o = sum(map(len, ps.terms(ps.FormSpec("0e+1o", "1o"), "H")))
+    n_0e = sum(map(len, ps.terms(ps.FormSpec("0e+1o", "0e"), "H")))
+    assert n_0e < n_1o
+
+    def forms(limit):  # the form calls in the program
+        monkeypatch.setattr(ps, "SPARSE_MAX_TERMS", limit)
+        jaxpr = jax.make_jaxpr(lambda a: _contract(a, species, weights, p32, ps.order3_term))(x)
+        return str(jaxpr).count("name=sparse_form")
+
+    assert forms(n_1o) == 2 and forms(0) == 0
+    assert forms(n_0e) == 1  # 0e through the forms, 1o dense
+    np.testing.assert_allclose(
+        _contract(x, species, weights, p32, ps.order3_term),
+        _contract(x, species, weights, p32, None),
+        rtol=1e-5,
+        atol=1e-5,
+    )
