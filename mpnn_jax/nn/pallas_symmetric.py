@@ -22,10 +22,10 @@ cotangent ``g`` gives ``dy = G(g, z, h)``, ``dz = G(g, y, h)``, ``dh = H(g, y, z
 of ``U`` puts every open index first). Both forms are :func:`jax.custom_vjp` functions whose
 backward passes call the two forms, so the contraction is differentiable to any order in reverse
 mode (forces, and the training step's derivative of the forces), each derivative a kernel of
-``[n, d or Q, C]`` operands. Each kernel program owns a block of nodes and all of a block of
-channels, loads the ``[block, C]`` tiles of the components it needs and sums the non-zero terms
-of ``U`` (constants in the code) in the accumulator dtype: it reads and writes only node-sized
-arrays.
+``[n, d or Q, C]`` operands. Each kernel program owns a block of nodes (one by default) and of
+up to 128 channels, loads the ``[block, C]`` tiles of the components it needs and sums the
+non-zero terms of ``U`` (constants in the code) in the accumulator dtype: it reads and writes
+only node-sized arrays. Bases of more than :data:`SPARSE_MAX_TERMS` terms keep the dense path.
 
 Precision: the operands stay in their stage dtype in memory (bf16 in ``bf16-mixed``); products and
 sums are in ``policy.accum("update")`` and the forms return that dtype (the caller casts to the
