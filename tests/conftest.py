@@ -1,6 +1,8 @@
 """Fixtures shared by all test directories (keep small): float64 on demand, a seeded rng, one
 persistent XLA compilation cache for the session and true FP32 matmuls on accelerators."""
 
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -19,13 +21,29 @@ def rng():
     return np.random.default_rng(0)
 
 
+@pytest.fixture(scope="session")
+def shared_tmp_path(tmp_path_factory):
+    """A directory of this session shared by all pytest-xdist workers (the parent of their base
+    directories; without xdist, the base directory): for what one worker makes and another may
+    read (with a lock where it is written, see ``tests/training/conftest.py``)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return tmp_path_factory.getbasetemp().parent
+    return tmp_path_factory.getbasetemp()
+
+
 @pytest.fixture(scope="session", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """A persistent XLA compilation cache for the whole session (one per pytest-xdist worker):
-    tests that jit the same program through new function objects (each ``jax.jit(make_predictor(
-    model))``, the resume tests' four compilations of one step) compile it once. Its path, for
-    subprocesses that should share it."""
-    path = str(tmp_path_factory.mktemp("xla_cache"))
+def compilation_cache(shared_tmp_path):
+    """A persistent XLA compilation cache for the whole session, shared by the pytest-xdist
+    workers: tests that jit the same program through new function objects (each ``jax.jit(
+    make_predictor(model))``, the resume tests' four compilations of one step) compile it once,
+    and a program one worker compiled (the tiny-config training step of the training tests, in
+    whichever files) the other loads. Its path, for subprocesses that should share it.
+
+    An entry read while another process still writes it fails to decompress: JAX warns and
+    compiles (the multi-process training tests have always shared one cache this way)."""
+    path = shared_tmp_path / "xla_cache"
+    path.mkdir(exist_ok=True)
+    path = str(path)
     old = {
         k: getattr(jax.config, k)
         for k in (

@@ -7,6 +7,9 @@ pass happens for real; it lets the state / loss-scaling tests run without the mo
 
 from __future__ import annotations
 
+import fcntl
+import shutil
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,17 +23,31 @@ SPECIES = SpeciesTable((1, 6, 8))
 
 
 @pytest.fixture(scope="session")
-def run_dir(tmp_path_factory):
-    """The tiny-config run (experiments/configs/tiny.yaml, fp32) trained for 15 steps, read-only:
-    the evaluate, audit and CLI tests share it."""
+def tiny_run(shared_tmp_path):
+    """The tiny-config run (experiments/configs/tiny.yaml, fp32, ``FAST``: 45 steps), trained once
+    per session and read-only: the fp32 case of the preset test, the resume tests' uninterrupted
+    reference and the evaluate, audit and CLI tests share it. Under pytest-xdist the first
+    worker that needs it trains it while a second waits for it (a file lock)."""
     from mpnn_jax.training.config import load_config
     from mpnn_jax.training.loop import train
 
     from .test_train_presets import FAST, TINY
 
-    workdir = tmp_path_factory.mktemp("run")
-    train(load_config(TINY, overrides=[*FAST, "train.max_steps=15"]), workdir)
+    workdir = shared_tmp_path / "tiny_fp32_run"
+    done = shared_tmp_path / "tiny_fp32_run.done"
+    with open(shared_tmp_path / "tiny_fp32_run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not done.exists():
+            shutil.rmtree(workdir, ignore_errors=True)  # a worker that failed half-way
+            train(load_config(TINY, overrides=FAST), workdir)
+            done.touch()
     return workdir
+
+
+@pytest.fixture(scope="session")
+def run_dir(tiny_run):
+    """A trained tiny run for the evaluate, audit and CLI tests (read-only): :func:`tiny_run`."""
+    return tiny_run
 
 
 def ethanol_graphs(n: int, *, start: int = 0, dtype=np.float32) -> list:

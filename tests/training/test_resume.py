@@ -39,11 +39,11 @@ def _assert_same_curve(a: Path, b: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("uninterrupted")
-    summary = train(load_config(TINY, overrides=RESUME), workdir)
+def reference_run(tiny_run):
+    """The uninterrupted run: the session's shared tiny fp32 run (``RESUME`` is its config)."""
+    summary = json.loads((tiny_run / "summary.json").read_text())
     assert summary["status"] == "done" and summary["step"] == 45
-    return workdir
+    return tiny_run
 
 
 def test_sigkill_and_resume_gives_identical_curve(tmp_path, reference_run, compilation_cache):
