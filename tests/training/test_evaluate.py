@@ -56,10 +56,10 @@ def test_backend_is_recorded_and_can_be_overridden(run_dir):
     assert meta["model"]["backend"] == "e3nn" and model.backend == "e3nn"
     old_spec = {k: v for k, v in meta["model"].items() if k != "backend"}
     assert build_model_from_spec(old_spec, policy="fp32").backend == "e3nn"
-    ref = evaluate(run_dir, TEST, n_configs=4)
+    ref = evaluate(run_dir, TEST, n_configs=5)  # the batch (program) of the test above
     assert ref["backend"] == "e3nn"
     if "cueq" in available_backends():
-        other = evaluate(run_dir, TEST, n_configs=4, backend="cueq")
+        other = evaluate(run_dir, TEST, n_configs=5, backend="cueq")
         assert other["backend"] == "cueq" and load_run(run_dir, backend="cueq")[0].backend == "cueq"
         for key in ("energy_mae_mev_per_atom", "forces_mae_mev_per_A", "forces_rmse_mev_per_A"):
             assert other[key] == pytest.approx(ref[key], rel=1e-4, abs=1e-3)
