@@ -113,7 +113,8 @@ SETTINGS = (
 )  # fmt: skip
 
 
-#: Run the kernel in Pallas's interpreter: ``None`` = where JAX's default backend is the CPU.
+#: Run the kernels (these and :mod:`mpnn_jax.nn.pallas_symmetric`'s) in Pallas's interpreter:
+#: ``None`` = where JAX's default backend is the CPU.
 INTERPRET: bool | None = None
 
 
@@ -369,7 +370,7 @@ def _gather_sum(x, w, sh, start, perm, nbr, *, plan: Plan, scale: float, acc, ou
             out_shape=jax.ShapeDtypeStruct((n_pad * len(outputs) * c,), out_dtype),
             grid=(n_pad // block,),
             name="mpnn_gather_sum",
-            **_compiler_kwargs(warps),
+            **compiler_kwargs(warps),
         )(start, start if perm is None else perm, nbr, x.reshape(-1), w.reshape(-1), sh.reshape(-1))
         outs.append(out.reshape(n_pad, len(outputs), c)[:n_tgt])
     return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
@@ -437,8 +438,9 @@ def _edge_kernel(
             dsh_ref[dst * plan.d_sh + j] = val.astype(dsh_ref.dtype)
 
 
-def _compiler_kwargs(num_warps: int) -> dict:
-    """``interpret`` on CPU, else the Triton compiler parameters."""
+def compiler_kwargs(num_warps: int) -> dict:
+    """``pallas_call``'s keywords: ``interpret`` on CPU (:data:`INTERPRET`), else the Triton
+    compiler parameters."""
     interpret = jax.default_backend() == "cpu" if INTERPRET is None else INTERPRET
     if interpret:
         return {"interpret": True}
@@ -490,7 +492,7 @@ def _edge_contract(
         out_shape=tuple(shapes[k] for k in want),
         grid=(e_pad // block,),
         name="mpnn_edge_contract",
-        **_compiler_kwargs(warps_for("edge", block, c)),
+        **compiler_kwargs(warps_for("edge", block, c)),
     )(
         nbr if order is None else order,
         nbr if order is None else nbr[order],  # [n_edges] in visiting order

@@ -33,7 +33,8 @@ stage dtype, as :meth:`Policy.einsum` does). ``U`` enters as FP32 constants (the
 it to the stage dtype). The audit reads each form as one contraction (``sparse_form``).
 
 Layout: component-major, ``[n_nodes, n_components, channels]``. On CPU the kernels run in
-Pallas's interpreter (tests); on GPUs they compile through Triton. Channel counts that are not a
+Pallas's interpreter (tests; :data:`mpnn_jax.nn.pallas_conv.INTERPRET`); on GPUs they compile
+through Triton. Channel counts that are not a
 power of two (or a multiple of :data:`SPARSE_CHANNEL_BLOCK`) take the reference's dense path.
 
 Example:
@@ -55,6 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import pallas as pl
 
+from mpnn_jax.nn.pallas_conv import compiler_kwargs
 from mpnn_jax.nn.symmetric_contraction import contraction_basis
 
 # Module settings, read when a function is traced. The defaults are the fastest measured (H100,
@@ -67,8 +69,6 @@ SPARSE_BLOCK_NODES = 1
 SPARSE_CHANNEL_BLOCK = 128
 #: Triton warps per program; ``0`` = one value of a ``[block, C]`` tile per thread (1 to 8 warps).
 SPARSE_WARPS = 0
-#: Run the kernels in Pallas's interpreter: ``None`` = where JAX's default backend is the CPU.
-INTERPRET: bool | None = None
 #: Whether the ``"pallas"`` backend's symmetric contraction uses these forms for order 3 (off:
 #: the reference's dense path).
 SPARSE_ORDER3 = True
@@ -178,15 +178,6 @@ def _warps(block: int, cb: int) -> int:
     return min(8, max(1, 1 << max(0, (block * cb // 32).bit_length() - 1)))
 
 
-def _compiler_kwargs(num_warps: int) -> dict:
-    interpret = jax.default_backend() == "cpu" if INTERPRET is None else INTERPRET
-    if interpret:
-        return {"interpret": True}
-    from jax.experimental.pallas import triton as plgpu
-
-    return {"compiler_params": plgpu.CompilerParams(num_warps=num_warps, num_stages=1)}
-
-
 @functools.partial(
     jax.jit, static_argnames=("spec", "form", "acc_dtype", "block", "channel_block", "warps")
 )
@@ -220,7 +211,7 @@ def sparse_form(
         out_shape=jax.ShapeDtypeStruct((n_pad * n_out * channels,), acc_dtype),
         grid=(n_pad // block, channels // cb),
         name=f"mpnn_sparse_{form}",
-        **_compiler_kwargs(warps or _warps(block, cb)),
+        **compiler_kwargs(warps or _warps(block, cb)),
     )(a.reshape(-1), b.reshape(-1), c.reshape(-1))
     return out.reshape(n_pad, n_out, channels)[:n]
 
