@@ -56,8 +56,8 @@ def _run_check(name: str, workdir: Path, cache: str) -> str:
 
 @pytest.fixture(scope="module")
 def step_and_overflow(tmp_path_factory, compilation_cache):
-    """The two checks below in one subprocess: one start and one ``init`` (the FP32 parameters
-    are the same for both policies); each test reads its own check's result."""
+    """The two checks below in one subprocess: one start and one draw of the FP32 parameters
+    (the same for both policies); each test reads its own check's result."""
     return _run_checks(["step", "overflow"], tmp_path_factory.mktemp("parallel"), compilation_cache)
 
 
