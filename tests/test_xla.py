@@ -51,7 +51,12 @@ def test_gpu_options_change_no_numbers(monkeypatch):
 
     graph = molecule_graph(np.random.default_rng(0), n_atoms=8)
     model = tiny_model("nequip", **NEQUIP)
-    params = init_params(model, jax.random.PRNGKey(0), graph, padded=False)
+    # N(0, 1) on init's shapes, as NequIP's init draws them (compiling init costs a third here)
+    shapes = jax.eval_shape(
+        lambda g: init_params(model, jax.random.PRNGKey(0), g, padded=False), graph
+    )
+    rng = np.random.default_rng(1)
+    params = jax.tree_util.tree_map(lambda x: np.asarray(rng.normal(size=x.shape), x.dtype), shapes)
     predict = make_predictor(model, padded=False)  # one real graph, no padding graph
     monkeypatch.setenv("MPNN_JAX_XLA_OPTIONS", "none")
     ref = xla.jit(predict, model=model)(params, graph)
