@@ -50,6 +50,7 @@ import jraph
 
 from mpnn_jax import xla
 from mpnn_jax.data import graphs as schema
+from mpnn_jax.nn import ops
 from mpnn_jax.precision import Policy
 
 Predictor = Callable[[Any, jraph.GraphsTuple], dict[str, jax.Array]]
@@ -83,11 +84,20 @@ def edge_vectors(
     policy: Policy,
 ) -> jax.Array:
     """``positions[receivers] - positions[senders] + shifts @ cell[edge_graph]`` [n_edges, 3] (Å),
-    in the geometry dtype."""
+    in the geometry dtype.
+
+    The two selections are :func:`mpnn_jax.nn.ops.gather_rows`
+    (:data:`~mpnn_jax.nn.ops.EDGE_GATHER`): their gradients, the forces' sums over each atom's
+    edges, run in sorted order whichever way the edges are sorted
+    (:data:`~mpnn_jax.nn.ops.SORTED_EDGES` skips the sort for the side promised sorted).
+    """
     with Policy.scope("geometry"):
         positions, cell, shifts = policy.cast("geometry", (positions, cell, shifts))
         offsets = jnp.einsum("ei,eij->ej", shifts, cell_of_edges(cell, edge_graph))  # [n_edges, 3]
-        return positions[receivers] - positions[senders] + offsets
+        how, promise = ops.EDGE_GATHER, ops.SORTED_EDGES
+        x_r = ops.gather_rows(positions, receivers, how=how, promised_sorted=promise == "receivers")
+        x_s = ops.gather_rows(positions, senders, how=how, promised_sorted=promise == "senders")
+        return x_r - x_s + offsets  # [n_edges, 3]
 
 
 #: Up to this many graphs per batch, :func:`cell_of_edges` selects by a one-hot contraction.

@@ -33,7 +33,7 @@ import numpy as np
 
 from mpnn_jax import benchmark as bm
 from mpnn_jax.data.graphs import edge_mask
-from mpnn_jax.nn import pallas_conv, pallas_symmetric
+from mpnn_jax.nn import ops, pallas_conv, pallas_symmetric
 from mpnn_jax.nn.convolution import e3nn_convolution, num_path_weights
 from mpnn_jax.precision import get_policy
 from mpnn_jax.precision import ops as precision_ops
@@ -81,14 +81,16 @@ OTHER = {
     "SMALL_CONTRACTION_UNBATCHED": precision_ops,
     "STORE_16BIT": precision_ops,
     **dict.fromkeys(pallas_symmetric.SETTINGS, pallas_symmetric),
+    "EDGE_GATHER": ops,  # "direct" | "sorted"
+    "CONV_GATHER": ops,
 }
 OTHER_DEFAULTS = {k: getattr(m, k) for k, m in OTHER.items()}
 
 
 def apply_variant(variant: str) -> tuple[str, str]:
-    """``"e3nn"`` or ``"pallas[:KEY=V,...]"`` (keys of :data:`pallas_conv.SETTINGS` and of
-    :data:`OTHER`, plus ``sorted=receivers|senders``): sets the module settings, returns
-    (backend, sorted_edges)."""
+    """``"BACKEND[:KEY=V,...]"`` (keys of :data:`pallas_conv.SETTINGS` and of :data:`OTHER`,
+    integers or, for string settings such as ``EDGE_GATHER=direct``, words; plus
+    ``sorted=receivers|senders``): sets the module settings, returns (backend, sorted_edges)."""
     backend, _, spec = variant.partition(":")
     for k, v in DEFAULTS.items():
         setattr(pallas_conv, k, v)
@@ -102,7 +104,10 @@ def apply_variant(variant: str) -> tuple[str, str]:
         elif key in DEFAULTS:
             setattr(pallas_conv, key, type(DEFAULTS[key])(int(value)))
         elif key in OTHER:
-            setattr(OTHER[key], key, type(OTHER_DEFAULTS[key])(int(value)))
+            default = OTHER_DEFAULTS[key]
+            setattr(
+                OTHER[key], key, value if isinstance(default, str) else type(default)(int(value))
+            )
         else:
             known = [*DEFAULTS, *OTHER]
             raise ValueError(f"unknown setting {key!r}; expected sorted or one of {known}")

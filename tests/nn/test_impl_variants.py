@@ -93,6 +93,99 @@ def test_select_sets_variants_same_values_and_gradients(spec):
     np.testing.assert_allclose(np.asarray(g1), np.asarray(g2), rtol=GRAD_TOL[spec], atol=1e-6)
 
 
+def _scatters(fn, *args):
+    """The scatter equations of ``fn``'s jaxpr, sub-jaxprs included: ``(primitive, params)``."""
+    found = []
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name.startswith("scatter"):
+                found.append((eqn.primitive.name, eqn.params))
+            for v in eqn.params.values():
+                for j in v if isinstance(v, (tuple, list)) else (v,):
+                    if hasattr(j, "eqns"):
+                        walk(j)
+                    elif hasattr(j, "jaxpr") and hasattr(j.jaxpr, "eqns"):
+                        walk(j.jaxpr)
+
+    walk(jax.make_jaxpr(fn)(*args).jaxpr)
+    return found
+
+
+def test_gather_rows_same_values_and_derivatives_as_a_gather(x64):
+    """Sorted and direct gathers give the same rows bit for bit, and gradients and second
+    derivatives equal to a float64 ``np.add.at`` reference and to each other to FP32 rounding."""
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.normal(size=(40, 3)), jnp.float32)  # [n_rows, 3]
+    idx = jnp.asarray(rng.integers(0, 40, size=300), jnp.int32)  # [n], unsorted, repeats
+    w = jnp.asarray(rng.normal(size=(300, 3)), jnp.float32)
+    rows = {
+        how: jax.jit(lambda a, h=how: ops.gather_rows(a, idx, how=h))(x)
+        for how in ("direct", "sorted")
+    }
+    for r in rows.values():
+        np.testing.assert_array_equal(np.asarray(r), np.asarray(x)[np.asarray(idx)])
+    expected = np.zeros((40, 3))
+    np.add.at(expected, np.asarray(idx), np.asarray(w, np.float64))
+    for how in ops.GATHER_CHOICES:
+        f = lambda a, h=how: jnp.sum(jnp.sin(ops.gather_rows(a, idx, how=h)) * w)  # noqa: E731
+        lin = lambda a, h=how: jnp.sum(ops.gather_rows(a, idx, how=h) * w)  # noqa: E731
+        np.testing.assert_allclose(np.asarray(jax.grad(lin)(x)), expected, rtol=1e-5, atol=1e-5)
+        # the second derivative (a training step differentiates the forces): diagonal in rows
+        hvp = jax.jvp(jax.grad(f), (x,), (jnp.ones_like(x),))[1]
+        ref = np.zeros((40, 3))
+        np.add.at(
+            ref,
+            np.asarray(idx),
+            -np.sin(np.asarray(x, np.float64)[np.asarray(idx)]) * np.asarray(w, np.float64),
+        )
+        np.testing.assert_allclose(np.asarray(hvp), ref, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="unknown gather"):
+        ops.gather_rows(x, idx, how="atomic")
+
+
+def test_gather_rows_gradient_sums_in_sorted_order():
+    """The sorted gather's gradient is a collision-free permutation and a scatter-add told its
+    indices are sorted; the direct gather's is an unsorted scatter-add; a promise skips the
+    sort."""
+    x = jnp.ones((10, 3), jnp.float32)
+    idx = jnp.array([7, 2, 2, 9, 0, 7], jnp.int32)
+    grad = lambda how, promised=False: jax.grad(  # noqa: E731
+        lambda a: jnp.sum(ops.gather_rows(a, idx, how=how, promised_sorted=promised) ** 2)
+    )
+
+    def adds(how, promised=False):  # (indices_are_sorted, unique_indices) of each scatter-add
+        found = _scatters(grad(how, promised), x)
+        return sorted(
+            (q["indices_are_sorted"], q["unique_indices"]) for n, q in found if n == "scatter-add"
+        )
+
+    # colliding sums: unsorted in the direct gather's gradient, sorted in the sorted one's,
+    # whose other scatter-add is the inverse permutation's transpose (no two rows collide)
+    assert adds("direct") == [(False, False)]
+    assert adds("sorted") == [(False, True), (True, False)]
+    assert adds("sorted", promised=True) == [(True, False)]
+
+
+@pytest.mark.parametrize("how", ops.GATHER_CHOICES)
+def test_edge_gather_variants_same_forces_and_stress(how, graph, monkeypatch):
+    """The edge vectors' gather variants give the same energies, forces and stress."""
+    from mpnn_jax.potential import make_predictor as predictor
+
+    model = testing.tiny_model("nequip", policy="fp32", n_layers=1, hidden_irreps="2x0e+1x1o",
+                               max_ell=1, n_basis=4, radial_features=(4,))  # fmt: skip
+    params = init_params(model, jax.random.PRNGKey(0), graph)
+    monkeypatch.setattr(ops, "EDGE_GATHER", "direct")
+    ref = jax.jit(predictor(model))(params, graph)
+    monkeypatch.setattr(ops, "EDGE_GATHER", how)
+    out = jax.jit(predictor(model))(params, graph)
+    for name in ("energy", "forces", "stress"):
+        np.testing.assert_allclose(
+            np.asarray(out[name]), np.asarray(ref[name]), rtol=1e-5, atol=1e-6
+        )
+    assert float(jnp.max(jnp.abs(ref["forces"]))) > 1e-3  # forces are not trivially zero
+
+
 @pytest.fixture(scope="module")
 def graph():
     rng = np.random.default_rng(3)
