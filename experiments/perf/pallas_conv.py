@@ -33,7 +33,7 @@ import numpy as np
 
 from mpnn_jax import benchmark as bm
 from mpnn_jax.data.graphs import edge_mask
-from mpnn_jax.nn import ops, pallas_conv, pallas_symmetric
+from mpnn_jax.nn import ops, pallas_conv, pallas_symmetric, radial
 from mpnn_jax.nn.convolution import e3nn_convolution, num_path_weights
 from mpnn_jax.precision import get_policy
 from mpnn_jax.precision import ops as precision_ops
@@ -83,6 +83,8 @@ OTHER = {
     **dict.fromkeys(pallas_symmetric.SETTINGS, pallas_symmetric),
     "EDGE_GATHER": ops,  # "direct" | "sorted"
     "CONV_GATHER": ops,
+    "FOLD_SCALES": radial,
+    "TAKE_ROWS": ops,  # "take" | "onehot"
 }
 OTHER_DEFAULTS = {k: getattr(m, k) for k, m in OTHER.items()}
 
@@ -295,7 +297,7 @@ def main(argv=None) -> int:
                     size=size, system=system, preset=preset, mode=mode,
                     params=params_cache[(size, key)], avg_num_neighbors=bm.avg_neighbours(system),
                     cutoff=5.0, repeats=args.repeats, backend=backend, ceilings=ceilings,
-                    sorted_edges=sorted_edges,
+                    sorted_edges=sorted_edges, take_rows=ops.TAKE_ROWS,
                 )  # fmt: skip
             except Exception as err:  # noqa: BLE001 - a failing variant is a result too
                 row = {"model": size, "preset": preset, "mode": mode, "error": repr(err)[:2000]}

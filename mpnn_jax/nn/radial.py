@@ -95,11 +95,22 @@ def radial_mlp(
     with Policy.scope(stage):
         h = policy.cast(stage, x)
         for i, w in enumerate(weights):
-            h = matmul_accum(policy, stage, h, w)
-            h = policy.cast(stage, h) * (1.0 / math.sqrt(w.shape[0]))
+            if FOLD_SCALES:
+                # the constant factors scale the small weight matrix instead of the [n_edges, *]
+                # activations: the same function (to rounding) with fewer elementwise passes
+                scale = (_SILU_NORM if i > 0 else 1.0) / math.sqrt(w.shape[0])
+                h = policy.cast(stage, matmul_accum(policy, stage, h, w * scale))
+            else:
+                h = matmul_accum(policy, stage, h, w)
+                h = policy.cast(stage, h) * (1.0 / math.sqrt(w.shape[0]))
             if i < len(weights) - 1:
-                h = jax.nn.silu(h) * _SILU_NORM
+                h = jax.nn.silu(h) if FOLD_SCALES else jax.nn.silu(h) * _SILU_NORM
         return h
+
+
+#: :func:`radial_mlp` multiplies the weights by its constant factors (``True``) rather than the
+#: activations (``False``): PERFORMANCE_LOG entry 19.
+FOLD_SCALES = True
 
 
 # makes silu(x), x ~ N(0, 1), have a unit second moment (e3nn's normalize_function)

@@ -73,6 +73,27 @@ def test_radial_mlp_bf16_close_to_fp32():
     assert 1e-5 < err < 3e-2  # BF16 really happened, and is sane
 
 
+@pytest.mark.parametrize("fold", [True, False])
+def test_radial_mlp_matches_numpy_fp64(fold, monkeypatch):
+    """``silu(x W1 / sqrt(8)) * 1.679 ... W_last / sqrt(16)`` in float64 NumPy: the constant
+    factors on the weights (``FOLD_SCALES``) or on the activations give the same function."""
+    from mpnn_jax.nn import radial
+
+    monkeypatch.setattr(radial, "FOLD_SCALES", fold)
+    x = jax.random.normal(jax.random.PRNGKey(1), (32, 8))
+    mlp = RadialMLP((16, 16), 4, get_policy("fp32"))
+    params = mlp.init(jax.random.PRNGKey(0), x)
+    with jax.default_matmul_precision("highest"):
+        y = np.asarray(mlp.apply(params, x), np.float64)
+    h = np.asarray(x, np.float64)
+    ws = [np.asarray(params["params"][f"w{i}"], np.float64) for i in range(3)]
+    for i, w in enumerate(ws):
+        h = h @ w / np.sqrt(w.shape[0])
+        if i < 2:
+            h = h / (1.0 + np.exp(-h)) * 1.6790
+    np.testing.assert_allclose(y, h, rtol=1e-5, atol=1e-5 * np.abs(h).max())
+
+
 def _edges(rng, n=12):
     v = rng.normal(size=(n, 3))
     v[-2:] = 0.0  # padded edges
