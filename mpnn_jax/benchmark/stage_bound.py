@@ -11,7 +11,11 @@ rest,
 when every 16-bit stage runs ``k`` times faster than in FP32. ``k = 2`` is the ceiling for a
 memory-bound kernel whose bytes all halve (and the H100's BF16 / TF32 matmul ceilings are 1.8x
 apart), so ``T / (F + S / 2)`` is the most the preset can give for this program. With a profile
-of the preset itself, the measured ``S_fp32 / S_16`` says how far its 16-bit stages are from that.
+of the preset itself, the measured ``S_fp32 / S_16`` says how far its 16-bit stages are from that,
+and since the FP32 stages also move fewer bytes where their inputs or outputs are 16-bit (their
+measured time ``F_16`` can be below ``F``), ``T / (F_16 + S / 2)`` is the bound with the FP32
+stages as they ran, and ``k_needed = S / (T / target - F_16)`` the speed-up the 16-bit stages
+would need for a target ratio.
 
 Input: the ``by_stage`` dict of ``experiments/perf/profile.py`` (``{"Module:stage[ bwd]": ms}``;
 ``"(other)"`` and ``"-"`` stages are counted as fixed: parameter copies, the optimiser).
@@ -56,6 +60,7 @@ def precision_bound(
     *,
     low_by_stage: dict[str, float] | None = None,
     k: float = 2.0,
+    target: float | None = None,
 ) -> dict[str, float | str]:
     """The most ``preset`` can speed up the program profiled in FP32 (module docstring).
 
@@ -64,12 +69,15 @@ def precision_bound(
         preset: the mixed preset (its stage dtypes decide which time can scale).
         low_by_stage: the same program's profile under ``preset``, if measured.
         k: speed-up of every 16-bit stage (2: all bytes halved).
+        target: a speed-up to reach (e.g. 1.5): with ``low_by_stage``, ``k_needed``.
 
     Returns:
         ``fp32_ms``, ``fixed_ms``, ``scalable_ms``, ``fixed_share``, ``bound`` (the speed-up at
         ``k``), ``bound_k_inf`` (``T / F``: 16-bit stages free); with ``low_by_stage`` also
         ``low_ms``, ``measured`` (``T / T_low``), ``fixed_low_ms``, ``scalable_low_ms``,
-        ``scalable_speedup`` (``S / S_low``) and ``fixed_speedup`` (``F / F_low``).
+        ``scalable_speedup`` (``S / S_low``), ``fixed_speedup`` (``F / F_low``) and
+        ``bound_low_fixed`` (``T / (F_low + S / k)``); with ``target`` too, ``k_needed`` (inf
+        when the FP32 stages alone exceed ``T / target``).
     """
     if k <= 0:
         raise ValueError(f"k must be positive, got {k}")
@@ -96,5 +104,10 @@ def precision_bound(
             scalable_low_ms=scalable_low,
             scalable_speedup=scalable / scalable_low if scalable_low > 0 else float("inf"),
             fixed_speedup=fixed / fixed_low if fixed_low > 0 else float("inf"),
+            bound_low_fixed=total / (fixed_low + scalable / k),
         )
+        if target is not None:
+            room = total / target - fixed_low  # ms left for the 16-bit stages
+            out["target"] = target
+            out["k_needed"] = scalable / room if room > 0 else float("inf")
     return out

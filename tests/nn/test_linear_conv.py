@@ -60,6 +60,51 @@ def test_linear_indexed_uses_the_index():
     np.testing.assert_allclose(y[:, 0], w.sum(axis=1)[:, 0] / np.sqrt(2), rtol=1e-6)
 
 
+def test_linear_indexed_matches_fp64_rows():
+    """Each row with its own set's matrices, in float64 NumPy: values, the input gradient and the
+    weights' gradient (a sum over the rows of each set); under bf16-mixed, BF16 roundings only."""
+    irreps_in, irreps_out = e3nn.Irreps("3x0e+2x1o"), e3nn.Irreps("2x0e+2x1o")
+    x = e3nn.normal(irreps_in, jax.random.PRNGKey(0), (7,))
+    idx = jnp.array([2, 0, 0, 1, 2, 2, 0])
+    lin = Linear(irreps_out, get_policy("fp32"), "update", 3)
+    params = lin.init(jax.random.PRNGKey(1), x, idx)
+    proj = jax.random.normal(jax.random.PRNGKey(2), (7, irreps_out.dim))
+
+    def loss(p, a):
+        return jnp.sum(lin.apply(p, e3nn.IrrepsArray(irreps_in, a), idx).array * proj)
+
+    with jax.default_matmul_precision("highest"):
+        y = np.asarray(lin.apply(params, x, idx).array, np.float64)
+        gp, gx = jax.grad(loss, argnums=(0, 1))(params, x.array)
+    w0, w1 = (np.asarray(w, np.float64) for w in params["params"].values())  # [3, u, w]
+    xa, k = np.asarray(x.array, np.float64), np.asarray(idx)
+    x0, x1 = xa[:, :3], xa[:, 3:].reshape(7, 2, 3)  # [n, u] and [n, u, 3]
+    ref0 = np.einsum("nu,nuw->nw", x0, w0[k]) / np.sqrt(3)
+    ref1 = np.einsum("nui,nuw->nwi", x1, w1[k]) / np.sqrt(2)
+    ref = np.concatenate([ref0, ref1.reshape(7, 6)], axis=1)
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-6)
+    # gradients through the reference: the loss is linear in x and in each set's weights
+    p0, p1 = (
+        np.asarray(proj[:, :2], np.float64),
+        np.asarray(proj[:, 2:], np.float64).reshape(7, 2, 3),
+    )
+    gw0 = np.zeros_like(w0)
+    np.add.at(gw0, k, np.einsum("nu,nw->nuw", x0, p0) / np.sqrt(3))
+    gw1 = np.zeros_like(w1)
+    np.add.at(gw1, k, np.einsum("nui,nwi->nuw", x1, p1) / np.sqrt(2))
+    got0, got1 = (np.asarray(g) for g in gp["params"].values())
+    np.testing.assert_allclose(got0, gw0, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got1, gw1, rtol=1e-5, atol=1e-6)
+    gx0 = np.einsum("nuw,nw->nu", w0[k], p0) / np.sqrt(3)
+    gx1 = np.einsum("nuw,nwi->nui", w1[k], p1) / np.sqrt(2)
+    np.testing.assert_allclose(
+        np.asarray(gx), np.concatenate([gx0, gx1.reshape(7, 6)], 1), rtol=1e-5, atol=1e-6
+    )
+    low = lin.clone(policy=get_policy("bf16-mixed")).apply(params, x, idx).array
+    err = np.abs(np.asarray(low, np.float64) - ref).max() / np.abs(ref).max()
+    assert 0 < err < 2e-2
+
+
 @pytest.mark.parametrize(
     "spec, dtype", [("fp32", "float32"), ("bf16-mixed", "bfloat16"), ("fp16-mixed", "float16")]
 )
