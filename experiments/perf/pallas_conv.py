@@ -82,7 +82,6 @@ OTHER = {
     "STORE_16BIT": precision_ops,
     **dict.fromkeys(pallas_symmetric.SETTINGS, pallas_symmetric),
     "EDGE_GATHER": ops,  # "direct" | "sorted"
-    "CONV_GATHER": ops,
     "FOLD_SCALES": radial,
     "TAKE_ROWS": ops,  # "take" | "onehot"
 }

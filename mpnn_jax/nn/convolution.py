@@ -100,8 +100,8 @@ def e3nn_convolution(
         # the gradient of this gather is a sum over each node's outgoing edges: in the
         # aggregation dtype (FP32 atomics on GPUs, not 16-bit ones)
         x_nodes = policy.cast("aggregation", node_feats.array)  # [n_nodes, irreps_in]
-        x_edges = ops.gather_rows(  # [n_edges, irreps_in]
-            x_nodes, senders, how=ops.CONV_GATHER, promised_sorted=ops.SORTED_EDGES == "senders"
+        x_edges = x_nodes.at[senders].get(  # [n_edges, irreps_in]
+            indices_are_sorted=ops.SORTED_EDGES == "senders", mode="promise_in_bounds"
         )
     with Policy.scope("messages"):
         dtype = policy.dtype("messages")

@@ -21,12 +21,11 @@ in one process (:func:`implementation` sets them for a ``with`` block):
   order; ``mpnn_jax.benchmark.sort_edges`` re-sorts by receiver). The ``"pallas"`` backend also
   takes the promise to cover the masked edges: they come last (padded edges point at padding
   nodes past every real node, as jraph's padding and the MD neighbour lists leave them).
-* :data:`EDGE_GATHER` and :data:`CONV_GATHER`: how :func:`gather_rows` selects node rows by an
-  edge index array that is not promised sorted, for the edge vectors (``positions[senders]``,
-  ``positions[receivers]``) and for the ``e3nn`` convolution's sender features. ``"direct"``: a
-  gather, whose gradient is a scatter-add in edge order; ``"sorted"``: the same rows gathered in
-  sorted index order and put back in edge order by a permutation, so that the gradient's
-  scatter-add runs in sorted order (one sort of the indices per call).
+* :data:`EDGE_GATHER`: how :func:`gather_rows` selects the edge vectors' positions
+  (``positions[senders]``, ``positions[receivers]``) by an index array that is not promised
+  sorted. ``"direct"``: a gather, whose gradient is a scatter-add in edge order; ``"sorted"``
+  (the default): the same rows gathered in sorted index order and put back in edge order by a
+  permutation, so that the gradient's scatter-add runs in sorted order (one sort per call).
 """
 
 from __future__ import annotations
@@ -48,8 +47,6 @@ SORTED_EDGES = "none"
 SORTED_EDGES_CHOICES = ("none", "senders", "receivers")
 #: :func:`gather_rows` for the edge vectors: ``"sorted"`` or ``"direct"``.
 EDGE_GATHER = "sorted"  # H100, MACE MP-S E+F on 10k atoms: PERFORMANCE_LOG entry 19
-#: :func:`gather_rows` for the ``e3nn`` convolution's sender features.
-CONV_GATHER = "direct"
 GATHER_CHOICES = ("direct", "sorted")
 
 
