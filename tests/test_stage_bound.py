@@ -59,3 +59,32 @@ def test_with_the_low_precision_profile():
     assert b["k_needed"] == pytest.approx(2.0)
     # a target the FP32 stages alone miss: 12 / 3 = 4 ms < 4.5
     assert math.isinf(precision_bound(FP32, "bf16-mixed", low_by_stage=low, target=3.0)["k_needed"])
+
+
+def test_script_pairs_cases_of_one_file(tmp_path, capsys):
+    """``experiments/perf/stage_bound.py`` pairs each fp32 case with the same program under
+    another preset, in one file, and writes the bound of each pair."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "experiments" / "perf" / "stage_bound.py"
+    spec = importlib.util.spec_from_file_location("perf_stage_bound", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    low = {k: v / 2 for k, v in FP32.items()}
+    cases = [
+        {"case": "mace-mp-s:water:100:fp32:ef:pallas", "by_stage": FP32},
+        {"case": "mace-mp-s:water:100:bf16-mixed:ef:pallas", "by_stage": low},
+        {"case": "mace-mp-s:water:100:bf16-mixed:train:pallas", "by_stage": low},  # no fp32 twin
+    ]
+    f = tmp_path / "profile.json"
+    f.write_text(json.dumps(cases))
+    out = tmp_path / "bound.json"
+    assert module.main([str(f), "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())
+    assert row["case"] == "mace-mp-s:water:100:bf16-mixed:ef:pallas"
+    assert row["measured"] == pytest.approx(2.0) and row["bound"] == pytest.approx(12.0 / 8.5)
+    assert "bf16-mixed:ef" in capsys.readouterr().out
+    f.write_text(json.dumps(cases[1:]))
+    assert module.main([str(f)]) == 1  # nothing to pair
