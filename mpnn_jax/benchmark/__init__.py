@@ -65,6 +65,7 @@ from mpnn_jax.benchmark.roofline import (
     device_ceilings,
     roofline,
 )
+from mpnn_jax.benchmark.stage_bound import precision_bound, split_by_precision, stage_name
 from mpnn_jax.benchmark.systems import (
     System,
     avg_neighbours,
@@ -118,6 +119,9 @@ __all__ = [
     "peak_device_bytes",
     "perturbed_inputs",
     "plot_throughput",
+    "precision_bound",
+    "split_by_precision",
+    "stage_name",
     "policy_names",
     "roofline",
     "run_benchmark",

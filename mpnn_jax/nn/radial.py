@@ -92,14 +92,19 @@ def radial_mlp(
     Returns:
         [n_edges, weights[-1].shape[1]] in the dtype of ``stage``.
     """
+    if FOLD_SCALES:
+        # the constant factors scale the small FP32 weight matrices (a parameter transform, in
+        # the parameters' dtype, before the stage casts them) instead of the [n_edges, *]
+        # activations: the same function (to rounding) with fewer elementwise passes
+        weights = [
+            w * ((_SILU_NORM if i > 0 else 1.0) / math.sqrt(w.shape[0]))
+            for i, w in enumerate(weights)
+        ]
     with Policy.scope(stage):
         h = policy.cast(stage, x)
         for i, w in enumerate(weights):
             if FOLD_SCALES:
-                # the constant factors scale the small weight matrix instead of the [n_edges, *]
-                # activations: the same function (to rounding) with fewer elementwise passes
-                scale = (_SILU_NORM if i > 0 else 1.0) / math.sqrt(w.shape[0])
-                h = policy.cast(stage, matmul_accum(policy, stage, h, w * scale))
+                h = policy.cast(stage, matmul_accum(policy, stage, h, w))
             else:
                 h = matmul_accum(policy, stage, h, w)
                 h = policy.cast(stage, h) * (1.0 / math.sqrt(w.shape[0]))
