@@ -11,6 +11,8 @@ Users test their own models the way the library tests its own (cf. e3nn-jax's
 * :func:`random_o3`, :func:`transform_graph`, :func:`permute_graph`: rotations/inversions,
   translations and node permutations of a graph;
 * :func:`equivariance_error`, :func:`assert_equivariant`: for functions of ``e3nn.IrrepsArray``;
+* :func:`tiny_model`, :func:`random_params`: small models and parameters with ``init``'s
+  distribution, without compiling ``init``;
 * :func:`central_difference`: central finite differences of a scalar function of an array;
   :func:`finite_difference_forces`, :func:`finite_difference_stress`.
 
@@ -60,6 +62,43 @@ def tiny_model(name: str = "nequip", *, policy="fp32", n_species: int = 2, **siz
         shift=0.1,
         **sizes,
     )
+
+
+def random_params(model, graph: jraph.GraphsTuple, seed: int = 0, *, padded: bool = True):
+    """Parameters with ``init``'s distribution, drawn in NumPy on its traced shapes.
+
+    N(0, 1) for every weight, N(0, 1) / multiplicity for MACE's symmetric-contraction weights
+    (leaves named ``w<order>_<irrep>``, ``[n_species, k, channels]``), as the models' ``init``
+    draws them; nothing is compiled (on a 2-core CPU, compiling a MACE ``init`` costs more than
+    most checks that use its parameters).
+
+    Args:
+        model: an unbound model (e.g. :func:`tiny_model`).
+        graph: a graph of the shapes the model will see.
+        seed: NumPy seed.
+        padded: passed to :func:`mpnn_jax.potential.init_params`.
+
+    Returns:
+        The parameter pytree (``jax.Array`` leaves in ``init``'s dtypes, FP32).
+    """
+    import re
+
+    import jax.numpy as jnp
+
+    from mpnn_jax.potential import init_params
+
+    shapes = jax.eval_shape(
+        lambda g: init_params(model, jax.random.PRNGKey(0), g, padded=padded), graph
+    )
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        x = rng.normal(size=leaf.shape)
+        if re.fullmatch(r"w\d+_\w+", str(path[-1].key)):  # [n_species, k, channels]
+            x = x / leaf.shape[1]
+        return jnp.asarray(x, leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 def brute_force_neighbours(

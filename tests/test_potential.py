@@ -17,16 +17,6 @@ def _model(policy="fp32", sizes=SIZES):
     return testing.tiny_model("nequip", policy=policy, **sizes)
 
 
-def _random_params(model, graph, seed: int = 0):
-    """FP32 parameters drawn N(0, 1) in NumPy on ``init``'s shapes and dtypes (NequIP's ``init``
-    draws every weight N(0, 1) too; compiling it costs more than the checks)."""
-    shapes = jax.eval_shape(
-        lambda g: init_params(model, jax.random.PRNGKey(0), g, padded=False), graph
-    )
-    rng = np.random.default_rng(seed)
-    return jax.tree_util.tree_map(lambda x: jnp.asarray(rng.normal(size=x.shape), x.dtype), shapes)
-
-
 def _single_energy(model, params):
     energy = jax.jit(make_energy_fn(model, padded=False))
     return lambda g: float(energy(params, g))
@@ -38,7 +28,7 @@ def test_forces_match_finite_differences_fp64(x64, kind):
     make = testing.molecule_graph if kind == "molecule" else testing.periodic_graph
     g = make(rng, n_atoms=4, cutoff=3.0, dtype="float64")
     model = _model("fp64")
-    params = _random_params(model, g)
+    params = testing.random_params(model, g, padded=False)
     out = jax.jit(make_predictor(model, padded=False))(params, g)
     assert out["forces"].dtype == jnp.float64
     fd = testing.finite_difference_forces(_single_energy(model, params), g, eps=1e-5)
@@ -52,7 +42,7 @@ def test_stress_matches_finite_strain_fp64(x64):
     rng = np.random.default_rng(2)
     g = testing.periodic_graph(rng, n_atoms=4, cutoff=3.0, dtype="float64")
     model = _model("fp64")
-    params = _random_params(model, g)
+    params = testing.random_params(model, g, padded=False)
     out = jax.jit(make_predictor(model, padded=False))(params, g)
     fd = testing.finite_difference_stress(_single_energy(model, params), g, eps=1e-5)
     stress = np.asarray(out["stress"][0])
@@ -73,7 +63,7 @@ def batch_and_params():
     ]
     real = testing.batch(graphs)
     model = _model()
-    params = _random_params(model, real)
+    params = testing.random_params(model, real, padded=False)
     return model, params, real
 
 

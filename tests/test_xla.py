@@ -9,7 +9,7 @@ import pytest
 
 from mpnn_jax import xla
 from mpnn_jax.benchmark import measure
-from mpnn_jax.testing import molecule_graph, tiny_model
+from mpnn_jax.testing import molecule_graph, random_params, tiny_model
 
 NEQUIP = dict(
     n_layers=2, hidden_irreps="4x0e+3x1o+2x2e", max_ell=2, n_basis=6, radial_features=(8,)
@@ -47,16 +47,12 @@ def test_options_reach_the_compiler():
 def test_gpu_options_change_no_numbers(monkeypatch):
     """The NequIP predictor (energy and forces) compiled without multi-output fusion equals the
     default program to rounding (the pass exists on the CPU too, so this is a second program)."""
-    from mpnn_jax.potential import init_params, make_predictor
+    from mpnn_jax.potential import make_predictor
 
     graph = molecule_graph(np.random.default_rng(0), n_atoms=8)
     model = tiny_model("nequip", **NEQUIP)
-    # N(0, 1) on init's shapes, as NequIP's init draws them (compiling init costs a third here)
-    shapes = jax.eval_shape(
-        lambda g: init_params(model, jax.random.PRNGKey(0), g, padded=False), graph
-    )
-    rng = np.random.default_rng(1)
-    params = jax.tree_util.tree_map(lambda x: np.asarray(rng.normal(size=x.shape), x.dtype), shapes)
+    # init's distribution drawn in NumPy (compiling init costs a third here)
+    params = random_params(model, graph, 1, padded=False)
     predict = make_predictor(model, padded=False)  # one real graph, no padding graph
     monkeypatch.setenv("MPNN_JAX_XLA_OPTIONS", "none")
     ref = xla.jit(predict, model=model)(params, graph)

@@ -6,8 +6,6 @@ fixtures compile every function once.
 
 from __future__ import annotations
 
-import re
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -61,29 +59,11 @@ def _pad(g):
     return testing.pad(g, n_node=int(g.n_node.sum()) + 2, n_edge=int(g.n_edge.sum()) + 8, n_graph=2)
 
 
-def _random_params(model: MACE, graph, seed: int = 0):
-    """Parameters with the distribution of ``model.init`` (N(0, 1); N(0, 1)/multiplicity for the
-    symmetric contraction), drawn in NumPy on the traced shapes: compiling ``init`` on a 2-core
-    CPU costs more than all the physics below."""
-    shapes = jax.eval_shape(lambda g: init_params(model, jax.random.PRNGKey(0), g), graph)
-    rng = np.random.default_rng(seed)
-
-    def draw(path, leaf):
-        assert leaf.dtype == jnp.float32
-        x = rng.normal(size=leaf.shape)
-        name = str(path[-1].key)
-        if re.fullmatch(r"w\d+_\w+", name):  # symmetric contraction [n_species, k, channels]
-            x = x / leaf.shape[1]
-        return jnp.asarray(x, jnp.float32)
-
-    return jax.tree_util.tree_map_with_path(draw, shapes)
-
-
 @pytest.fixture(scope="module")
 def setup():
     model = _model()
     graph = _pad(_graph())
-    params = _random_params(model, graph)
+    params = testing.random_params(model, graph)
     predict = jax.jit(make_predictor(model))
     return model, params, graph, predict
 
@@ -109,6 +89,23 @@ def test_params_are_float32_and_factory_builds_the_same_model(setup):
     assert channel_irreps("0e+1o", 4) == channel_irreps("4x0e+4x1o", 4)
     with pytest.raises(ValueError):
         channel_irreps("3x0e+4x1o", 4)
+
+
+def test_random_params_follow_init_shapes_and_scaling(setup):
+    """``testing.random_params``: init's tree, shapes and dtypes; the symmetric contraction's
+    ``[n_species, k, channels]`` weights drawn N(0, 1) / k, every other weight N(0, 1)."""
+    model, params, graph, _ = setup
+    shapes = jax.eval_shape(lambda g: init_params(model, jax.random.PRNGKey(0), g), graph)
+    assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(shapes)
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    for (_, x), s in zip(leaves, jax.tree_util.tree_leaves(shapes), strict=True):
+        assert x.shape == s.shape and x.dtype == s.dtype
+    is_sym = lambda p: str(p[-1].key).startswith(("w1_", "w2_", "w3_"))  # noqa: E731
+    sym = [np.ravel(np.asarray(x) * x.shape[1]) for p, x in leaves if is_sym(p)]
+    assert sym, "no symmetric contraction weights found"
+    scaled = np.concatenate(sym)
+    other = np.concatenate([np.ravel(np.asarray(x)) for p, x in leaves if not is_sym(p)])
+    assert abs(np.std(scaled) - 1.0) < 0.2 and abs(np.std(other) - 1.0) < 0.1
 
 
 def test_rotation_inversion_invariance_and_force_equivariance(setup):
@@ -261,7 +258,7 @@ def test_one_training_step_without_nan(preset, request):
     dtype = "float64" if policy.uses_x64 else "float32"
     model = _model(preset, max_ell=1, correlation=2, hidden_irreps="0e+1o")
     graph = _pad(_graph(dtype, seed=5))
-    params = _random_params(model, graph, seed=1)
+    params = testing.random_params(model, graph, seed=1)
     predict = make_predictor(model)
     n = int(graph.n_node[0])
     target_e = jnp.asarray([-10.0, 0.0], policy.dtype("energy"))

@@ -27,15 +27,6 @@ def _init_shapes(model, graph):
     return jax.eval_shape(lambda g: init_params(model, jax.random.PRNGKey(0), g), graph)
 
 
-def _random_params(model, graph, seed: int = 0):
-    """FP32 parameters drawn N(0, 1) in NumPy on ``init``'s shapes: NequIP's ``init`` draws every
-    weight (linears, radial MLP, embedding) N(0, 1) too, and compiling it costs more than the
-    checks that use them."""
-    rng = np.random.default_rng(seed)
-    draw = lambda leaf: jnp.asarray(rng.normal(size=leaf.shape), leaf.dtype)  # noqa: E731
-    return jax.tree_util.tree_map(draw, _init_shapes(model, graph))
-
-
 @pytest.fixture(scope="module")
 def setup():
     rng = np.random.default_rng(0)
@@ -44,7 +35,7 @@ def setup():
     )
     g = testing.pad(real, n_node=12, n_edge=int(real.n_edge.sum()) + 8, n_graph=3)
     model = _model()
-    params = _random_params(model, g)
+    params = testing.random_params(model, g)
     return model, params, g, rng
 
 

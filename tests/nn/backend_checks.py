@@ -4,8 +4,6 @@ energy + force loss whose parameter gradient goes through second derivatives of 
 
 from __future__ import annotations
 
-import re
-
 import e3nn_jax as e3nn
 import jax
 import jax.numpy as jnp
@@ -13,7 +11,7 @@ import numpy as np
 
 from mpnn_jax import testing
 from mpnn_jax.nn.convolution import num_path_weights
-from mpnn_jax.potential import init_params, make_predictor
+from mpnn_jax.potential import make_predictor
 
 N_NODES, N_EDGES, N_PAD = 7, 24, 4
 FILTER = e3nn.Irreps("0e+1o+2e+1e")
@@ -50,20 +48,6 @@ def conv_inputs(irreps_in: str, dtype=jnp.float32, seed: int = 0):
     return x, sh, w, *idx, jnp.asarray(mask)
 
 
-def random_params(model, graph, seed: int = 0):
-    """Parameters with ``init``'s shapes drawn in NumPy (compiling ``init`` costs more)."""
-    shapes = jax.eval_shape(lambda g: init_params(model, jax.random.PRNGKey(0), g), graph)
-    rng = np.random.default_rng(seed)
-
-    def draw(path, leaf):
-        x = rng.normal(size=leaf.shape)
-        if re.fullmatch(r"w\d+_\w+", str(path[-1].key)):  # symmetric contraction weights
-            x = x / leaf.shape[1]
-        return jnp.asarray(x, leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(draw, shapes)
-
-
 def loss_and_grad(model, *, second_order: bool):
     """Jitted ``params, graph -> ((loss, predictions), d loss / d params or None)`` for an
     energy + force loss: what a training step differentiates (second derivatives through the
@@ -88,7 +72,7 @@ def model_case(name: str, backend: str, *, second_order: bool, **overrides):
     graph = testing.pad(
         g, n_node=int(g.n_node.sum()) + 2, n_edge=int(g.n_edge.sum()) + 8, n_graph=2
     )
-    params = random_params(ref, graph)
+    params = testing.random_params(ref, graph)
     mods = {"e3nn": ref, backend: ref.clone(backend=backend)}
     fns = {k: loss_and_grad(m, second_order=second_order) for k, m in mods.items()}
     return params, graph, mods, fns

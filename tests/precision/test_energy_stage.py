@@ -12,15 +12,13 @@ show 10^7 times above the tolerance. Both programs are jitted and the parameters
 on ``init``'s shapes (eager MACE and compiling ``init`` took 60 s on 2 cores).
 """
 
-import re
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from mpnn_jax import testing
-from mpnn_jax.potential import init_params, make_predictor
+from mpnn_jax.potential import make_predictor
 from mpnn_jax.precision import get_policy
 
 SIZES = {
@@ -36,21 +34,6 @@ def _graph():
     return testing.pad(real, n_node=16, n_edge=int(real.n_edge.sum()) + 8, n_graph=2)
 
 
-def _random_params(model, graph, seed: int = 0):
-    """FP32 parameters on ``init``'s shapes: N(0, 1), N(0, 1)/multiplicity for MACE's symmetric
-    contraction weights (as ``init`` draws them)."""
-    shapes = jax.eval_shape(lambda g: init_params(model, jax.random.PRNGKey(0), g), graph)
-    rng = np.random.default_rng(seed)
-
-    def draw(path, leaf):
-        x = rng.normal(size=leaf.shape)
-        if re.fullmatch(r"w\d+_\w+", str(path[-1].key)):  # [n_species, k, channels]
-            x = x / leaf.shape[1]
-        return jnp.asarray(x, leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(draw, shapes)
-
-
 @pytest.mark.parametrize(
     ("name", "dtype"),
     [  # MACE in BF16: the same code path as the two below
@@ -63,7 +46,7 @@ def test_16_bit_energy_stage_scales_forces_by_the_rounded_scale(name, dtype, x64
     graph = _graph()
     model = testing.tiny_model(name, policy="fp64", **SIZES[name])
     low_model = model.clone(policy=get_policy(f"fp64+energy={dtype}"))
-    params = _random_params(model, graph)
+    params = testing.random_params(model, graph)
     ref, low = (
         np.asarray(jax.jit(make_predictor(m))(params, graph)["forces"])[:8]
         for m in (model, low_model)

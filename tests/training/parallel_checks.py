@@ -13,7 +13,6 @@ non-zero if any failed.
 from __future__ import annotations
 
 import os
-import re
 import sys
 import traceback
 from pathlib import Path
@@ -24,10 +23,10 @@ os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
+from mpnn_jax import testing  # noqa: E402
 from mpnn_jax.data import GraphLoader  # noqa: E402
 from mpnn_jax.data.buckets import Bucket  # noqa: E402
 from mpnn_jax.precision import get_policy, loss_scale_for  # noqa: E402
@@ -39,24 +38,6 @@ from mpnn_jax.training.state import init_train_state, make_train_step  # noqa: E
 TINY = ROOT / "experiments" / "configs" / "tiny.yaml"
 N_DEV = 4
 _PARAMS: dict = {}  # the FP32 parameters (the same for every policy): drawn once
-
-
-def _random_params(model, graph, seed: int = 0):
-    """FP32 parameters with ``init``'s distribution, drawn in NumPy on its (traced) shapes:
-    N(0, 1), N(0, 1)/multiplicity for the symmetric contraction weights (compiling MACE's
-    ``init`` cost 10 of the 60 CPU seconds of ``step,overflow``)."""
-    from mpnn_jax.potential import init_params
-
-    shapes = jax.eval_shape(lambda g: init_params(model, jax.random.PRNGKey(0), g), graph)
-    rng = np.random.default_rng(seed)
-
-    def draw(path, leaf):
-        x = rng.normal(size=leaf.shape)
-        if re.fullmatch(r"w\d+_\w+", str(path[-1].key)):  # [n_species, k, channels]
-            x = x / leaf.shape[1]
-        return jnp.asarray(x, leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 def _tiny_mace(policy_name: str, graph):
@@ -77,7 +58,7 @@ def _tiny_mace(policy_name: str, graph):
         **sizes,
     )
     if "params" not in _PARAMS:
-        _PARAMS["params"] = _random_params(model.clone(policy=get_policy("fp32")), graph)
+        _PARAMS["params"] = testing.random_params(model.clone(policy=get_policy("fp32")), graph)
     return make_predictor(model), _PARAMS["params"], policy
 
 
