@@ -163,24 +163,19 @@ def test_docstring_examples():
 # --- bug 3: XLA:CPU YNNPACK fusions and FP32 MACE forces ------------------------------------
 
 _MACE64 = textwrap.dedent(
-    r"""
-    import json, re, numpy as np, jax
+    """
+    import json, numpy as np, jax
     jax.config.update("jax_enable_x64", True)
     from mpnn_jax import testing
-    from mpnn_jax.potential import init_params, make_predictor
+    from mpnn_jax.potential import make_predictor
     g32 = testing.molecule_graph(np.random.default_rng(0), n_atoms=9, n_species=3)
     g64 = jax.tree_util.tree_map(
         lambda x: x.astype(np.float64) if x.dtype == np.float32 else x, g32)
     sizes = dict(num_channels=64, max_ell=2, correlation=3, num_interactions=1)
     m64 = testing.tiny_model("mace", policy="fp64", n_species=3, **sizes)
     m32 = testing.tiny_model("mace", policy="fp32", n_species=3, **sizes)
-    # init's distribution drawn in NumPy on its shapes (compiling init cost a third of the run):
-    # N(0, 1), N(0, 1) / multiplicity for the symmetric contraction weights
-    shapes = jax.eval_shape(lambda g: init_params(m64, jax.random.PRNGKey(0), g), g64)
-    rng = np.random.default_rng(0)
-    p64 = jax.tree_util.tree_map_with_path(
-        lambda path, x: rng.normal(size=x.shape)
-        / (x.shape[1] if re.fullmatch(r"w\d+_\w+", str(path[-1].key)) else 1), shapes)
+    # init's distribution drawn in NumPy on its shapes (compiling init cost a third of the run)
+    p64 = testing.random_params(m64, g64)
     p32 = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), p64)
     f64 = np.asarray(jax.jit(make_predictor(m64, padded=False))(p64, g64)["forces"])
     f32 = np.asarray(jax.jit(make_predictor(m32, padded=False))(p32, g32)["forces"])
