@@ -40,6 +40,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -129,6 +130,24 @@ def cell_of_edges(cell: jax.Array, edge_graph: jax.Array) -> jax.Array:
     return jnp.einsum("eg,gij->eij", onehot, cell, precision=jax.lax.Precision.HIGHEST)
 
 
+#: Pass ``graph.edges["reverse"]`` (each edge's reverse, where the graph has it) to the model, whose
+#: radial MLPs then run once per pair of edges (:mod:`mpnn_jax.nn.pairs`; the same function).
+#: Read when a predictor is traced.
+PAIR_EDGES = True
+
+
+def _reverse_arg(model: nn.Module, graph: jraph.GraphsTuple) -> tuple:
+    """``(reverse,)`` where the graph has ``edges["reverse"]``, the model's ``__call__`` takes a
+    ``reverse`` argument and :data:`PAIR_EDGES` is on; else ``()`` (models of other signatures
+    keep working on every graph)."""
+    edges = graph.edges if isinstance(graph.edges, dict) else {}
+    if not (PAIR_EDGES and "reverse" in edges):
+        return ()
+    if "reverse" not in inspect.signature(type(model).__call__).parameters:
+        return ()
+    return (edges["reverse"],)
+
+
 def _energy_and_aux(model: nn.Module, padded: bool):
     policy: Policy = model.policy
 
@@ -152,7 +171,13 @@ def _energy_and_aux(model: nn.Module, padded: bool):
             policy=policy,
         )
         node_e = model.apply(
-            params, vectors, graph.nodes["species"], graph.senders, graph.receivers, edge_mask
+            params,
+            vectors,
+            graph.nodes["species"],
+            graph.senders,
+            graph.receivers,
+            edge_mask,
+            *_reverse_arg(model, graph),
         )  # [n_nodes]
         with Policy.scope("energy"):
             node_e = policy.cast("energy", node_e)
@@ -169,7 +194,9 @@ def make_predictor(model: nn.Module, *, padded: bool = True) -> Predictor:
 
     Args:
         model: a module with a ``policy`` attribute, called as
-            ``model.apply(params, vectors, species, senders, receivers, edge_mask)``.
+            ``model.apply(params, vectors, species, senders, receivers, edge_mask)``, and with
+            ``graph.edges["reverse"]`` as a seventh argument where the graph has it and the
+            model's ``__call__`` has a ``reverse`` parameter (:data:`PAIR_EDGES`).
         padded: True if the last graph of every batch is the jraph padding graph.
 
     Returns:
@@ -259,4 +286,5 @@ def init_params(
         policy=policy,
     )
     init = jax.jit(model.init)
-    return init(key, vectors, graph.nodes["species"], graph.senders, graph.receivers, edge_mask)
+    args = (vectors, graph.nodes["species"], graph.senders, graph.receivers, edge_mask)
+    return init(key, *args, *_reverse_arg(model, graph))

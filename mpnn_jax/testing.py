@@ -278,17 +278,26 @@ def periodic_graph(
 
 
 def batch(graphs: Sequence[jraph.GraphsTuple]) -> jraph.GraphsTuple:
-    """Concatenates graphs into one batch (numpy, ``jraph.batch_np``)."""
-    return jraph.batch_np(list(graphs))
+    """Concatenates graphs into one batch (numpy, ``jraph.batch_np``), without
+    ``edges["reverse"]`` (jraph does not renumber it; :func:`mpnn_jax.data.batch_graphs` does)."""
+    return jraph.batch_np([_without_reverse(g) for g in graphs])
 
 
 def pad(graph: jraph.GraphsTuple, *, n_node: int, n_edge: int, n_graph: int) -> jraph.GraphsTuple:
     """Pads to fixed sizes with ``jraph.pad_with_graphs`` (the last graph becomes padding).
 
     ``n_node`` must exceed the number of real nodes and ``n_graph`` the number of real graphs.
-    Padded features are zero, padded edges connect the first padding node to itself.
+    Padded features are zero, padded edges connect the first padding node to itself (their own
+    reverses: ``edges["reverse"]`` is dropped; :func:`mpnn_jax.data.pad_graph` keeps it).
     """
+    graph = _without_reverse(graph)
     return jraph.pad_with_graphs(graph, n_node=n_node, n_edge=n_edge, n_graph=n_graph)
+
+
+def _without_reverse(graph: jraph.GraphsTuple) -> jraph.GraphsTuple:
+    if not isinstance(graph.edges, dict) or "reverse" not in graph.edges:
+        return graph
+    return graph._replace(edges={k: v for k, v in graph.edges.items() if k != "reverse"})
 
 
 # --- symmetry transforms ------------------------------------------------------------------------

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mpnn_jax import benchmark as bm
+from mpnn_jax import potential
 from mpnn_jax.data.graphs import edge_mask
 from mpnn_jax.nn import ops, pallas_conv, pallas_symmetric, radial
 from mpnn_jax.nn.convolution import e3nn_convolution, num_path_weights
@@ -84,6 +85,7 @@ OTHER = {
     "EDGE_GATHER": ops,  # "direct" | "sorted"
     "FOLD_SCALES": radial,
     "TAKE_ROWS": ops,  # "take" | "onehot"
+    "PAIR_EDGES": potential,  # 1: radial MLPs per pair of reverse edges, 0: per edge
 }
 OTHER_DEFAULTS = {k: getattr(m, k) for k, m in OTHER.items()}
 

@@ -138,7 +138,8 @@ def sort_edges(graph: Any, *, by: str) -> Any:
 
     Padded edges point at the first padding node, past every real node, so they stay last and the
     edge masks and per-graph edge counts stay valid (a graph's edges index its own, contiguous,
-    nodes). Used to keep the promise of ``mpnn_jax.nn.ops.SORTED_EDGES``.
+    nodes). Used to keep the promise of ``mpnn_jax.nn.ops.SORTED_EDGES``. ``edges["reverse"]``,
+    if present, is renumbered into the new edge order (new edge i is old edge ``order[i]``).
 
     Example:
         >>> import jraph
@@ -152,9 +153,13 @@ def sort_edges(graph: Any, *, by: str) -> Any:
     if by not in ("senders", "receivers"):
         raise ValueError(f"cannot sort edges by {by!r}; expected 'senders' or 'receivers'")
     key = np.asarray(graph.senders if by == "senders" else graph.receivers)
-    order = np.argsort(key, kind="stable")
+    order = np.argsort(key, kind="stable")  # [n_edges] new edge -> old edge
+    edges = {k: np.asarray(v)[order] for k, v in graph.edges.items()}
+    if "reverse" in edges:
+        new_of_old = np.argsort(order)  # [n_edges] old edge -> new edge
+        edges["reverse"] = new_of_old[edges["reverse"]].astype(np.int32)
     return graph._replace(
-        edges={k: np.asarray(v)[order] for k, v in graph.edges.items()},
+        edges=edges,
         senders=np.asarray(graph.senders)[order],
         receivers=np.asarray(graph.receivers)[order],
     )

@@ -18,7 +18,7 @@ from mpnn_jax.data.graphs import (
 )
 from mpnn_jax.data.info import format_summary, summarize
 from mpnn_jax.data.loader import GraphLoader
-from mpnn_jax.data.neighbours import neighbour_list
+from mpnn_jax.data.neighbours import neighbour_list, reverse_edges
 from mpnn_jax.data.species import SpeciesTable
 from mpnn_jax.data.statistics import (
     DatasetStatistics,
@@ -54,6 +54,7 @@ __all__ = [
     "pad_graph",
     "plan_buckets",
     "read_xyz",
+    "reverse_edges",
     "round_up",
     "species_counts",
     "summarize",

@@ -3,7 +3,9 @@
 A graph is a `jraph.GraphsTuple` of numpy arrays (host side) with:
 
     nodes:   positions [n_nodes, 3] Å (float), species int32 [n_nodes], forces [n_nodes, 3] eV/Å
-    edges:   shifts [n_edges, 3] integer cell shifts stored as float
+    edges:   shifts [n_edges, 3] integer cell shifts stored as float,
+             reverse: optional int32 [n_edges], the index of each edge's reverse within the
+             GraphsTuple (batch-global; see `mpnn_jax.data.neighbours.reverse_edges`)
     globals: cell [n_graphs, 3, 3] Å (rows are lattice vectors, zeros for molecules),
              energy [n_graphs] eV, stress [n_graphs, 3, 3] eV/Å^3, weight [n_graphs],
              has_stress [n_graphs] (1.0 / 0.0), pbc [n_graphs] (1.0 if any direction periodic)
@@ -12,11 +14,17 @@ A graph is a `jraph.GraphsTuple` of numpy arrays (host side) with:
 Edge vectors are computed by the model side:
     r = positions[receivers] - positions[senders] + shifts @ cell[graph_of_edge]   # [n_edges, 3]
 
+The reverse of edge e = (s, r, S) is the edge (r, s, -S): ``reverse`` is an involution without
+fixed points (``reverse[reverse[e]] == e != reverse[e]``) that pairs real edges within their graph
+and padding edges among themselves. It is present when every edge has its reverse (always so for
+`neighbour_list`); `batch_graphs` keeps it only if every graph has it, `pad_graph` only if the
+number of padding edges is even. Without it the model evaluates its radial MLP per edge.
+
 Padding follows `jraph.pad_with_graphs`: after the real graphs comes one padding graph holding
 all padding nodes and edges, then empty padding graphs; padded edges connect padding nodes only;
-padding entries are zero (weight 0). The masks below reproduce jraph's and work under `jax.jit`
-(they only read ``n_node``/``n_edge`` and static shapes). As in jraph, masks are only meaningful
-on padded graphs: the last graph is always taken to be padding.
+padding entries are zero (weight 0) except ``reverse``. The masks below reproduce jraph's and
+work under `jax.jit` (they only read ``n_node``/``n_edge`` and static shapes). As in jraph, masks
+are only meaningful on padded graphs: the last graph is always taken to be padding.
 
 Batching, unbatching and padding are numpy-only (not jittable); masks are jittable.
 """
@@ -27,12 +35,14 @@ import jax.numpy as jnp
 import jraph
 import numpy as np
 
-from mpnn_jax.data.neighbours import neighbour_list
+from mpnn_jax.data.neighbours import neighbour_list, reverse_edges
 from mpnn_jax.data.species import SpeciesTable
 from mpnn_jax.data.xyz import Configuration
 
 NODE_KEYS = ("positions", "species", "forces")
 EDGE_KEYS = ("shifts",)
+#: Optional edge key: int32 [n_edges] index of each edge's reverse (batch-global).
+REVERSE_KEY = "reverse"
 GLOBAL_KEYS = ("cell", "energy", "stress", "weight", "has_stress", "pbc")
 
 
@@ -53,16 +63,21 @@ def atoms_to_graph(
 
     Returns:
         A GraphsTuple with n_graphs = 1 following the module schema; missing labels are zeros
-        (energy 0, forces 0, stress 0 with has_stress 0).
+        (energy 0, forces 0, stress 0 with has_stress 0); ``edges["reverse"]`` when every edge
+        has its reverse (`reverse_edges`).
 
     Example:
         >>> from mpnn_jax.data import bundled_path, read_xyz, SpeciesTable
         >>> config = read_xyz(bundled_path("rmd17_ethanol", "test"), index=0)[0]
         >>> g = atoms_to_graph(config, cutoff=5.0, species_table=SpeciesTable((1, 6, 8)))
-        >>> g.nodes["positions"].shape, g.n_edge.tolist()
-        ((9, 3), [72])
+        >>> g.nodes["positions"].shape, g.n_edge.tolist(), g.edges["reverse"][:3].tolist()
+        ((9, 3), [72], [8, 16, 24])
     """
     senders, receivers, shifts = neighbour_list(config.positions, config.cell, config.pbc, cutoff)
+    edges = {"shifts": np.asarray(shifts, dtype=dtype)}  # [n_edges, 3]
+    reverse = reverse_edges(senders, receivers, shifts)
+    if reverse is not None:
+        edges[REVERSE_KEY] = reverse  # [n_edges] int32
     n = config.n_atoms
     forces = config.forces if config.forces is not None else np.zeros((n, 3))
     has_stress = config.stress is not None
@@ -74,7 +89,7 @@ def atoms_to_graph(
             "species": species_table.index(config.numbers),  # [n_nodes] int32
             "forces": np.asarray(forces, dtype=dtype),  # [n_nodes, 3]
         },
-        edges={"shifts": np.asarray(shifts, dtype=dtype)},  # [n_edges, 3]
+        edges=edges,
         globals={
             "cell": np.asarray(config.cell, dtype=dtype)[None],  # [1, 3, 3]
             "energy": np.asarray([energy], dtype=dtype),  # [1]
@@ -97,15 +112,25 @@ def batch_graphs(graphs: list[jraph.GraphsTuple]) -> jraph.GraphsTuple:
         graphs: non-empty list of GraphsTuples following the schema (each may hold several graphs).
 
     Returns:
-        The batched GraphsTuple; n_graphs is the sum of the inputs' n_graphs.
+        The batched GraphsTuple; n_graphs is the sum of the inputs' n_graphs. ``reverse`` is
+        offset by each input's first edge, and kept only if every input has it.
     """
     if not graphs:
         raise ValueError("batch_graphs needs at least one graph")
     node_counts = np.array([int(np.sum(g.n_node)) for g in graphs])
     offsets = np.concatenate([[0], np.cumsum(node_counts)[:-1]])
+    edge_counts = np.array([int(np.sum(g.n_edge)) for g in graphs])
+    edge_offsets = np.concatenate([[0], np.cumsum(edge_counts)[:-1]])
+    edges = {
+        k: np.concatenate([g.edges[k] for g in graphs]) for k in graphs[0].edges if k != REVERSE_KEY
+    }
+    if all(REVERSE_KEY in g.edges for g in graphs):
+        edges[REVERSE_KEY] = np.concatenate(
+            [np.asarray(g.edges[REVERSE_KEY]) + o for g, o in zip(graphs, edge_offsets)]
+        ).astype(np.int32)  # [n_edges]
     return jraph.GraphsTuple(
         nodes={k: np.concatenate([g.nodes[k] for g in graphs]) for k in graphs[0].nodes},
-        edges={k: np.concatenate([g.edges[k] for g in graphs]) for k in graphs[0].edges},
+        edges=edges,
         globals={k: np.concatenate([g.globals[k] for g in graphs]) for k in graphs[0].globals},
         senders=np.concatenate([g.senders + o for g, o in zip(graphs, offsets)]).astype(np.int32),
         receivers=np.concatenate([g.receivers + o for g, o in zip(graphs, offsets)]).astype(
@@ -120,6 +145,7 @@ def unbatch(graph: jraph.GraphsTuple) -> list[jraph.GraphsTuple]:
     """Splits a batched GraphsTuple (numpy) into single-graph GraphsTuples; inverse of batching.
 
     Padding graphs, if any, are returned as graphs too (use `graph_mask` to drop them).
+    ``reverse`` becomes local to each graph (its first edge's offset removed).
     """
     graph = _to_numpy(graph)
     n_node = np.asarray(graph.n_node)
@@ -130,10 +156,13 @@ def unbatch(graph: jraph.GraphsTuple) -> list[jraph.GraphsTuple]:
     for g in range(n_node.shape[0]):
         ns = slice(node_starts[g], node_starts[g + 1])
         es = slice(edge_starts[g], edge_starts[g + 1])
+        edges = {k: v[es] for k, v in graph.edges.items()}
+        if REVERSE_KEY in edges:
+            edges[REVERSE_KEY] = (edges[REVERSE_KEY] - edge_starts[g]).astype(np.int32)
         out.append(
             jraph.GraphsTuple(
                 nodes={k: v[ns] for k, v in graph.nodes.items()},
-                edges={k: v[es] for k, v in graph.edges.items()},
+                edges=edges,
                 globals={k: v[g : g + 1] for k, v in graph.globals.items()},
                 senders=(graph.senders[es] - node_starts[g]).astype(np.int32),
                 receivers=(graph.receivers[es] - node_starts[g]).astype(np.int32),
@@ -177,7 +206,9 @@ def pad_graph(
     Returns:
         The padded GraphsTuple: one padding graph holding all padding nodes and edges (edges from
         and to its first node, zero shifts), then empty graphs; all padding features are zero,
-        including weight.
+        including weight. Padding edges are paired among themselves in ``reverse``: padding edge
+        k (index ``real_edges + k``) reverses ``real_edges + (k ^ 1)``; with an odd number of
+        padding edges ``reverse`` is dropped (the model then works per edge).
 
     Raises:
         ValueError: if the graph does not fit (never truncates).
@@ -202,9 +233,15 @@ def pad_graph(
     pad_n_edge = np.zeros(pad_graphs, np.int32)
     pad_n_edge[0] = pad_edges
     pad_index = np.full(pad_edges, real_nodes, dtype=np.int32)  # first padding node
+    edges = {k: _pad_rows(v, pad_edges) for k, v in graph.edges.items() if k != REVERSE_KEY}
+    if REVERSE_KEY in graph.edges and pad_edges % 2 == 0:
+        pad_reverse = real_edges + (np.arange(pad_edges) ^ 1)  # [pad_edges]
+        edges[REVERSE_KEY] = np.concatenate([graph.edges[REVERSE_KEY], pad_reverse]).astype(
+            np.int32
+        )  # [n_edge]
     return jraph.GraphsTuple(
         nodes={k: _pad_rows(v, pad_nodes) for k, v in graph.nodes.items()},
-        edges={k: _pad_rows(v, pad_edges) for k, v in graph.edges.items()},
+        edges=edges,
         globals={k: _pad_rows(v, pad_graphs) for k, v in graph.globals.items()},
         senders=np.concatenate([graph.senders.astype(np.int32), pad_index]),
         receivers=np.concatenate([graph.receivers.astype(np.int32), pad_index]),

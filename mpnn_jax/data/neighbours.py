@@ -7,7 +7,8 @@ Convention (shared with the model's geometry stage):
 vesin returns pairs (i, j, S) with D = positions[j] - positions[i] + S @ box, so senders = i,
 receivers = j, shifts = S. Every pair within the cutoff appears in both directions; when the
 cutoff exceeds the cell, one neighbour appears through several images and an atom can neighbour
-its own periodic images; the self-pair with zero shift is never included.
+its own periodic images; the self-pair with zero shift is never included. `reverse_edges` pairs
+each edge with its reverse.
 
 Plain numpy, not jittable (neighbour lists are built on the host).
 """
@@ -82,3 +83,67 @@ def neighbour_list(
     senders, receivers, shifts = senders[keep], receivers[keep], shifts[keep]
     order = np.lexsort((shifts[:, 2], shifts[:, 1], shifts[:, 0], receivers, senders))
     return senders[order], receivers[order], shifts[order]
+
+
+def reverse_edges(
+    senders: np.ndarray, receivers: np.ndarray, shifts: np.ndarray
+) -> np.ndarray | None:
+    """The index of each edge's reverse edge, or None if the edge list is not symmetric.
+
+    The reverse of edge ``(s, r, S)`` is the edge ``(r, s, -S)``: the same pair, the opposite
+    vector. Found by sorting the keys ``(s, r, S)`` and ``(r, s, -S)`` and comparing (two
+    ``np.lexsort``, O(E log E); about 0.2 s for 547k edges on one CPU core). Duplicate edges are
+    paired one to one in order of appearance: the k-th copy of ``(s, r, S)`` with the k-th copy
+    of ``(r, s, -S)``, which keeps the result an involution.
+
+    Args:
+        senders: int [n_edges].
+        receivers: int [n_edges].
+        shifts: [n_edges, 3] integer cell shifts (int, or integer-valued float; compared exactly).
+
+    Returns:
+        int32 [n_edges] ``reverse`` with ``senders[reverse] == receivers``,
+        ``receivers[reverse] == senders``, ``shifts[reverse] == -shifts``, an involution without
+        fixed points (``reverse[reverse] == arange(n_edges)``, ``reverse != arange(n_edges)``);
+        or None when some edge has no reverse (the counts of ``(s, r, S)`` and ``(r, s, -S)``
+        differ) or is its own reverse (a self-pair with zero shift).
+
+    Raises:
+        ValueError: on mismatched shapes or shifts that are not integers.
+
+    Example:
+        >>> s, r = np.array([0, 1, 0, 0]), np.array([1, 0, 0, 0])
+        >>> S = np.array([[0, 0, 0], [0, 0, 0], [1, 0, 0], [-1, 0, 0]], dtype=np.float32)
+        >>> reverse_edges(s, r, S).tolist()
+        [1, 0, 3, 2]
+        >>> reverse_edges(s[:3], r[:3], S[:3]) is None  # edge 2 lost its reverse
+        True
+    """
+    senders = np.asarray(senders)
+    receivers = np.asarray(receivers)
+    shifts = np.asarray(shifts)
+    n = senders.shape[0]
+    if senders.shape != (n,) or receivers.shape != (n,) or shifts.shape != (n, 3):
+        raise ValueError(
+            "expected senders, receivers [n_edges] and shifts [n_edges, 3], got "
+            f"{senders.shape}, {receivers.shape}, {shifts.shape}"
+        )
+    int_shifts = np.rint(shifts).astype(np.int64)  # [n_edges, 3]
+    if not np.array_equal(int_shifts, shifts):
+        raise ValueError("shifts must be integer-valued (cell shifts)")
+    senders = senders.astype(np.int64)
+    receivers = receivers.astype(np.int64)
+    keys = np.column_stack([senders, receivers, int_shifts])  # [n_edges, 5] (s, r, S)
+    reverse_keys = np.column_stack([receivers, senders, -int_shifts])  # [n_edges, 5] (r, s, -S)
+    # np.lexsort sorts by its last key first, and is stable (duplicates keep their order).
+    by_key = np.lexsort(keys.T[::-1])  # [n_edges]
+    by_reverse_key = np.lexsort(reverse_keys.T[::-1])  # [n_edges]
+    # The i-th smallest key is edge by_key[i]'s; the i-th smallest reverse key is edge
+    # by_reverse_key[i]'s. Equal sorted lists: edge by_reverse_key[i] is reversed by by_key[i].
+    if not np.array_equal(keys[by_key], reverse_keys[by_reverse_key]):
+        return None
+    reverse = np.empty(n, dtype=np.int32)  # [n_edges]
+    reverse[by_reverse_key] = by_key
+    if np.any(reverse == np.arange(n)):
+        return None
+    return reverse

@@ -65,6 +65,7 @@ from mpnn_jax.nn.convolution import Convolution
 from mpnn_jax.nn.edges import edge_basis, edge_lengths, sh_irreps
 from mpnn_jax.nn.embedding import SpeciesEmbedding
 from mpnn_jax.nn.linear import Linear
+from mpnn_jax.nn.pairs import edge_pairs
 from mpnn_jax.nn.readout import LinearReadout, MLPReadout
 from mpnn_jax.nn.scale_shift import ScaleShift
 from mpnn_jax.nn.symmetric_contraction import SymmetricContraction, irreps_out_of
@@ -165,6 +166,7 @@ class MACE(nn.Module):
         senders: jax.Array,
         receivers: jax.Array,
         edge_mask: jax.Array,
+        reverse: jax.Array | None = None,
     ) -> jax.Array:
         """Per-atom energies.
 
@@ -174,6 +176,8 @@ class MACE(nn.Module):
             senders: int [n_edges].
             receivers: int [n_edges].
             edge_mask: bool [n_edges], False on padded edges.
+            reverse: optional int32 [n_edges], each edge's reverse (``graph.edges["reverse"]``):
+                the radial MLPs then run once per pair of edges (:mod:`mpnn_jax.nn.pairs`).
 
         Returns:
             [n_nodes] per-atom energies in eV, in the energy dtype.
@@ -183,6 +187,7 @@ class MACE(nn.Module):
         scalars = e3nn.Irreps(f"{c}x0e")
         irreps_a = channel_irreps(sh_irreps(self.max_ell), c)  # A features: C x (0e+1o+2e+...)
 
+        pairs = None if reverse is None else edge_pairs(reverse)
         lengths = edge_lengths(vectors, edge_mask, policy=policy)  # [n_edges]
         sh, radial = edge_basis(
             vectors,
@@ -193,7 +198,8 @@ class MACE(nn.Module):
             cutoff=self.cutoff,
             policy=policy,
             envelope_p=self.envelope_p,
-        )  # [n_edges, sh_irreps], [n_edges, n_basis]
+            pairs=pairs,
+        )  # [n_edges, sh_irreps], [n_edges or n_pairs, n_basis]
         h = SpeciesEmbedding(self.n_species, scalars, policy)(species)  # [n_nodes, C x 0e]
 
         energies = []
@@ -210,7 +216,7 @@ class MACE(nn.Module):
             h_up = Linear(h.irreps, policy, "update")(h)  # [n_nodes, irreps_h]
             a = Convolution(
                 irreps_a, self.avg_num_neighbors, self.radial_features, policy, self.backend
-            )(h_up, sh, radial, senders, receivers, edge_mask)  # [n_nodes, paths] (aggregation)
+            )(h_up, sh, radial, senders, receivers, edge_mask, pairs)  # [n_nodes, paths]
             a = Linear(irreps_a, policy, "update")(a)  # [n_nodes, C x (0e+1o+...)]
             if t == 0:
                 a = Linear(irreps_a, policy, "update", num_indexed_weights=self.n_species)(

@@ -51,6 +51,7 @@ from mpnn_jax.nn.edges import edge_basis, edge_lengths
 from mpnn_jax.nn.embedding import SpeciesEmbedding
 from mpnn_jax.nn.gate import gate, gate_irreps
 from mpnn_jax.nn.linear import Linear
+from mpnn_jax.nn.pairs import EdgePairs, edge_pairs
 from mpnn_jax.nn.readout import LinearReadout
 from mpnn_jax.nn.scale_shift import ScaleShift
 from mpnn_jax.precision import Policy
@@ -87,6 +88,7 @@ class NequIPLayer(nn.Module):
         senders: jax.Array,
         receivers: jax.Array,
         edge_mask: jax.Array,
+        pairs: EdgePairs | None = None,
     ) -> e3nn.IrrepsArray:
         hidden = e3nn.Irreps(self.hidden_irreps)
         residual = node_feats
@@ -98,7 +100,7 @@ class NequIPLayer(nn.Module):
             self.radial_features,
             self.policy,
             self.backend,
-        )(h, sh, radial, senders, receivers, edge_mask)  # [n_nodes, conv_irreps]
+        )(h, sh, radial, senders, receivers, edge_mask, pairs)  # [n_nodes, conv_irreps]
         with Policy.scope("update"):
             h = Linear(gate_irreps(hidden), self.policy, "update")(h)
             h = gate(h, policy=self.policy)  # [n_nodes, hidden]
@@ -153,6 +155,7 @@ class NequIP(nn.Module):
         senders: jax.Array,
         receivers: jax.Array,
         edge_mask: jax.Array,
+        reverse: jax.Array | None = None,
     ) -> jax.Array:
         """Per-atom energies.
 
@@ -162,6 +165,8 @@ class NequIP(nn.Module):
             senders: int32 [n_edges].
             receivers: int32 [n_edges].
             edge_mask: bool [n_edges], False on padded edges.
+            reverse: optional int32 [n_edges], each edge's reverse (``graph.edges["reverse"]``):
+                the radial MLPs then run once per pair of edges (:mod:`mpnn_jax.nn.pairs`).
 
         Returns:
             [n_nodes] per-atom energies (eV) in the energy dtype (padding nodes are not masked).
@@ -172,6 +177,7 @@ class NequIP(nn.Module):
             if self.hidden_irreps is not None
             else hidden_irreps_from(self.channels, self.max_ell)
         )
+        pairs = None if reverse is None else edge_pairs(reverse)
         lengths = edge_lengths(vectors, edge_mask, policy=policy)  # [n_edges]
         sh, radial = edge_basis(
             vectors,
@@ -182,12 +188,13 @@ class NequIP(nn.Module):
             cutoff=self.cutoff,
             policy=policy,
             envelope_p=self.envelope_p,
-        )  # [n_edges, sh_irreps], [n_edges, n_basis]
+            pairs=pairs,
+        )  # [n_edges, sh_irreps], [n_edges or n_pairs, n_basis]
         n_scalars = hidden.filter(keep=["0e"]).num_irreps or hidden.num_irreps
         h = SpeciesEmbedding(self.n_species, f"{n_scalars}x0e", policy)(species)
         for _ in range(self.n_layers):
             h = NequIPLayer(
                 hidden, self.avg_num_neighbors, self.radial_features, policy, self.backend
-            )(h, sh, radial, senders, receivers, edge_mask)  # [n_nodes, hidden]
+            )(h, sh, radial, senders, receivers, edge_mask, pairs)  # [n_nodes, hidden]
         x = LinearReadout(policy)(h)  # [n_nodes]
         return ScaleShift(self.scale, self.shift, self.atomic_energies, policy)(x, species)

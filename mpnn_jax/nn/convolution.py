@@ -31,6 +31,7 @@ import numpy as np
 
 from mpnn_jax.nn import ops
 from mpnn_jax.nn.ops import einsum_accum
+from mpnn_jax.nn.pairs import EdgePairs, per_edge
 from mpnn_jax.nn.radial import RadialMLP
 from mpnn_jax.precision import Policy
 
@@ -77,23 +78,29 @@ def e3nn_convolution(
     irreps_out: e3nn.Irreps,
     avg_num_neighbors: float,
     policy: Policy,
+    pairs: EdgePairs | None = None,
 ) -> e3nn.IrrepsArray:
     """Pure convolution ``h_i = 1/avg_num_neighbors sum_{j->i} w_ij * (h_j x Y(r_ij))``.
 
     Args:
         node_feats: [n_nodes, irreps_in] features (sender side).
         sh: [n_edges, irreps_sh] spherical harmonics of the edge vectors.
-        weights: [n_edges, num_path_weights] per-edge path/channel weights (radial MLP output).
+        weights: [n_edges, num_path_weights] per-edge path/channel weights (radial MLP output),
+            or [n_pairs, num_path_weights] with ``pairs`` (edge ``e`` uses row
+            ``pairs.of_edge[e]``: :func:`mpnn_jax.nn.pairs.per_edge`).
         senders: int [n_edges].
         receivers: int [n_edges].
         edge_mask: bool [n_edges], False on padded edges.
         irreps_out: irreps filter: path outputs whose irrep is not in it are skipped.
         avg_num_neighbors: normalisation of the neighbour sum.
         policy: precision policy.
+        pairs: reverse-edge pairs (:mod:`mpnn_jax.nn.pairs`) where ``weights`` are per pair.
 
     Returns:
         [n_nodes, conv_irreps(irreps_in, irreps_sh, irreps_out)] in the ``aggregation`` dtype.
     """
+    if pairs is not None:
+        weights = per_edge(weights, pairs)  # [n_edges, num_path_weights]
     n_nodes = node_feats.shape[0]
     paths = tp_paths(node_feats.irreps, sh.irreps, irreps_out)
     with Policy.scope("aggregation"):
@@ -149,9 +156,11 @@ class Convolution(nn.Module):
         policy: precision policy.
         backend: name in :mod:`mpnn_jax.nn.backends` (``"e3nn"`` is the reference).
 
-    Call: ``conv(node_feats, sh, radial, senders, receivers, edge_mask)`` with ``node_feats``
-    [n_nodes, irreps_in], ``sh`` [n_edges, irreps_sh], ``radial`` [n_edges, n_basis]; returns
-    [n_nodes, conv_irreps(irreps_in, irreps_sh, irreps_out)] in the aggregation dtype.
+    Call: ``conv(node_feats, sh, radial, senders, receivers, edge_mask, pairs=None)`` with
+    ``node_feats`` [n_nodes, irreps_in], ``sh`` [n_edges, irreps_sh], ``radial`` [n_edges,
+    n_basis] (or [n_pairs, n_basis] with ``pairs``: the radial MLP runs once per pair of reverse
+    edges, :mod:`mpnn_jax.nn.pairs`); returns [n_nodes, conv_irreps(irreps_in, irreps_sh,
+    irreps_out)] in the aggregation dtype.
     """
 
     irreps_out: str | e3nn.Irreps
@@ -169,6 +178,7 @@ class Convolution(nn.Module):
         senders: jax.Array,
         receivers: jax.Array,
         edge_mask: jax.Array,
+        pairs: EdgePairs | None = None,
     ) -> e3nn.IrrepsArray:
         from mpnn_jax.nn.backends import get_backend
 
@@ -176,7 +186,8 @@ class Convolution(nn.Module):
         n_weights = num_path_weights(node_feats.irreps, sh.irreps, self.irreps_out)
         # the radial MLP runs in its own stage: a function of the distance alone whose
         # derivative enters every force (measured: the largest BF16 error of the messages)
-        weights = RadialMLP(self.radial_features, n_weights, self.policy)(radial)
+        weights = RadialMLP(self.radial_features, n_weights, self.policy)(radial)  # [rows, n_w]
+        extra = {} if pairs is None else {"pairs": pairs}  # (backends without pairs still work)
         return get_backend(self.backend).convolution(
             node_feats,
             sh,
@@ -187,4 +198,5 @@ class Convolution(nn.Module):
             irreps_out=e3nn.Irreps(self.irreps_out),
             avg_num_neighbors=self.avg_num_neighbors,
             policy=self.policy,
+            **extra,
         )

@@ -65,6 +65,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mpnn_jax.nn.convolution import path_irreps, tp_paths
+from mpnn_jax.nn.pairs import EdgePairs, per_edge
 from mpnn_jax.nn.symmetric_contraction import contraction_basis, irreps_out_of, weight_name
 from mpnn_jax.precision import Policy
 
@@ -234,6 +235,7 @@ def cueq_convolution(
     avg_num_neighbors: float,
     policy: Policy,
     method: str = "auto",
+    pairs: EdgePairs | None = None,
 ) -> e3nn.IrrepsArray:
     """:func:`~mpnn_jax.nn.convolution.e3nn_convolution` as one cuEquivariance polynomial.
 
@@ -248,10 +250,14 @@ def cueq_convolution(
         avg_num_neighbors: normalisation of the neighbour sum.
         policy: precision policy.
         method: ``"auto"`` (:func:`default_method`), ``"uniform_1d"`` or ``"naive"``.
+        pairs: reverse-edge pairs where ``weights`` are per pair ([n_pairs, num_path_weights];
+            expanded to the edges first, :func:`mpnn_jax.nn.pairs.per_edge`).
 
     Returns:
         [n_nodes, conv_irreps(irreps_in, irreps_sh, irreps_out)] in the ``aggregation`` dtype.
     """
+    if pairs is not None:
+        weights = per_edge(weights, pairs)  # [n_edges, num_path_weights]
     n_nodes = node_feats.shape[0]
     poly, message_irreps = conv_polynomial(
         node_feats.irreps, sh.irreps, e3nn.Irreps(irreps_out), 1.0 / avg_num_neighbors
@@ -346,6 +352,7 @@ def cueq_symmetric_contraction(
     keep_irrep_out: str | e3nn.Irreps,
     policy: Policy,
     method: str = "auto",
+    pairs: EdgePairs | None = None,
 ) -> e3nn.IrrepsArray:
     """:func:`~mpnn_jax.nn.symmetric_contraction.symmetric_contraction` as one polynomial.
 

@@ -22,6 +22,7 @@ import e3nn_jax as e3nn
 import jax
 import jax.numpy as jnp
 
+from mpnn_jax.nn.pairs import EdgePairs
 from mpnn_jax.nn.radial import bessel_basis, polynomial_envelope
 from mpnn_jax.precision import Policy
 
@@ -61,6 +62,7 @@ def edge_basis(
     cutoff: float,
     policy: Policy,
     envelope_p: int = 6,
+    pairs: EdgePairs | None = None,
 ) -> tuple[e3nn.IrrepsArray, jax.Array]:
     """Spherical harmonics of the edge directions and the enveloped Bessel radial basis.
 
@@ -75,11 +77,13 @@ def edge_basis(
         cutoff: cutoff radius in Å.
         policy: precision policy.
         envelope_p: exponent of the polynomial envelope.
+        pairs: reverse-edge pairs (:mod:`mpnn_jax.nn.pairs`): the radial basis is computed once
+            per pair (from the lengths of ``pairs.first``).
 
     Returns:
         ``(sh, radial)``: sh an ``e3nn.IrrepsArray`` [n_edges, sh_irreps(max_ell)] with
-        "component" normalisation (``|Y_l|^2 = 2l + 1``); radial [n_edges, n_basis] = Bessel x
-        envelope (1/Å).
+        "component" normalisation (``|Y_l|^2 = 2l + 1``); radial [n_edges, n_basis] (or
+        [n_pairs, n_basis] with ``pairs``) = Bessel x envelope (1/Å).
     """
     with Policy.scope("basis"):
         vectors = policy.cast("basis", vectors)  # [n_edges, 3]
@@ -91,8 +95,12 @@ def edge_basis(
             sh_irreps(max_ell), unit, normalize=False, normalization="component"
         )  # [n_edges, sh_irreps]
         sh = _mask(sh, valid)
-        radial = bessel_basis(lengths, n_basis=n_basis, cutoff=cutoff)  # [n_edges, n_basis]
-        env = polynomial_envelope(lengths, cutoff=cutoff, p=envelope_p)  # [n_edges]
+        if pairs is not None:  # an edge and its reverse have one length: one basis per pair
+            rows = dict(indices_are_sorted=True, unique_indices=True)  # first is ascending
+            lengths = lengths.at[pairs.first].get(**rows)  # [n_pairs]
+            edge_mask = edge_mask.at[pairs.first].get(**rows)
+        radial = bessel_basis(lengths, n_basis=n_basis, cutoff=cutoff)  # [n_rows, n_basis]
+        env = polynomial_envelope(lengths, cutoff=cutoff, p=envelope_p)  # [n_rows]
         radial = jnp.where(edge_mask[:, None], radial * env[:, None], jnp.zeros_like(radial))
         return sh, radial
 

@@ -57,6 +57,7 @@ from jax.experimental import pallas as pl
 
 from mpnn_jax.nn import ops
 from mpnn_jax.nn.convolution import tp_paths
+from mpnn_jax.nn.pairs import EdgePairs
 from mpnn_jax.precision import Policy
 
 # Module settings, read when a function is traced. The defaults are the fastest measured on an
@@ -258,11 +259,14 @@ def _from_blocks(x: jax.Array, irreps: e3nn.Irreps, c: int) -> list[jax.Array]:
 
 # --- the kernel --------------------------------------------------------------------------------
 def _kernel(
-    start_ref, perm_ref, nbr_ref, x_ref, w_ref, sh_ref, out_ref, *, plan, block, scale, acc_dtype,
-    has_perm, outputs, nbr_in_order, prefetch,
+    start_ref, perm_ref, nbr_ref, wrow_ref, x_ref, w_ref, sh_ref, out_ref, *, plan, block, scale,
+    acc_dtype, has_perm, outputs, nbr_in_order, prefetch, has_wrow,
 ):  # fmt: skip
     """One program: ``block`` target nodes; loops over the largest in-degree of the block and
-    accumulates each output component of ``outputs``, ``[block, C]``, in the ``acc_dtype``."""
+    accumulates each output component of ``outputs``, ``[block, C]``, in the ``acc_dtype``.
+
+    With ``has_wrow`` edge ``e`` reads its weights from row ``wrow[e]`` of ``w`` (its pair's:
+    :mod:`mpnn_jax.nn.pairs`; ``wrow`` in the order of ``nbr``), else from row ``e``."""
     c = plan.channels
     local = {o: k for k, o in enumerate(outputs)}
     terms = {}
@@ -279,17 +283,18 @@ def _kernel(
     used_w = sorted({p for _, p in terms})
     used_sh = sorted({j for v in terms.values() for j, _, _ in v})
 
-    def indices(k):  # [block] each: live flag, edge ids, neighbour nodes of loop step k
+    def indices(k):  # [block] each: live flag, edge ids, neighbour nodes, weight rows of step k
         live = k < deg
         pos = jnp.where(live, lo + k, 0)  # positions in target order
         e = pos if perm_ref is None else perm_ref[pos]
-        return live, e, nbr_ref[pos] if nbr_in_order else nbr_ref[e]
+        at = pos if nbr_in_order else e
+        return live, e, nbr_ref[at], wrow_ref[at] if has_wrow else e
 
     def loads(idx):  # the step's operands in their stored dtype (converted where used)
-        live, e, n = idx
+        live, e, n, wr = idx
         sh = tuple(sh_ref[e * plan.d_sh + j] for j in used_sh)  # [block] each
         x = tuple(x_ref[(n * plan.n_in + i)[:, None] * c + cols] for i in used_in)  # [block, C]
-        w = tuple(w_ref[(e * plan.n_paths + p)[:, None] * c + cols] for p in used_w)
+        w = tuple(w_ref[(wr * plan.n_paths + p)[:, None] * c + cols] for p in used_w)
         return live, sh, x, w
 
     def accumulate(acc, data):
@@ -331,15 +336,20 @@ def _kernel(
         )
 
 
-def _gather_sum(x, w, sh, start, perm, nbr, *, plan: Plan, scale: float, acc, out_dtype):
-    """``out[t] = scale * sum_{edges e into t} TP_plan(x[nbr[e]], w[e], sh[e])``.
+def _gather_sum(
+    x, w, sh, start, perm, nbr, wrow=None, *, plan: Plan, scale: float, acc, out_dtype
+):  # fmt: skip
+    """``out[t] = scale * sum_{edges e into t} TP_plan(x[nbr[e]], w[wrow[e]], sh[e])``.
 
     Args:
-        x: [n_src, n_in, C]; w: [n_edges, n_paths, C]; sh: [n_edges, d_sh].
+        x: [n_src, n_in, C]; w: [n_edges, n_paths, C] (or [n_pairs, n_paths, C] with ``wrow``);
+            sh: [n_edges, d_sh].
         start: int32 [n_tgt + 1] CSR offsets into ``perm``; perm: int32 [n_edges] edge ids in
             target order, or ``None`` where the edges are in target order already;
             nbr: int32 [n_edges] source node of each edge (edge order; the kernel reads it
             permuted to target order, one gather of indices outside the kernel).
+        wrow: int32 [n_edges] the row of ``w`` of each edge (its pair, :mod:`mpnn_jax.nn.pairs`;
+            permuted like ``nbr``), or ``None``: row ``e``.
 
     Returns:
         [n_tgt, n_out, C] in ``out_dtype``.
@@ -353,6 +363,7 @@ def _gather_sum(x, w, sh, start, perm, nbr, *, plan: Plan, scale: float, acc, ou
     nbr_in_order = perm is None or NBR_IN_ORDER
     if perm is not None and NBR_IN_ORDER:
         nbr = nbr[perm]  # [n_edges] in target order: no load that waits on another in the loop
+        wrow = None if wrow is None else wrow[perm]
     outs = []
     for outputs in _output_groups(plan, NODE_GROUPS):
         out = pl.pallas_call(
@@ -366,12 +377,16 @@ def _gather_sum(x, w, sh, start, perm, nbr, *, plan: Plan, scale: float, acc, ou
                 outputs=outputs,
                 nbr_in_order=nbr_in_order,
                 prefetch=PREFETCH,
+                has_wrow=wrow is not None,
             ),  # fmt: skip
             out_shape=jax.ShapeDtypeStruct((n_pad * len(outputs) * c,), out_dtype),
             grid=(n_pad // block,),
             name="mpnn_gather_sum",
             **compiler_kwargs(warps),
-        )(start, start if perm is None else perm, nbr, x.reshape(-1), w.reshape(-1), sh.reshape(-1))
+        )(
+            start, start if perm is None else perm, nbr, nbr if wrow is None else wrow,
+            x.reshape(-1), w.reshape(-1), sh.reshape(-1),
+        )  # fmt: skip
         outs.append(out.reshape(n_pad, len(outputs), c)[:n_tgt])
     return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
 
@@ -384,58 +399,74 @@ def _output_groups(plan: Plan, n_groups: int) -> list[tuple[int, ...]]:
 
 
 def _edge_kernel(
-    order_ref, nbr_ref, tgt_ref, live_ref, x_ref, w_ref, sh_ref, g_ref, *out_refs, plan, block,
-    n_edges, scale, acc_dtype, want, has_order,
+    order_ref, mate_ref, nbr_ref, tgt_ref, live_ref, x_ref, w_ref, sh_ref, g_ref, *out_refs, plan,
+    block, n_rows, n_edges, scale, acc_dtype, want, mode,
 ):  # fmt: skip
-    """One program: ``block`` edges; ``dw [block, n_paths, C]`` and/or ``dsh [block, d_sh]``,
+    """One program: ``block`` rows; ``dw [block, n_paths, C]`` and/or ``dsh`` of their edges,
     zero on masked edges (``live == 0``; a select, so whatever they hold stays out).
 
-    With ``has_order`` the program's edges are ``order[rows]`` (``nbr``, ``tgt``, ``live``
-    given in that order), written back to their own rows."""
+    ``mode`` says what a row is: ``"edges"``, an edge (``nbr``, ``tgt``, ``live`` in edge
+    order); ``"order"``, edge ``order[row]`` (``nbr``, ``tgt``, ``live`` given in that order),
+    written back to its own row; ``"pairs"``, the pair of edges ``order[row]`` and
+    ``mate[row]`` (:mod:`mpnn_jax.nn.pairs`; ``nbr``, ``tgt``, ``live`` in edge order), whose
+    weight row is ``row``: ``dw`` sums both edges' terms, ``dsh`` is written per edge."""
     c = plan.channels
     terms = plan.terms()
     rows = pl.program_id(0) * block + jnp.arange(block)  # [block]
-    pos = jnp.minimum(rows, n_edges - 1)  # loads of the padded tail read the last edge
-    e = order_ref[pos] if has_order else pos  # [block] edge ids
-    dst = jnp.where(rows < n_edges, e, rows) if has_order else rows  # padded tail: its own rows
+    pos = jnp.minimum(rows, n_rows - 1)  # loads of the padded tail read the last row
     cols = jnp.arange(c)[None, :]  # [1, C]
-    n, t = nbr_ref[pos], tgt_ref[pos]  # [block]
-    keep = live_ref[pos] != 0  # [block]
-    x = {
-        i: x_ref[(n * plan.n_in + i)[:, None] * c + cols].astype(acc_dtype)
-        for i in sorted({i for i, _ in terms})
-    }  # [block, C] each
-    g = {
-        o: g_ref[(t * plan.n_out + o)[:, None] * c + cols].astype(acc_dtype)
-        for o in sorted({o for v in terms.values() for _, o, _ in v})
-    }
-    if "dw" in want:
-        sh = {j: sh_ref[e * plan.d_sh + j].astype(acc_dtype) for j in range(plan.d_sh)}  # [block]
+    if mode == "pairs":  # each side: (edge ids, position of its nbr/tgt/live, dsh row)
+        # the padded tail writes its dsh rows past the edges (sliced off)
+        tail = n_edges + rows - n_rows
+        sides = [(e, e, jnp.where(rows < n_rows, e, tail)) for e in (order_ref[pos], mate_ref[pos])]
+    elif mode == "order":
+        e = order_ref[pos]
+        sides = [(e, pos, jnp.where(rows < n_rows, e, rows))]  # padded tail: its own rows
+    else:
+        sides = [(pos, pos, rows)]
+    w_row = pos if mode == "pairs" else sides[0][0]  # [block] rows of w and of dw
+    dw_dst = rows if mode == "pairs" else sides[0][2]
+    used_w = sorted({p for _, p in terms})
     if "dsh" in want:
         w = {
-            p: w_ref[(e * plan.n_paths + p)[:, None] * c + cols].astype(acc_dtype)
-            for p in sorted({p for _, p in terms})
+            p: w_ref[(w_row * plan.n_paths + p)[:, None] * c + cols].astype(acc_dtype)
+            for p in used_w
         }  # [block, C] each
     dw = [jnp.zeros((block, c), acc_dtype) for _ in range(plan.n_paths)]
-    dsh = [jnp.zeros((block, c), acc_dtype) for _ in range(plan.d_sh)]
-    for (i, p), lst in terms.items():
-        for j, o, coef in lst:
-            xg = x[i] * g[o]  # [block, C]
-            if "dw" in want:
-                dw[p] = dw[p] + (coef * sh[j])[:, None] * xg
-            if "dsh" in want:
-                dsh[j] = dsh[j] + coef * w[p] * xg
     refs = list(out_refs)
+    dw_ref = refs.pop(0) if "dw" in want else None
+    dsh_ref = refs.pop(0) if "dsh" in want else None
+    keep_dw = None
+    for e, at, dsh_dst in sides:
+        n, t = nbr_ref[at], tgt_ref[at]  # [block]
+        keep = live_ref[at] != 0  # [block]
+        keep_dw = keep if keep_dw is None else keep_dw  # a pair's edges are live together
+        x = {
+            i: x_ref[(n * plan.n_in + i)[:, None] * c + cols].astype(acc_dtype)
+            for i in sorted({i for i, _ in terms})
+        }  # [block, C] each
+        g = {
+            o: g_ref[(t * plan.n_out + o)[:, None] * c + cols].astype(acc_dtype)
+            for o in sorted({o for v in terms.values() for _, o, _ in v})
+        }
+        if "dw" in want:
+            sh = {j: sh_ref[e * plan.d_sh + j].astype(acc_dtype) for j in range(plan.d_sh)}
+        dsh = [jnp.zeros((block, c), acc_dtype) for _ in range(plan.d_sh)]
+        for (i, p), lst in terms.items():
+            for j, o, coef in lst:
+                xg = x[i] * g[o]  # [block, C]
+                if "dw" in want:
+                    dw[p] = dw[p] + (coef * sh[j])[:, None] * xg
+                if "dsh" in want:
+                    dsh[j] = dsh[j] + coef * w[p] * xg
+        if "dsh" in want:
+            for j in range(plan.d_sh):
+                val = jnp.where(keep, jnp.sum(dsh[j], axis=1) * scale, 0.0)
+                dsh_ref[dsh_dst * plan.d_sh + j] = val.astype(dsh_ref.dtype)
     if "dw" in want:
-        dw_ref = refs.pop(0)
         for p in range(plan.n_paths):
-            val = jnp.where(keep[:, None], dw[p] * scale, 0.0)
-            dw_ref[(dst * plan.n_paths + p)[:, None] * c + cols] = val.astype(dw_ref.dtype)
-    if "dsh" in want:
-        dsh_ref = refs.pop(0)
-        for j in range(plan.d_sh):
-            val = jnp.where(keep, jnp.sum(dsh[j], axis=1) * scale, 0.0)
-            dsh_ref[dst * plan.d_sh + j] = val.astype(dsh_ref.dtype)
+            val = jnp.where(keep_dw[:, None], dw[p] * scale, 0.0)
+            dw_ref[(dw_dst * plan.n_paths + p)[:, None] * c + cols] = val.astype(dw_ref.dtype)
 
 
 def compiler_kwargs(num_warps: int) -> dict:
@@ -450,7 +481,7 @@ def compiler_kwargs(num_warps: int) -> dict:
 
 
 def _edge_contract(
-    x, w, sh, g, nbr, tgt, live, *, plan: Plan, scale: float, acc, want, order=None
+    x, w, sh, g, nbr, tgt, live, *, plan: Plan, scale: float, acc, want, order=None, pairs=None
 ):  # fmt: skip
     """Per-edge contractions (no sum over edges) of the convolution's derivative:
     ``dw[e, p, c] = scale sum coef x[nbr[e], i, c] sh[e, j] g[tgt[e], o, c]`` and
@@ -459,78 +490,95 @@ def _edge_contract(
     afterwards).
 
     Args:
-        x: [n_src, n_in, C]; w: [n_edges, n_paths, C]; sh: [n_edges, d_sh];
-        g: [n_tgt, n_out, C]; nbr, tgt: int32 [n_edges]; live: bool [n_edges].
+        x: [n_src, n_in, C]; w: [n_edges, n_paths, C] (or [n_pairs, n_paths, C] with ``pairs``);
+        sh: [n_edges, d_sh]; g: [n_tgt, n_out, C]; nbr, tgt: int32 [n_edges]; live: bool
+        [n_edges].
         want: which of ``("dw", "dsh")`` to compute.
         order: int32 [n_edges], a permutation of the edges to visit them in (e.g. by target,
             so that neighbouring programs read the same rows of ``g``), or ``None``.
+        pairs: :class:`mpnn_jax.nn.pairs.EdgePairs` where ``w`` is per pair: one program row
+            per pair (both edges), ``dw[p]`` the sum of its two edges' terms (``order`` unused).
 
     Returns:
-        ``{"dw": [n_edges, n_paths, C] in w's dtype, "dsh": [n_edges, d_sh] in sh's dtype}``
-        (the keys of ``want``).
+        ``{"dw": w's shape in w's dtype, "dsh": [n_edges, d_sh] in sh's dtype}`` (the keys of
+        ``want``).
     """
     block = BLOCK_EDGES
     n_edges = nbr.shape[0]
-    e_pad = -(-n_edges // block) * block
+    mode = "pairs" if pairs is not None else "edges" if order is None else "order"
+    n_rows = w.shape[0]  # edges, or pairs
+    r_pad = -(-n_rows // block) * block
     c = plan.channels
+    dsh_rows = n_edges + block if mode == "pairs" else r_pad  # (pairs: the tail's rows last)
     shapes = {
-        "dw": jax.ShapeDtypeStruct((e_pad * plan.n_paths * c,), w.dtype),
-        "dsh": jax.ShapeDtypeStruct((e_pad * plan.d_sh,), sh.dtype),
+        "dw": jax.ShapeDtypeStruct((r_pad * plan.n_paths * c,), w.dtype),
+        "dsh": jax.ShapeDtypeStruct((dsh_rows * plan.d_sh,), sh.dtype),
     }
     want = tuple(k for k in ("dw", "dsh") if k in want)
+    if mode == "pairs":
+        index = (pairs.first, pairs.second, nbr, tgt, live)
+    elif mode == "order":
+        index = (order, order, nbr[order], tgt[order], live[order])  # [n_edges] in visiting order
+    else:
+        index = (nbr, nbr, nbr, tgt, live)
     outs = pl.pallas_call(
         functools.partial(
             _edge_kernel,
             plan=plan,
             block=block,
+            n_rows=n_rows,
             n_edges=n_edges,
             scale=scale,
             acc_dtype=acc,
             want=want,
-            has_order=order is not None,
+            mode=mode,
         ),  # fmt: skip
         out_shape=tuple(shapes[k] for k in want),
-        grid=(e_pad // block,),
+        grid=(r_pad // block,),
         name="mpnn_edge_contract",
         **compiler_kwargs(warps_for("edge", block, c)),
     )(
-        nbr if order is None else order,
-        nbr if order is None else nbr[order],  # [n_edges] in visiting order
-        tgt if order is None else tgt[order],
-        (live if order is None else live[order]).astype(jnp.int32),
+        *index[:4], index[4].astype(jnp.int32),
         x.reshape(-1), w.reshape(-1), sh.reshape(-1), g.reshape(-1),
     )  # fmt: skip
     result = {}
     for k, v in zip(want, outs, strict=True):
-        rows = v.reshape(e_pad, -1)[:n_edges]
-        result[k] = rows.reshape(w.shape) if k == "dw" else rows
+        if k == "dw":
+            result[k] = v.reshape(r_pad, -1)[:n_rows].reshape(w.shape)
+        else:
+            result[k] = v.reshape(-1, plan.d_sh)[:n_edges]
     return result
 
 
-def _edge_order(graph):
-    """The edge kernel's visiting order: by target (the CSR's permutation) with
-    :data:`EDGE_IN_TARGET_ORDER`, else the edges' own order (already by target where promised)."""
-    return graph[1] if EDGE_IN_TARGET_ORDER else None
+def _edge_kw(graph) -> dict:
+    """The edge kernel's visiting order and pairs: by target (the CSR's permutation) with
+    :data:`EDGE_IN_TARGET_ORDER`, else the edges' own order (already by target where promised);
+    with pairs (``graph[7]``), one row per pair instead."""
+    pairs = graph[7]
+    order = graph[1] if EDGE_IN_TARGET_ORDER and pairs is None else None
+    return {"order": order, "pairs": pairs}
 
 
 def _reverse(graph):
-    start_t, perm_t, nbr, start_s, perm_s, tgt, live = graph
-    return (start_s, perm_s, tgt, start_t, perm_t, nbr, live)
+    start_t, perm_t, nbr, start_s, perm_s, tgt, live, pairs = graph
+    return (start_s, perm_s, tgt, start_t, perm_t, nbr, live, pairs)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
 def _fused(plan: Plan, scale: float, policy: Policy, x, w, sh, graph):
     """The convolution ``[n_src, n_in, C] -> [n_tgt, n_out, C]`` (aggregation dtype).
 
-    ``graph = (start_t, perm_t, nbr, start_s, perm_s, tgt, live)``: CSR of the live edges over
-    their targets (used here) and over their sources (used by the derivative), and the bool mask
-    ``live [n_edges]``. Masked edges are in neither CSR: they add nothing and are never walked
+    ``graph = (start_t, perm_t, nbr, start_s, perm_s, tgt, live, pairs)``: CSR of the live edges
+    over their targets (used here) and over their sources (used by the derivative), the bool mask
+    ``live [n_edges]`` and the :class:`~mpnn_jax.nn.pairs.EdgePairs` where ``w`` is per pair
+    (else ``None``). Masked edges are in neither CSR: they add nothing and are never walked
     (padding edges all point at one padding node, whose hundreds of edges would otherwise make
     one program of the grid walk them one by one while the rest of the GPU waits).
     """
-    start_t, perm_t, nbr = graph[:3]
+    start_t, perm_t, nbr, pairs = *graph[:3], graph[7]
+    wrow = None if pairs is None else pairs.of_edge
     return _gather_sum(
-        x, w, sh, start_t, perm_t, nbr, plan=plan, scale=scale,
+        x, w, sh, start_t, perm_t, nbr, wrow, plan=plan, scale=scale,
         acc=policy.accum("messages"), out_dtype=policy.dtype("aggregation"),
     )  # fmt: skip
 
@@ -556,7 +604,7 @@ def _edges(plan: Plan, scale: float, policy: Policy, x, w, sh, g, graph):
     :func:`_fused` leaves out), differentiable: its derivative is two :func:`_fused` calls per
     node input and one :func:`_edge_contract` per edge input."""
     nbr, tgt, live = graph[2], graph[5], graph[6]
-    kw = dict(plan=plan, scale=scale, acc=policy.accum("messages"), order=_edge_order(graph))
+    kw = dict(plan=plan, scale=scale, acc=policy.accum("messages"), **_edge_kw(graph))
     if EDGE_SPLIT:
         out = _edge_contract(x, w, sh, g, nbr, tgt, live, want=("dw",), **kw)
         out |= _edge_contract(x, w, sh, g, nbr, tgt, live, want=("dsh",), **kw)
@@ -581,7 +629,7 @@ def _edges_bwd(plan, scale, policy, res, cts):
     rev, tp = _reverse(graph), plan.transposed()
     dx = _fused(tp, scale, policy, g, a, sh, rev) + _fused(tp, scale, policy, g, w, b, rev)
     dg = _fused(plan, scale, policy, x, a, sh, graph) + _fused(plan, scale, policy, x, w, b, graph)
-    kw = dict(plan=plan, scale=scale, acc=acc, order=_edge_order(graph))
+    kw = dict(plan=plan, scale=scale, acc=acc, **_edge_kw(graph))
     dw = _edge_contract(x, w, b, g, nbr, tgt, live, want=("dw",), **kw)["dw"]
     dsh = _edge_contract(x, a, sh, g, nbr, tgt, live, want=("dsh",), **kw)["dsh"]
     return dx.astype(x.dtype), dw, dsh, dg.astype(g.dtype), (None,) * len(graph)
@@ -628,12 +676,16 @@ def pallas_convolution(
     irreps_out: e3nn.Irreps,
     avg_num_neighbors: float,
     policy: Policy,
+    pairs: EdgePairs | None = None,
 ) -> e3nn.IrrepsArray:
     """Same contract and results (to rounding) as :func:`~mpnn_jax.nn.convolution.e3nn_convolution`.
 
     Args:
         node_feats: [n_nodes, irreps_in] (any multiplicities: blocks of their gcd).
-        sh: [n_edges, irreps_sh]; weights: [n_edges, num_path_weights];
+        sh: [n_edges, irreps_sh]; weights: [n_edges, num_path_weights], or [n_pairs,
+            num_path_weights] with ``pairs`` (:mod:`mpnn_jax.nn.pairs`: the kernels read each
+            edge's weights from its pair's row, and the edge kernel sums a pair's two weight
+            gradients: no [n_edges, num_path_weights] array is written);
         senders, receivers: int [n_edges], in bounds; edge_mask: bool [n_edges].
 
     Returns:
@@ -648,14 +700,15 @@ def pallas_convolution(
         x = _to_blocks(policy.cast("messages", node_feats.chunks), c)  # [n_nodes, n_in, C]
         w = policy.cast("messages", weights)  # [n_edges, n_paths * C]
         if MASK_WEIGHTS:
-            w = w * edge_mask[:, None].astype(w.dtype)
+            rows = edge_mask if pairs is None else edge_mask[pairs.first]
+            w = w * rows[:, None].astype(w.dtype)
         w = w.reshape(w.shape[0], plan.n_paths, c)  # [n_edges, n_paths, C]
         y = policy.cast("messages", sh.array)  # [n_edges, d_sh]
         live = edge_mask.astype(bool)
         start_r, perm_r = _csr_of(receivers, n_nodes, ops.SORTED_EDGES == "receivers", live)
         start_s, perm_s = _csr_of(senders, n_nodes, ops.SORTED_EDGES == "senders", live)
         graph = (start_r, perm_r, senders.astype(jnp.int32), start_s, perm_s,
-                 receivers.astype(jnp.int32), live)  # fmt: skip
+                 receivers.astype(jnp.int32), live, pairs)  # fmt: skip
         out = _fused(plan, 1.0 / avg_num_neighbors, policy, x, w, y, graph)  # [N, n_out, C]
     with Policy.scope("aggregation"):
         chunks = _from_blocks(out, irreps, c)  # [n_nodes, mul, d_out] each
