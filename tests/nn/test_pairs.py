@@ -174,7 +174,8 @@ def test_model_with_reverse_edges_equals_the_model_without(
     assert max(errs) < 1e-5
     monkeypatch.setattr(potential, "PAIR_EDGES", False)
     (_, out_off), _ = loss_and_grad(model, second_order=False)(params, g_rev)
-    np.testing.assert_array_equal(out_off["forces"], out["forces"])
+    # the same program as the per-edge graph's (to the GPU's atomic-add order: 7e-9 on an H100)
+    np.testing.assert_allclose(out_off["forces"], out["forces"], rtol=1e-6, atol=1e-7)
 
 
 def test_radial_mlp_runs_on_pairs():
