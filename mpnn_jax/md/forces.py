@@ -56,13 +56,16 @@ def padded_graph(
     capacity = neighbours.senders.shape[0]
     zeros_nodes = jnp.zeros((n_pad, 3), dtype)
     n_edges = jnp.asarray(neighbours.n_edges, jnp.int32)
+    edges = {"shifts": neighbours.shifts}  # [capacity, 3]
+    if neighbours.reverse is not None:
+        edges["reverse"] = neighbours.reverse  # [capacity]: radial MLPs per pair of edges
     return jraph.GraphsTuple(
         nodes={
             "positions": jnp.concatenate([positions, zeros_nodes]),  # [n_node, 3]
             "species": jnp.concatenate([species, jnp.zeros((n_pad,), jnp.int32)]),  # [n_node]
             "forces": jnp.zeros((n_node, 3), dtype),  # [n_node, 3]
         },
-        edges={"shifts": neighbours.shifts},  # [capacity, 3]
+        edges=edges,
         globals={
             "cell": jnp.stack([cell, jnp.zeros_like(cell)]),  # [2, 3, 3]
             "energy": jnp.zeros((2,), dtype),

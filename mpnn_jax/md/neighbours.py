@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mpnn_jax.data.buckets import EDGE_MULTIPLE, edge_budget
-from mpnn_jax.data.neighbours import neighbour_list
+from mpnn_jax.data.neighbours import neighbour_list, reverse_edges
 
 #: Geometric growth factor of padding buckets (node and edge budgets are multiples of
 #: NODE_MULTIPLE and EDGE_MULTIPLE, the training buckets' own, from mpnn_jax.data.buckets).
@@ -73,6 +73,11 @@ class Neighbours(NamedTuple):
         reference: float [n_atoms, 3] Å, the positions the list was built at (kept in the same
             frame as the positions: :func:`wrap` moves both).
         n_edges: int32 [] number of real edges (within ``cutoff + skin``).
+        reverse: int32 [capacity], each edge's reverse (real edges: the edge with senders and
+            receivers swapped and the shift negated; padded edges paired among themselves), or
+            ``None``: the models then run their radial MLPs per edge instead of per pair
+            (:mod:`mpnn_jax.nn.pairs`). :func:`wrap` keeps the pairing (it negates both shifts'
+            changes alike).
     """
 
     senders: jax.Array
@@ -80,6 +85,7 @@ class Neighbours(NamedTuple):
     shifts: jax.Array
     reference: jax.Array
     n_edges: jax.Array
+    reverse: jax.Array | None = None
 
     @property
     def capacity(self) -> int:
@@ -125,12 +131,18 @@ def build_neighbours(
         capacity = edge_capacity(n_edges, minimum=capacity or 0)
     pad = capacity - n_edges
     pad_index = np.full(pad, n_atoms, dtype=np.int32)
+    reverse = reverse_edges(senders, receivers, shifts)  # [n_edges] or None
+    if reverse is not None and pad % 2 == 0:  # padded edge k <-> k ^ 1
+        reverse = np.concatenate([reverse, n_edges + (np.arange(pad) ^ 1)]).astype(np.int32)
+    else:
+        reverse = None
     return Neighbours(
         senders=np.asarray(np.concatenate([senders, pad_index]), np.int32),  # [capacity]
         receivers=np.asarray(np.concatenate([receivers, pad_index]), np.int32),  # [capacity]
         shifts=np.asarray(np.concatenate([shifts, np.zeros((pad, 3))]), dtype),  # [capacity, 3]
         reference=np.asarray(positions, dtype),  # [n_atoms, 3]
         n_edges=np.asarray(n_edges, dtype=np.int32),
+        reverse=reverse,  # [capacity] or None
     )
 
 

@@ -100,3 +100,32 @@ def test_ase_velocity_verlet_tiny_nequip(policy, tol, molecule):
         energies = np.array(energies)
         assert atoms.calc.n_compilations <= 3
     assert np.abs(energies - energies[0]).max() / len(atoms) < tol
+
+
+def test_neighbour_pairs_survive_wrapping_and_give_the_same_forces(x64, crystal):
+    """``build_neighbours`` pairs every edge with its reverse (padding with padding), ``wrap``
+    keeps the pairs, and the MD force function gives the same energy and forces with the pairs
+    (radial MLPs per pair) as without them (per edge), in FP64."""
+    from mpnn_jax.md import wrap
+
+    model, params = _tiny_nequip("fp64")
+    cell = np.asarray(crystal.cell[:])
+    nbrs = build_neighbours(crystal.positions, cell, True, cutoff=CUTOFF, skin=0.5)
+    rev, n = np.asarray(nbrs.reverse), int(nbrs.n_edges)
+    assert rev is not None and rev.shape == (nbrs.capacity,) and nbrs.capacity > n
+    np.testing.assert_array_equal(rev[rev], np.arange(nbrs.capacity))
+    assert np.all(rev != np.arange(nbrs.capacity)) and np.all(rev[n:] >= n)
+    moved = jnp.asarray(crystal.positions + 1.3 * cell[0])  # every atom one cell out
+    dev = jax.tree_util.tree_map(jnp.asarray, nbrs)
+    positions, wrapped = wrap(moved, dev, cell=jnp.asarray(cell), pbc=(True, True, True))
+    s, r, shifts = (np.asarray(a) for a in (wrapped.senders, wrapped.receivers, wrapped.shifts))
+    assert not np.array_equal(shifts, np.asarray(nbrs.shifts))  # the wrap changed shifts
+    np.testing.assert_array_equal(s[rev[:n]], r[:n])
+    np.testing.assert_array_equal(shifts[rev[:n]], -shifts[:n])
+    kw = dict(species=TABLE.index(crystal.numbers), cell=cell, pbc=True)
+    force_fn = jax.jit(make_force_fn(make_predictor(model), params, **kw))
+    paired = force_fn(positions, wrapped)
+    per_edge = force_fn(positions, wrapped._replace(reverse=None))
+    assert abs(float(paired["energy"]) - float(per_edge["energy"])) < 1e-12
+    np.testing.assert_allclose(paired["forces"], per_edge["forces"], atol=1e-12)
+    assert np.abs(np.asarray(paired["forces"])).max() > 1e-3
