@@ -16,12 +16,14 @@ from mpnn_jax.nn.edges import edge_basis, edge_lengths, sh_irreps
 from mpnn_jax.nn.embedding import SpeciesEmbedding, embed_species
 from mpnn_jax.nn.gate import gate, gate_irreps
 from mpnn_jax.nn.linear import Linear, equivariant_linear, linear_paths
+from mpnn_jax.nn.pairs import EdgePairs, edge_pairs, per_edge
 from mpnn_jax.nn.radial import RadialMLP, bessel_basis, polynomial_envelope, radial_mlp
 from mpnn_jax.nn.readout import LinearReadout, MLPReadout
 from mpnn_jax.nn.scale_shift import ScaleShift, scale_shift
 
 __all__ = [
     "Convolution",
+    "EdgePairs",
     "Linear",
     "LinearReadout",
     "MLPReadout",
@@ -34,6 +36,7 @@ __all__ = [
     "e3nn_convolution",
     "edge_basis",
     "edge_lengths",
+    "edge_pairs",
     "embed_species",
     "equivariant_linear",
     "gate",
@@ -41,6 +44,7 @@ __all__ = [
     "get_backend",
     "linear_paths",
     "num_path_weights",
+    "per_edge",
     "polynomial_envelope",
     "radial_mlp",
     "register_backend",
