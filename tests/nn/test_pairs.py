@@ -93,15 +93,23 @@ def _paired_inputs(irreps_in: str, dtype=jnp.float64, n_nodes: int = 7, n_real: 
 
 
 @pytest.mark.parametrize(
-    # the e3nn backend's pairs (per_edge) also run in the NequIP model test below
-    "backend",
-    [pytest.param("e3nn", marks=pytest.mark.slow), "pallas"],
+    "backend, second_order",
+    [
+        ("pallas", False),
+        # the edge kernel's own derivative on pairs, and the e3nn backend's pairs (per_edge, also
+        # in the NequIP model test below): 35 s on 2 cores
+        pytest.param("pallas", True, marks=pytest.mark.slow),
+        pytest.param("e3nn", True, marks=pytest.mark.slow),
+    ],
 )
-def test_convolution_on_pairs_matches_the_reference_to_second_order(x64, backend, monkeypatch):
-    """Values, the three gradients and the derivatives of a gradient norm of the convolution with
-    per-pair weights equal the reference's on the weights gathered to every edge (a plain gather
-    that autodiff transposes): for Pallas, the node kernels' weight rows and the edge kernel's
-    sum of a pair's two weight gradients (with the target-order option set: pairs ignore it)."""
+def test_convolution_on_pairs_matches_the_reference_to_second_order(
+    x64, backend, second_order, monkeypatch
+):
+    """Values, the three gradients and (``second_order``) the derivatives of a gradient norm of
+    the convolution with per-pair weights equal the reference's on the weights gathered to every
+    edge (a plain gather that autodiff transposes): for Pallas, the node kernels' weight rows and
+    the edge kernel's sum of a pair's two weight gradients (with the target-order option set:
+    pairs ignore it)."""
     monkeypatch.setattr(pc, "EDGE_IN_TARGET_ORDER", True)
     monkeypatch.setattr(pc, "BLOCK_EDGES", 4)  # several programs, a padded tail of rows
     x, sh, w, s, r, m, p = _paired_inputs("2x0e+2x1o")
@@ -129,14 +137,19 @@ def test_convolution_on_pairs_matches_the_reference_to_second_order(x64, backend
             gx, gy, gw = first[1]
             return jnp.sum(gx**2) + jnp.sum(jnp.cos(gy)) + jnp.sum(gw**3), first
 
-        res[name] = jax.jit(jax.grad(grad_norm, (0, 1, 2), has_aux=True))(x.array, sh.array, w)
+        if second_order:
+            res[name] = jax.jit(jax.grad(grad_norm, (0, 1, 2), has_aux=True))(x.array, sh.array, w)
+        else:
+            first = jax.jit(jax.value_and_grad(loss, (0, 1, 2), has_aux=True))(x.array, sh.array, w)
+            res[name] = (jnp.ones(1), jnp.ones(1), jnp.ones(1)), first
     (h_out, ((_, out), g_out)), (h_ref, ((_, ref), g_ref)) = res["paired"], res["ref"]
     errs = [rel(out, ref)] + [rel(a, b) for a, b in zip((*g_out, *h_out), (*g_ref, *h_ref))]
     print(
         f"{backend} with pairs vs reference, fp64: value, 3 gradients, 3 second derivatives", errs
     )
     assert max(errs) < 1e-12
-    assert np.abs(np.asarray(g_ref[2])).max() > 1e-3 and np.abs(np.asarray(h_ref[2])).max() > 1e-3
+    assert np.abs(np.asarray(g_ref[2])).max() > 1e-3
+    assert not second_order or np.abs(np.asarray(h_ref[2])).max() > 1e-3
     padded_pairs = ~np.asarray(m)[np.asarray(p.first)]
     assert padded_pairs.any() and np.all(np.asarray(g_out[2])[padded_pairs] == 0.0)
 
