@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import jraph
 import numpy as np
 
-from mpnn_jax.data.neighbours import neighbour_list, reverse_edges
+from mpnn_jax.data.neighbours import neighbour_list, pad_reverse, reverse_edges
 from mpnn_jax.data.species import SpeciesTable
 from mpnn_jax.data.xyz import Configuration
 
@@ -234,11 +234,9 @@ def pad_graph(
     pad_n_edge[0] = pad_edges
     pad_index = np.full(pad_edges, real_nodes, dtype=np.int32)  # first padding node
     edges = {k: _pad_rows(v, pad_edges) for k, v in graph.edges.items() if k != REVERSE_KEY}
-    if REVERSE_KEY in graph.edges and pad_edges % 2 == 0:
-        pad_reverse = real_edges + (np.arange(pad_edges) ^ 1)  # [pad_edges]
-        edges[REVERSE_KEY] = np.concatenate([graph.edges[REVERSE_KEY], pad_reverse]).astype(
-            np.int32
-        )  # [n_edge]
+    reverse = pad_reverse(graph.edges.get(REVERSE_KEY), pad_edges)  # [n_edge] or None
+    if reverse is not None:
+        edges[REVERSE_KEY] = reverse
     return jraph.GraphsTuple(
         nodes={k: _pad_rows(v, pad_nodes) for k, v in graph.nodes.items()},
         edges=edges,

@@ -147,3 +147,20 @@ def reverse_edges(
     if np.any(reverse == np.arange(n)):
         return None
     return reverse
+
+
+def pad_reverse(reverse: np.ndarray | None, n_pad: int) -> np.ndarray | None:
+    """``reverse`` (int [n_edges]) extended over ``n_pad`` padding edges appended after the
+    edges, paired among themselves (padding edge ``k`` reverses ``k ^ 1``); None when ``reverse``
+    is None or ``n_pad`` is odd (no pairing covers every edge then).
+
+    Example:
+        >>> pad_reverse(np.array([1, 0]), 4).tolist()
+        [1, 0, 3, 2, 5, 4]
+        >>> pad_reverse(np.array([1, 0]), 3) is None
+        True
+    """
+    if reverse is None or n_pad % 2:
+        return None
+    n = len(reverse)
+    return np.concatenate([reverse, n + (np.arange(n_pad) ^ 1)]).astype(np.int32)  # [n + n_pad]

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mpnn_jax.data.buckets import EDGE_MULTIPLE, edge_budget
-from mpnn_jax.data.neighbours import neighbour_list, reverse_edges
+from mpnn_jax.data.neighbours import neighbour_list, pad_reverse, reverse_edges
 
 #: Geometric growth factor of padding buckets (node and edge budgets are multiples of
 #: NODE_MULTIPLE and EDGE_MULTIPLE, the training buckets' own, from mpnn_jax.data.buckets).
@@ -131,11 +131,7 @@ def build_neighbours(
         capacity = edge_capacity(n_edges, minimum=capacity or 0)
     pad = capacity - n_edges
     pad_index = np.full(pad, n_atoms, dtype=np.int32)
-    reverse = reverse_edges(senders, receivers, shifts)  # [n_edges] or None
-    if reverse is not None and pad % 2 == 0:  # padded edge k <-> k ^ 1
-        reverse = np.concatenate([reverse, n_edges + (np.arange(pad) ^ 1)]).astype(np.int32)
-    else:
-        reverse = None
+    reverse = pad_reverse(reverse_edges(senders, receivers, shifts), pad)  # [capacity] or None
     return Neighbours(
         senders=np.asarray(np.concatenate([senders, pad_index]), np.int32),  # [capacity]
         receivers=np.asarray(np.concatenate([receivers, pad_index]), np.int32),  # [capacity]
