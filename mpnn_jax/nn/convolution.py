@@ -187,7 +187,7 @@ class Convolution(nn.Module):
         # the radial MLP runs in its own stage: a function of the distance alone whose
         # derivative enters every force (measured: the largest BF16 error of the messages)
         weights = RadialMLP(self.radial_features, n_weights, self.policy)(radial)  # [rows, n_w]
-        extra = {} if pairs is None else {"pairs": pairs}  # (backends without pairs still work)
+        extra = {} if pairs is None else {"pairs": pairs}  # a backend sees pairs only when given
         return get_backend(self.backend).convolution(
             node_feats,
             sh,
