@@ -7,6 +7,11 @@ edge_mask, *, irreps_out, avg_num_neighbors, policy)`` (see
 here; ``"e3nn"`` is the pure-JAX reference implementation. Faster kernels register themselves with
 :func:`register_backend` and are tested against the reference.
 
+A backend whose ``convolution`` takes per-pair weights (``pairs=``, :mod:`mpnn_jax.nn.pairs`: the
+radial MLP runs once per pair of reverse edges) says so with ``takes_pairs = True``; for any other
+backend :class:`mpnn_jax.nn.convolution.Convolution` expands the weights to the edges first
+(:func:`takes_pairs`), so a backend written for per-edge weights works on every graph.
+
 Other backends are registered lazily, on the first :func:`get_backend` or
 :func:`available_backends` call: ``"cueq"`` (:mod:`mpnn_jax.nn.cueq`, NVIDIA cuEquivariance) only
 where ``cuequivariance_jax`` imports, then ``"pallas"`` (:mod:`mpnn_jax.nn.pallas_conv`: the
@@ -31,7 +36,7 @@ from mpnn_jax.nn.convolution import e3nn_convolution
 
 
 class Backend(Protocol):
-    """Interface of a backend."""
+    """Interface of a backend (``takes_pairs`` optional, default False)."""
 
     name: str
 
@@ -44,6 +49,7 @@ class E3nnBackend:
     """The reference backend: plain JAX einsums with e3nn-jax Clebsch-Gordan coefficients."""
 
     name = "e3nn"
+    takes_pairs = True
 
     @staticmethod
     def convolution(*args: Any, **kwargs: Any) -> Any:
@@ -66,6 +72,7 @@ class PallasBackend:
     (:mod:`mpnn_jax.nn.pallas_symmetric`)."""
 
     name = "pallas"
+    takes_pairs = True
 
     @staticmethod
     def convolution(*args: Any, **kwargs: Any) -> Any:
@@ -125,6 +132,17 @@ def get_backend(name: str) -> Backend:
             f"unknown or unavailable backend {name!r}; expected one of {available_backends()}{hint}"
         )
     return _REGISTRY[name]
+
+
+def takes_pairs(backend: Backend) -> bool:
+    """Whether ``backend.convolution`` accepts per-pair weights with ``pairs=`` (its
+    ``takes_pairs`` attribute; False where absent).
+
+    Example:
+        >>> takes_pairs(get_backend("e3nn")), takes_pairs(object())
+        (True, False)
+    """
+    return bool(getattr(backend, "takes_pairs", False))
 
 
 def available_backends() -> list[str]:

@@ -180,15 +180,20 @@ class Convolution(nn.Module):
         edge_mask: jax.Array,
         pairs: EdgePairs | None = None,
     ) -> e3nn.IrrepsArray:
-        from mpnn_jax.nn.backends import get_backend
+        from mpnn_jax.nn.backends import get_backend, takes_pairs
 
         node_feats = node_feats.regroup()
         n_weights = num_path_weights(node_feats.irreps, sh.irreps, self.irreps_out)
         # the radial MLP runs in its own stage: a function of the distance alone whose
         # derivative enters every force (measured: the largest BF16 error of the messages)
         weights = RadialMLP(self.radial_features, n_weights, self.policy)(radial)  # [rows, n_w]
-        extra = {} if pairs is None else {"pairs": pairs}  # a backend sees pairs only when given
-        return get_backend(self.backend).convolution(
+        backend = get_backend(self.backend)
+        extra = {}
+        if pairs is not None and takes_pairs(backend):
+            extra = {"pairs": pairs}  # the backend reads each edge's row through its pair
+        elif pairs is not None:
+            weights = per_edge(weights, pairs)  # [n_edges, n_w] for a per-edge backend
+        return backend.convolution(
             node_feats,
             sh,
             weights,

@@ -415,6 +415,7 @@ class CueqBackend:
     """
 
     name = "cueq"
+    takes_pairs = True
 
     def __init__(self, method: str = "auto"):
         if method not in METHODS:

@@ -213,3 +213,33 @@ def test_radial_mlp_runs_on_pairs():
     pairs, edges = f"f32[{n_e // 2},{n_hidden}]", f"f32[{n_e},{n_hidden}]"
     assert pairs in texts[0] and edges not in texts[0]
     assert edges in texts[1] and pairs not in texts[1]
+
+
+def test_a_per_edge_backend_runs_on_graphs_with_reverse_edges(monkeypatch):
+    """A registered backend without ``takes_pairs`` gets weights expanded to the edges by
+    :class:`Convolution` (its ``convolution`` has no ``pairs`` argument): the same energies and
+    forces as the reference backend on the same graph."""
+    from mpnn_jax.nn import backends as bk
+
+    calls = []
+
+    class PerEdge:  # a user's backend written before the pairs
+        name = "per-edge"
+
+        @staticmethod
+        def convolution(node_feats, sh, weights, senders, receivers, edge_mask, **kw):
+            calls.append(weights.shape[0])
+            return e3nn_convolution(node_feats, sh, weights, senders, receivers, edge_mask, **kw)
+
+        symmetric_contraction = staticmethod(bk.get_backend("e3nn").symmetric_contraction)
+
+    monkeypatch.setitem(bk._REGISTRY, "per-edge", PerEdge())
+    assert not bk.takes_pairs(PerEdge())
+    model = testing.tiny_model("nequip", **MODELS["nequip"])
+    g_rev, _ = _graphs()
+    params = testing.random_params(model, g_rev)
+    ref = potential.make_predictor(model)(params, g_rev)
+    out = potential.make_predictor(model.clone(backend="per-edge"))(params, g_rev)
+    assert calls and set(calls) == {g_rev.senders.shape[0]}  # weights per edge, not per pair
+    np.testing.assert_allclose(out["energy"], ref["energy"], rtol=1e-6)
+    np.testing.assert_allclose(out["forces"], ref["forces"], rtol=1e-5, atol=1e-6)
