@@ -21,7 +21,7 @@ from mpnn_jax.nn import pallas_conv as pc
 from mpnn_jax.nn.convolution import e3nn_convolution, num_path_weights
 from mpnn_jax.precision import get_policy
 
-from .backend_checks import FILTER, MODELS, loss_and_grad, rel
+from .backend_checks import FILTER, MODELS, conv_inputs, loss_and_grad, rel
 
 
 def _random_reverse(n: int, seed: int = 0) -> np.ndarray:
@@ -216,30 +216,39 @@ def test_radial_mlp_runs_on_pairs():
 
 
 def test_a_per_edge_backend_runs_on_graphs_with_reverse_edges(monkeypatch):
-    """A registered backend without ``takes_pairs`` gets weights expanded to the edges by
-    :class:`Convolution` (its ``convolution`` has no ``pairs`` argument): the same energies and
-    forces as the reference backend on the same graph."""
+    """A registered backend without ``takes_pairs`` gets the weights expanded to the edges by
+    :class:`Convolution` (its ``convolution`` has no ``pairs`` argument): the output and the
+    gradients of the reference backend on pairs."""
     from mpnn_jax.nn import backends as bk
+    from mpnn_jax.nn.convolution import Convolution
 
-    calls = []
+    rows = []
 
     class PerEdge:  # a user's backend written before the pairs
         name = "per-edge"
 
         @staticmethod
         def convolution(node_feats, sh, weights, senders, receivers, edge_mask, **kw):
-            calls.append(weights.shape[0])
+            rows.append(weights.shape[0])
             return e3nn_convolution(node_feats, sh, weights, senders, receivers, edge_mask, **kw)
 
-        symmetric_contraction = staticmethod(bk.get_backend("e3nn").symmetric_contraction)
-
     monkeypatch.setitem(bk._REGISTRY, "per-edge", PerEdge())
-    assert not bk.takes_pairs(PerEdge())
-    model = testing.tiny_model("nequip", **MODELS["nequip"])
-    g_rev, _ = _graphs()
-    params = testing.random_params(model, g_rev)
-    ref = potential.make_predictor(model)(params, g_rev)
-    out = potential.make_predictor(model.clone(backend="per-edge"))(params, g_rev)
-    assert calls and set(calls) == {g_rev.senders.shape[0]}  # weights per edge, not per pair
-    np.testing.assert_allclose(out["energy"], ref["energy"], rtol=1e-6)
-    np.testing.assert_allclose(out["forces"], ref["forces"], rtol=1e-5, atol=1e-6)
+    assert not bk.takes_pairs(PerEdge()) and bk.takes_pairs(bk.get_backend("e3nn"))
+    x, sh, _, s, r, m = conv_inputs("2x0e+1x1o")
+    n_e = s.shape[0]
+    p = pr.edge_pairs(jnp.asarray(_random_reverse(n_e, seed=3)))
+    radial = jax.random.normal(jax.random.PRNGKey(4), (n_e // 2, 4))  # [n_pairs, n_basis]
+    policy = get_policy("fp32")
+    out = {}
+    for backend in ("e3nn", "per-edge"):
+        conv = Convolution(FILTER, 3.0, (8,), policy, backend=backend)
+        params = conv.init(jax.random.PRNGKey(0), x, sh, radial, s, r, m, pairs=p)
+
+        def f(params, x, radial, conv=conv):
+            y = conv.apply(params, x, sh, radial, s, r, m, pairs=p)
+            return jnp.sum(jnp.sin(y.array)), y.array
+
+        out[backend] = jax.jit(jax.value_and_grad(f, (0, 1, 2), has_aux=True))(params, x, radial)
+    assert set(rows) == {n_e}  # the per-edge backend saw weights per edge
+    for a, b in zip(*(jax.tree_util.tree_leaves(out[k]) for k in out), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
