@@ -65,7 +65,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mpnn_jax.nn.convolution import path_irreps, tp_paths
-from mpnn_jax.nn.pairs import EdgePairs, per_edge
+from mpnn_jax.nn.pairs import EdgePairs
 from mpnn_jax.nn.symmetric_contraction import contraction_basis, irreps_out_of, weight_name
 from mpnn_jax.precision import Policy
 
@@ -250,14 +250,13 @@ def cueq_convolution(
         avg_num_neighbors: normalisation of the neighbour sum.
         policy: precision policy.
         method: ``"auto"`` (:func:`default_method`), ``"uniform_1d"`` or ``"naive"``.
-        pairs: reverse-edge pairs where ``weights`` are per pair ([n_pairs, num_path_weights];
-            expanded to the edges first, :func:`mpnn_jax.nn.pairs.per_edge`).
+        pairs: reverse-edge pairs where ``weights`` are per pair ([n_pairs, num_path_weights]):
+            the polynomial reads each edge's row through ``pairs.of_edge`` (an operand index, as
+            for the senders), so no [n_edges, num_path_weights] array is written.
 
     Returns:
         [n_nodes, conv_irreps(irreps_in, irreps_sh, irreps_out)] in the ``aggregation`` dtype.
     """
-    if pairs is not None:
-        weights = per_edge(weights, pairs)  # [n_edges, num_path_weights]
     n_nodes = node_feats.shape[0]
     poly, message_irreps = conv_polynomial(
         node_feats.irreps, sh.irreps, e3nn.Irreps(irreps_out), 1.0 / avg_num_neighbors
@@ -271,15 +270,19 @@ def cueq_convolution(
         x = _rounded(policy, "messages", x)
     with Policy.scope("messages"):
         mask = edge_mask[:, None]
-        w = policy.cast("messages", weights)  # [n_edges, num_path_weights]
-        w = jnp.where(mask, w, jnp.zeros_like(w))
-        y = policy.cast("messages", sh.array)  # [n_edges, irreps_sh]
-        y = jnp.where(mask, y, jnp.zeros_like(y))
+        w_mask, w_index = mask, None  # [rows, 1]; the row of each edge, None: the edge's own
+        if pairs is not None:  # a pair is padding when both edges are (pad_reverse pairs them)
+            w_mask = (edge_mask[pairs.first] | edge_mask[pairs.second])[:, None]
+            w_index = pairs.of_edge  # [n_edges] -> [0, n_pairs)
+        w = policy.cast("messages", weights)  # [rows, num_path_weights]
+        w = jnp.where(w_mask, w, jnp.zeros_like(w))
+        y = policy.cast("messages", sh.array)  # [n_edges, irreps_sh]; zero on padded edges,
+        y = jnp.where(mask, y, jnp.zeros_like(y))  # so they send nothing whatever their w
         [out] = cuex.segmented_polynomial(
             poly,
             [w, x, y],
             [jax.ShapeDtypeStruct((n_nodes, poly.outputs[0].size), agg)],
-            indices=[None, senders, None, receivers],
+            indices=[w_index, senders, None, receivers],
             method=_resolve(method),
             options={"math_dtype": jnp.dtype(policy.accum("messages")).name},
             name="cueq_convolution",
@@ -352,7 +355,6 @@ def cueq_symmetric_contraction(
     keep_irrep_out: str | e3nn.Irreps,
     policy: Policy,
     method: str = "auto",
-    pairs: EdgePairs | None = None,
 ) -> e3nn.IrrepsArray:
     """:func:`~mpnn_jax.nn.symmetric_contraction.symmetric_contraction` as one polynomial.
 

@@ -100,6 +100,7 @@ def _paired_inputs(irreps_in: str, dtype=jnp.float64, n_nodes: int = 7, n_real: 
         # in the NequIP model test below): 35 s on 2 cores
         pytest.param("pallas", True, marks=pytest.mark.slow),
         pytest.param("e3nn", True, marks=pytest.mark.slow),
+        ("cueq", False),  # each edge's weight row as an operand index (the naive method on CPU)
     ],
 )
 def test_convolution_on_pairs_matches_the_reference_to_second_order(
@@ -110,12 +111,16 @@ def test_convolution_on_pairs_matches_the_reference_to_second_order(
     edge (a plain gather that autodiff transposes): for Pallas, the node kernels' weight rows and
     the edge kernel's sum of a pair's two weight gradients (with the target-order option set:
     pairs ignore it)."""
+    if backend not in available_backends():
+        pytest.skip(f"backend {backend!r} is not installed")
     monkeypatch.setattr(pc, "EDGE_IN_TARGET_ORDER", True)
     monkeypatch.setattr(pc, "BLOCK_EDGES", 4)  # several programs, a padded tail of rows
     x, sh, w, s, r, m, p = _paired_inputs("2x0e+2x1o")
     policy = get_policy("fp64")
     kw = dict(irreps_out=FILTER, avg_num_neighbors=3.0, policy=policy)
-    paired = e3nn_convolution if backend == "e3nn" else pc.pallas_convolution
+    paired = {"e3nn": e3nn_convolution, "pallas": pc.pallas_convolution}.get(backend)
+    if backend == "cueq":
+        from mpnn_jax.nn.cueq import cueq_convolution as paired
 
     def conv_paired(xa, y, w):
         xs, ys = e3nn.IrrepsArray(x.irreps, xa), e3nn.IrrepsArray(sh.irreps, y)
