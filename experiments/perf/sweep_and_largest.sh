@@ -8,7 +8,8 @@
 #   sweep          E+F throughput against atoms, water of 300 to 50,000 atoms, MACE MP-S and
 #                  NequIP-M, fp32 and bf16-mixed, median of 20 synchronised calls; OUT/sweep.png
 #                  (the README's plot)
-#   cueq_pairs     the GPU-marked tests of the pairs (cueq backend), if .whl_cueq is carried
+#   cueq_pairs     the cueq backend's tests of the pairs (the convolution in FP64, the MACE model
+#                  GPU-marked), if .whl_cueq is carried (its README: experiments/gpu_env.sh)
 # Usage: bash experiments/perf/sweep_and_largest.sh OUT [STEP ...]   (default: every step)
 # Each step has a time limit (LIMIT_<step>, seconds) and writes its JSON even when cut short
 # (the harness rewrites it after every row); OUT/times.txt holds each step's elapsed time.
@@ -16,7 +17,7 @@ set -u -o pipefail
 OUT=${1:?usage: bash experiments/perf/sweep_and_largest.sh OUT [STEP ...]}
 shift
 STEPS=("$@")
-[ ${#STEPS[@]} -eq 0 ] && STEPS=(largest_ef sweep largest_train cueq_pairs)
+[ ${#STEPS[@]} -eq 0 ] && STEPS=(cueq_pairs sweep largest_ef largest_train)
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
 quiet() { grep -v "^W0000\|^I0000" | tail -"${1:-40}"; }
@@ -40,8 +41,8 @@ for s in "${STEPS[@]}"; do
       if [ -d .whl_cueq ]; then
         "$PY" -m pip install -q --no-index --no-deps --target /tmp/site .whl_cueq/*.whl &&
           tar -xJf .whl_cueq/cueq_site.tar.xz -C /tmp/site &&
-          timeout "${LIMIT_cueq_pairs:-150}" "$PY" -m pytest -q -p no:cacheprovider -m gpu \
-            tests/nn/test_pairs.py 2>&1 | tail -5 | tee "$OUT/cueq_pairs.txt"
+          timeout "${LIMIT_cueq_pairs:-150}" "$PY" -m pytest -q -p no:cacheprovider \
+            -m "gpu or not slow" -k cueq tests/nn/test_pairs.py 2>&1 | tail -5 | tee "$OUT/cueq_pairs.txt"
       else
         echo "cueq_pairs: no .whl_cueq carried, skipped"
       fi ;;
