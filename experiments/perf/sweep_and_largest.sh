@@ -9,7 +9,7 @@
 #                  NequIP-M, fp32 and bf16-mixed, median of 20 synchronised calls; OUT/sweep.png
 #                  (the README's plot)
 #   cueq_pairs     the cueq backend's tests of the pairs (the convolution in FP64, the MACE model
-#                  GPU-marked), if .whl_cueq is carried (its README: experiments/gpu_env.sh)
+#                  GPU-marked), if .whl_cueq is carried (see experiments/perf/cueq_vs_xla.py)
 # Usage: bash experiments/perf/sweep_and_largest.sh OUT [STEP ...]   (default: every step)
 # Each step has a time limit (LIMIT_<step>, seconds) and writes its JSON even when cut short
 # (the harness rewrites it after every row); OUT/times.txt holds each step's elapsed time.
