@@ -9,7 +9,7 @@
 #                  NequIP-M, fp32 and bf16-mixed, median of 20 synchronised calls; OUT/sweep.png
 #                  (the README's plot)
 #   cueq_pairs     the cueq backend's tests of the pairs (the convolution in FP64, the MACE model
-#                  GPU-marked), if .whl_cueq is carried (see experiments/perf/cueq_vs_xla.py)
+#                  to second order) with its CUDA kernels, if .whl_cueq is carried (see experiments/perf/cueq_vs_xla.py)
 # Usage: bash experiments/perf/sweep_and_largest.sh OUT [STEP ...]   (default: every step)
 # Each step has a time limit (LIMIT_<step>, seconds) and writes its JSON even when cut short
 # (the harness rewrites it after every row); OUT/times.txt holds each step's elapsed time.
@@ -42,7 +42,7 @@ for s in "${STEPS[@]}"; do
         "$PY" -m pip install -q --no-index --no-deps --target /tmp/site .whl_cueq/*.whl &&
           tar -xJf .whl_cueq/cueq_site.tar.xz -C /tmp/site &&
           timeout "${LIMIT_cueq_pairs:-150}" "$PY" -m pytest -q -p no:cacheprovider \
-            -m "gpu or not slow" -k cueq tests/nn/test_pairs.py 2>&1 | tail -5 | tee "$OUT/cueq_pairs.txt"
+            -m "" -k cueq tests/nn/test_pairs.py 2>&1 | tail -5 | tee "$OUT/cueq_pairs.txt"
       else
         echo "cueq_pairs: no .whl_cueq carried, skipped"
       fi ;;
