@@ -7,7 +7,7 @@
         --presets fp32 bf16-mixed --variants onehot/none take/none --out take_rows.json
     python experiments/benchmark.py --only-largest --sizes nequip-S --systems water:2000 \
         --modes ef --presets fp32 bf16-mixed --out largest.json
-    python experiments/benchmark.py --replot h100.json --plot h100.png   # plot an earlier run
+    python experiments/benchmark.py --replot h100.json --plot h100.png   # plot earlier runs
     python experiments/benchmark.py --backends e3nn,cueq --sizes mace-mp-s --systems water:3000 \
         --presets fp32 bf16-mixed --out backends.json
     python experiments/benchmark.py --goals experiments/results/benchmarks/*.json \
@@ -126,9 +126,11 @@ def main(argv=None) -> int:
     p.add_argument("--plot", default=None, help="throughput plot (PNG) path")
     p.add_argument(
         "--replot",
+        nargs="+",
         default=None,
         metavar="JSON",
-        help="draw --plot from the rows of an earlier run's JSON and exit (no benchmark runs)",
+        help="draw --plot from the rows of earlier runs' JSON files of one device and exit (no "
+        "benchmark runs; a case in several files: the last file's row)",
     )
     p.add_argument(
         "--goals",
@@ -143,12 +145,22 @@ def main(argv=None) -> int:
     if args.replot:
         if not args.plot:
             p.error("--replot needs --plot PNG")
-        try:
-            earlier = json.loads(Path(args.replot).read_text())
-            rows = earlier["rows"]
-        except (OSError, ValueError, KeyError) as err:
-            p.error(f"--replot {args.replot}: not a benchmark JSON with rows ({err})")
-        bm.plot_throughput(rows, args.plot, title=_plot_title(earlier.get("info", {})))
+        cases: dict[tuple, dict] = {}  # one row per case, the last file's
+        infos = []
+        for path in args.replot:
+            try:
+                earlier = json.loads(Path(path).read_text())
+                rows = earlier["rows"]
+            except (OSError, ValueError, KeyError) as err:
+                p.error(f"--replot {path}: not a benchmark JSON with rows ({err})")
+            infos.append(earlier.get("info", {}))
+            for r in rows:
+                key = tuple(r.get(k) for k in ("model", "system", "preset", "mode", "backend"))
+                cases[key + (r.get("take_rows"), r.get("sorted_edges"))] = r
+        devices = {i.get("device") for i in infos}
+        if len(devices) > 1:
+            p.error(f"--replot: files of different devices {sorted(map(str, devices))}")
+        bm.plot_throughput(list(cases.values()), args.plot, title=_plot_title(infos[0]))
         print(f"wrote {args.plot}")
         return 0
     if args.quick:

@@ -209,6 +209,13 @@ def test_backend_option_records_the_backend_and_rejects_unknown_ones(tmp_path, c
     with pytest.raises(SystemExit):
         cli.main(["--replot", str(tmp_path / "norows.json"), "--plot", str(png)])
     assert "norows.json: not a benchmark JSON" in capsys.readouterr().err
+    # several files of one device: one plot; files of two devices: an argument error
+    other = {**result, "info": {**result["info"], "device": "another card"}}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    assert cli.main(["--replot", str(out), str(out), "--plot", str(png)]) == 0
+    with pytest.raises(SystemExit):
+        cli.main(["--replot", str(out), str(tmp_path / "other.json"), "--plot", str(png)])
+    assert "different devices" in capsys.readouterr().err
 
 
 @pytest.mark.slow  # 20 s on 2 cores; the quick harness test keeps the rest working
