@@ -48,6 +48,32 @@ def conv_inputs(irreps_in: str, dtype=jnp.float32, seed: int = 0):
     return x, sh, w, *idx, jnp.asarray(mask)
 
 
+def conv_derivatives(conv, x, sh, w, *, second_order: bool):
+    """Jitted derivatives of ``sum(sin(conv(x, sh, w)))``, where ``conv`` maps the arrays of the
+    node features, harmonics and weights to the output (an array or an ``IrrepsArray``).
+
+    Returns:
+        ``(((value, output), (dx, dsh, dw)), second)``: ``second`` holds, with ``second_order``,
+        the gradients with respect to (x, sh, w) of the gradient norm ``sum(dx^2) + sum(cos(dsh))
+        + sum(dw^3)`` (the kernels' own derivatives, in one program with the first-order terms),
+        and is ``()`` without.
+    """
+
+    def loss(xa, y, w):
+        out = conv(xa, y, w)
+        return jnp.sum(jnp.sin(getattr(out, "array", out))), out
+
+    def grad_norm(xa, y, w):
+        first = jax.value_and_grad(loss, (0, 1, 2), has_aux=True)(xa, y, w)
+        gx, gy, gw = first[1]
+        return jnp.sum(gx**2) + jnp.sum(jnp.cos(gy)) + jnp.sum(gw**3), first
+
+    if not second_order:
+        return jax.jit(jax.value_and_grad(loss, (0, 1, 2), has_aux=True))(x, sh, w), ()
+    second, first = jax.jit(jax.grad(grad_norm, (0, 1, 2), has_aux=True))(x, sh, w)
+    return first, second
+
+
 def loss_and_grad(model, *, second_order: bool):
     """Jitted ``params, graph -> ((loss, predictions), d loss / d params or None)`` for an
     energy + force loss: what a training step differentiates (second derivatives through the

@@ -29,6 +29,7 @@ from .backend_checks import (
     check_equivariance,
     check_fp64_finite_differences,
     check_model_matches_reference,
+    conv_derivatives,
     conv_inputs,
     model_case,
     rel,
@@ -93,8 +94,8 @@ def test_plan_blocks_transpose_and_layout_round_trip():
 def test_fp64_values_first_and_second_derivatives(x64, irreps_in, block, split, order, monkeypatch):
     """Output, gradients (the transposed node kernel and the edge kernel) and (``order`` 2) a
     gradient of a gradient norm (the edge kernel's own derivative) equal the reference to FP64
-    rounding, for a
-    block smaller and one larger than the nodes' in-degrees, one and two multiplicities, and
+    rounding, for a block smaller and one larger than the nodes' in-degrees, one and two
+    multiplicities, and
     with the kernels' outputs split over several calls (``NODE_GROUPS``, ``EDGE_SPLIT``), the
     neighbour indices read through the permutation (``NBR_IN_ORDER``) and the transposed kernel
     on a block of its own (``BLOCK_NODES_T``), the loop's loads issued a step ahead
@@ -115,23 +116,12 @@ def test_fp64_values_first_and_second_derivatives(x64, irreps_in, block, split, 
     for backend in ("e3nn", "pallas"):
         conv = _conv(backend, policy)
 
-        def loss(xa, y, w, conv=conv):
-            out = conv(e3nn.IrrepsArray(x.irreps, xa), e3nn.IrrepsArray(sh.irreps, y), w, s, r, m)
-            return jnp.sum(jnp.sin(out.array)), out
+        def conv_arrays(xa, y, w, conv=conv):
+            return conv(e3nn.IrrepsArray(x.irreps, xa), e3nn.IrrepsArray(sh.irreps, y), w, s, r, m)
 
-        def grad_norm(xa, y, w, loss=loss):
-            first = jax.value_and_grad(loss, (0, 1, 2), has_aux=True)(xa, y, w)
-            gx, gy, gw = first[1]
-            return jnp.sum(gx**2) + jnp.sum(jnp.cos(gy)) + jnp.sum(gw**3), first
-
-        if order == 1:  # the values and the gradients (the kernels' forward and backward)
-            first = jax.jit(jax.value_and_grad(loss, (0, 1, 2), has_aux=True))(x.array, sh.array, w)
-            res[backend] = first, ()
-            continue
-        # one program per backend: the second derivatives, with the values and the gradients
-        # (the kernels' forward and backward passes) of its forward pass as auxiliary outputs
-        second, first = jax.jit(jax.grad(grad_norm, (0, 1, 2), has_aux=True))(x.array, sh.array, w)
-        res[backend] = first, second
+        # one program per backend and order: values, gradients (the kernels' forward and
+        # backward passes) and, order 2, the second derivatives
+        res[backend] = conv_derivatives(conv_arrays, x.array, sh.array, w, second_order=order == 2)
     ((_, ref), g_ref), h_ref = res["e3nn"]
     ((_, out), g_out), h_out = res["pallas"]
     assert out.dtype == jnp.float64 and out.irreps == ref.irreps
