@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The harness's size questions with today's default GPU program (backend "pallas", the radial
+# The harness's size questions with our fastest GPU program (backend "pallas", the radial
 # MLPs once per pair of reverse edges), one GPU, after `source experiments/gpu_env.sh`:
 #   largest_ef     the largest water system MACE MP-S's E+F program fits, fp32 and bf16-mixed
 #                  (one 3,000-atom probe for the bytes per atom, then a verified run at the
