@@ -104,8 +104,9 @@ def _cmd_md(args: argparse.Namespace) -> int:
 
 
 _BACKEND_HELP = (
-    "convolution backend: e3nn (pure XLA), cueq (cuEquivariance kernels, the cueq extra) or "
-    "pallas (our fused Pallas convolution, Triton on GPUs); default: the run's"
+    "convolution backend: e3nn (pure XLA), cueq (cuEquivariance kernels, the cueq extra), "
+    "pallas (our fused Pallas convolution, Triton on GPUs) or auto (pallas on NVIDIA GPUs, "
+    "e3nn elsewhere); default: the run's"
 )
 
 

@@ -44,10 +44,13 @@ def _choice() -> str:
     return choice
 
 
-def wants_gpu_options(model: Any) -> bool:
+def wants_gpu_options(model: Any, platform: str | None = None) -> bool:
     """Whether ``model`` was measured faster without multi-output fusion: NequIP (any size) on
-    the ``e3nn`` backend."""
-    return type(model).__name__ == "NequIP" and getattr(model, "backend", "e3nn") == "e3nn"
+    the ``e3nn`` backend (``"auto"`` resolved for ``platform``, default this process's)."""
+    from mpnn_jax.nn.backends import resolve
+
+    backend = resolve(getattr(model, "backend", "e3nn"), platform)
+    return type(model).__name__ == "NequIP" and backend == "e3nn"
 
 
 def options_for(model: Any = None, platform: str | None = None) -> dict[str, str]:
@@ -71,7 +74,11 @@ def options_for(model: Any = None, platform: str | None = None) -> dict[str, str
         return dict(GPU_OPTIONS)
     platform = platform or jax.default_backend()
     on_gpu = platform in ("gpu", "cuda", "rocm")
-    return dict(GPU_OPTIONS) if on_gpu and model is not None and wants_gpu_options(model) else {}
+    return (
+        dict(GPU_OPTIONS)
+        if on_gpu and model is not None and wants_gpu_options(model, platform)
+        else {}
+    )
 
 
 def jit(fn: Callable, *, model: Any = None, **kwargs: Any) -> Callable:

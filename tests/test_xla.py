@@ -24,6 +24,8 @@ def test_options_by_model_platform_and_environment(monkeypatch):
     assert xla.options_for(nequip, "cpu") == {}
     assert xla.options_for(nequip.clone(backend="cueq"), "gpu") == {}  # measured 1% slower
     assert xla.options_for(mace, "gpu") == {}  # measured 7-11% slower
+    assert xla.options_for(nequip.clone(backend="pallas"), "gpu") == {}
+    assert xla.options_for(nequip.clone(backend="auto"), "cpu") == {}
     assert xla.options_for(None, "gpu") == {}
     on_gpu = jax.default_backend() == "gpu"
     assert xla.options_for(nequip) == (xla.GPU_OPTIONS if on_gpu else {})

@@ -55,13 +55,15 @@ def policy_names(presets: Sequence[str]) -> list[str]:
 
 def backend_names(backends: Sequence[str]) -> list[str]:
     """Validates backend names early: each must be registered in :mod:`mpnn_jax.nn.backends`.
+    ``"auto"`` is resolved for this process's platform, so that rows record the backend that ran.
 
     Raises:
         ValueError: naming the unknown or unavailable backend and the available ones.
     """
-    from mpnn_jax.nn.backends import available_backends
+    from mpnn_jax.nn.backends import available_backends, resolve
 
     available = available_backends()
+    backends = [resolve(name) for name in backends]
     for name in backends:
         if name not in available:
             raise ValueError(

@@ -48,7 +48,8 @@ def build_model(
         atomic_energies: E0 per species (eV) or ``None``.
         scale: energy scale (eV).
         shift: per-atom energy shift (eV).
-        backend: convolution and symmetric-contraction backend (:mod:`mpnn_jax.nn.backends`),
+        backend: convolution and symmetric-contraction backend (:mod:`mpnn_jax.nn.backends`;
+            ``"auto"``: the fused Pallas kernels on NVIDIA GPUs, the reference elsewhere),
             checked here so that an unknown or uninstalled one fails before any tracing.
         **sizes: model-specific hyperparameters (e.g. ``n_layers``, ``hidden_irreps``,
             ``max_ell``, ``n_basis``, ``radial_features``); lists become tuples.

@@ -137,7 +137,8 @@ class MACE(nn.Module):
         envelope_p: exponent of the polynomial envelope (MACE: 5).
         radial_features: hidden widths of the radial MLP (MACE: ``(64, 64, 64)``).
         readout_mlp_irreps: hidden irreps of the last readout (MACE: ``"16x0e"``).
-        backend: backend of the convolution and symmetric contraction (``"e3nn"``).
+        backend: backend of the convolution and symmetric contraction (``"e3nn"``; ``"auto"``
+            for the fastest of the platform, :func:`mpnn_jax.nn.backends.resolve`).
     """
 
     n_species: int

@@ -128,7 +128,8 @@ class NequIP(nn.Module):
         n_basis: number of Bessel functions.
         radial_features: hidden widths of the radial MLP.
         envelope_p: exponent of the polynomial envelope.
-        backend: name in :mod:`mpnn_jax.nn.backends`.
+        backend: name in :mod:`mpnn_jax.nn.backends` (``"auto"``: the fastest of the platform,
+            :func:`mpnn_jax.nn.backends.resolve`).
     """
 
     policy: Policy

@@ -12,6 +12,13 @@ radial MLP runs once per pair of reverse edges) says so with ``takes_pairs = Tru
 backend :class:`mpnn_jax.nn.convolution.Convolution` expands the weights to the edges first
 (:func:`takes_pairs`), so a backend written for per-edge weights works on every graph.
 
+``"auto"`` is not a backend of its own: :func:`get_backend` resolves it when a program is traced
+(:func:`resolve`), to ``"pallas"`` on NVIDIA GPUs of compute capability 8.0 or newer (the fused
+kernels: our fastest measured programs, PERFORMANCE_LOG entries 13-21) and to the reference
+``"e3nn"`` everywhere else (on CPUs the Pallas kernels only run in the slow interpreter). The
+weights are the same for every backend, so a configuration or notebook written with ``"auto"``
+runs the fast kernels on a GPU and the reference on a laptop.
+
 Other backends are registered lazily, on the first :func:`get_backend` or
 :func:`available_backends` call: ``"cueq"`` (:mod:`mpnn_jax.nn.cueq`, NVIDIA cuEquivariance) only
 where ``cuequivariance_jax`` imports, then ``"pallas"`` (:mod:`mpnn_jax.nn.pallas_conv`: the
@@ -24,6 +31,8 @@ Example:
     'e3nn'
     >>> available_backends()[0]
     'e3nn'
+    >>> resolve("auto", platform="cpu"), resolve("cueq")
+    ('e3nn', 'cueq')
 """
 
 from __future__ import annotations
@@ -63,6 +72,8 @@ class E3nnBackend:
 
 
 _REGISTRY: dict[str, Backend] = {"e3nn": E3nnBackend()}
+#: The name :func:`resolve` maps to the fastest measured backend of a platform.
+AUTO = "auto"
 _OPTIONAL_LOADED = False
 
 
@@ -121,15 +132,42 @@ def register_backend(name: str, backend: Backend) -> None:
     _REGISTRY[name] = backend
 
 
+def resolve(name: str, platform: str | None = None) -> str:
+    """The registered backend that ``name`` stands for: ``"auto"`` is ``"pallas"`` on an NVIDIA GPU
+    of compute capability 8.0 or newer, else ``"e3nn"``; any other name is itself.
+
+    Args:
+        name: a backend name or ``"auto"``.
+        platform: ``"gpu"``, ``"cpu"``, ``"tpu"``...; default ``jax.default_backend()``. With
+            ``"gpu"`` the first device's vendor and compute capability decide.
+    """
+    if name != AUTO:
+        return name
+    import jax
+
+    platform = platform or jax.default_backend()
+    if platform not in ("gpu", "cuda"):
+        return "e3nn"
+    try:
+        device = jax.devices("gpu")[0]
+        major = int(str(getattr(device, "compute_capability", "")).split(".")[0])
+    except (RuntimeError, ValueError):  # no GPU here, or one without a CUDA compute capability
+        return "e3nn"  # (ROCm: Triton through Pallas is untested there)
+    return "pallas" if major >= 8 else "e3nn"
+
+
 def get_backend(name: str) -> Backend:
-    """The backend registered as ``name``; unknown names raise ``ValueError``."""
+    """The backend registered as ``name`` (``"auto"``: see :func:`resolve`); unknown names raise
+    ``ValueError``."""
     _register_optional_backends()
+    name = resolve(name)
     if name not in _REGISTRY:
         hint = ""
         if name == "cueq":
             hint = " (cueq needs the cueq extra: pip install 'mpnn_jax[cueq]')"
         raise ValueError(
-            f"unknown or unavailable backend {name!r}; expected one of {available_backends()}{hint}"
+            f"unknown or unavailable backend {name!r}; expected one of "
+            f"{available_backends()} or {AUTO!r}{hint}"
         )
     return _REGISTRY[name]
 

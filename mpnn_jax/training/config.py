@@ -67,8 +67,9 @@ class ModelConfig:
     """Which model and its sizes (``sizes`` is passed to ``build_model`` as keyword arguments).
 
     ``backend`` names the convolution and symmetric-contraction backend
-    (:mod:`mpnn_jax.nn.backends`): ``"e3nn"`` (pure XLA, the reference) or, with the ``cueq``
-    extra installed, ``"cueq"`` (NVIDIA cuEquivariance kernels on a GPU). The weights are the same
+    (:mod:`mpnn_jax.nn.backends`): ``"e3nn"`` (pure XLA, the reference), ``"pallas"`` (our fused
+    kernels), ``"auto"`` (pallas on NVIDIA GPUs, e3nn elsewhere) or, with the ``cueq`` extra
+    installed, ``"cueq"`` (NVIDIA cuEquivariance kernels on a GPU). The weights are the same
     for every backend, so a run can be evaluated or simulated with another one
     (``mpnn-jax evaluate/md --backend``).
     """

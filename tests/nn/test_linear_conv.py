@@ -219,3 +219,38 @@ def test_backend_registry():
     assert get_backend("e3nn").convolution is not None
     with pytest.raises(ValueError, match="unknown or unavailable backend"):
         get_backend("nope")
+    import doctest
+
+    from mpnn_jax.nn import backends
+
+    assert doctest.testmod(backends).attempted >= 4 and doctest.testmod(backends).failed == 0
+
+
+def test_auto_backend_is_pallas_on_recent_nvidia_gpus_only(monkeypatch):
+    from types import SimpleNamespace
+
+    from mpnn_jax.nn.backends import resolve
+
+    assert resolve("auto", "cpu") == resolve("auto", "tpu") == "e3nn"
+    assert resolve("cueq", "gpu") == "cueq" and resolve("e3nn", "gpu") == "e3nn"
+    on_this = "pallas" if jax.default_backend() == "gpu" else "e3nn"  # (every GPU we test is sm90)
+    assert get_backend("auto").name == on_this
+    for capability, expected in [
+        ("9.0", "pallas"),
+        ("8.0", "pallas"),
+        ("7.0", "e3nn"),
+        (None, "e3nn"),
+    ]:
+        device = (
+            SimpleNamespace()
+            if capability is None
+            else SimpleNamespace(compute_capability=capability)
+        )
+        monkeypatch.setattr(jax, "devices", lambda *a, d=device: [d])
+        assert resolve("auto", "gpu") == expected, capability
+
+    def no_gpu(*args):
+        raise RuntimeError("Unknown backend gpu")
+
+    monkeypatch.setattr(jax, "devices", no_gpu)
+    assert resolve("auto", "gpu") == "e3nn"
