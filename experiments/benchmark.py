@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 from mpnn_jax import benchmark as bm
+from mpnn_jax.data.order import ATOM_ORDERS
 
 
 def _plot_title(info: dict) -> str:
@@ -67,7 +68,8 @@ def main(argv=None) -> int:
         "--systems",
         nargs="+",
         default=["ethanol:1000", "cu:4000", "water:12000"],
-        help="kind:atoms with kind in cu, water, ethanol, aspirin",
+        help="kind:atoms[:order] with kind in cu, water, ethanol, aspirin and order (periodic "
+        "kinds) in input, morton, species, random (mpnn_jax.data.order)",
     )
     p.add_argument(
         "--presets", nargs="+", default=["fp32", "bf16-mixed", "fp16-mixed", "fp32-highest"]
@@ -168,8 +170,10 @@ def main(argv=None) -> int:
         args.presets = ["fp32", "bf16-mixed"]
     systems = []
     for s in args.systems:
-        kind, _, n = s.partition(":")
-        systems.append((kind, int(n or 100)))
+        kind, n, *order = s.split(":")
+        if len(order) > 1 or (order and order[0] not in ATOM_ORDERS):
+            p.error(f"--systems {s!r}: expected kind:atoms[:order], order in {list(ATOM_ORDERS)}")
+        systems.append((kind, int(n or 100), *order))
     variants = [tuple(v.split("/")) for v in args.variants]
     if any(len(v) != 2 for v in variants):
         p.error(f"--variants must be take_rows/sorted_edges, got {args.variants}")
@@ -213,7 +217,7 @@ def main(argv=None) -> int:
             cutoff=args.cutoff,
             repeats=args.repeats,
             variants=variants,
-            backends=backends,
+            backends=args.backends,
             ceilings=ceilings,
             progress=progress,
         )
@@ -224,7 +228,7 @@ def main(argv=None) -> int:
         for size in args.sizes:
             for mode in args.modes:
                 for preset in args.presets:
-                    for backend in backends:
+                    for backend in args.backends:
                         r = bm.largest_system(
                             size=size,
                             kind=systems[0][0],

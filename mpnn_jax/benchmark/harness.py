@@ -88,6 +88,7 @@ def measure(
         system=system.name,
         n_atoms=system.n_atoms,
         n_edges=system.n_edges,
+        atom_order=system.atom_order,
         preset=preset,
         mode=mode,
         take_rows=take_rows,
@@ -146,7 +147,8 @@ def run_benchmark(
 
     Args:
         sizes: names from ``MODEL_SIZES``.
-        systems: ``(kind, n_atoms)`` pairs, kind in {"cu", "water", "ethanol", "aspirin"}.
+        systems: ``(kind, n_atoms)`` pairs, kind in {"cu", "water", "ethanol", "aspirin"}, or
+            ``(kind, n_atoms, atom_order)`` (:func:`build_system`).
         presets: precision presets, e.g. ``("fp32", "bf16-mixed", "fp16-mixed", "fp32-highest")``.
         modes: ``"ef"`` (energy + forces) and/or ``"train"`` (a full training step).
         variants: ``(take_rows, sorted_edges)`` implementation variants, e.g.
@@ -165,14 +167,16 @@ def run_benchmark(
     from mpnn_jax.nn import ops
 
     policy_names(presets)
-    backend_names(backends)
+    backends = backend_names(backends)  # "auto" resolved: rows record the backend that ran
     for take_rows, sorted_edges in variants:  # validates names before any compile
         with ops.implementation(take_rows=take_rows, sorted_edges=sorted_edges):
             pass
     table = SpeciesTable((1, 6, 8, 29))  # H, C, O, Cu: one table for every system
     rows = []
-    for kind, n_atoms in systems:
-        system = build_system(kind, n_atoms, cutoff=cutoff, species_table=table)
+    for kind, n_atoms, *order in systems:
+        system = build_system(
+            kind, n_atoms, cutoff=cutoff, species_table=table, atom_order=(order or ["input"])[0]
+        )
         for size in sizes:
             params = init_for(size, system, cutoff=cutoff)
             for mode in modes:

@@ -25,6 +25,7 @@ class System:
     n_edges: int
     graph: Any  # jraph.GraphsTuple of numpy arrays, padded
     n_species: int
+    atom_order: str = "input"  # mpnn_jax.data.order.ATOM_ORDERS
 
 
 def cu_fcc(n_atoms: int, *, seed: int = 0, a: float = 3.61):
@@ -87,24 +88,35 @@ def build_system(
     species_table,
     seed: int = 0,
     edge_multiple: int | None = None,
+    atom_order: str = "input",
 ):
     """One padded benchmark graph of ``kind`` in {"cu", "water", "ethanol", "aspirin"}.
 
-    Nodes are padded to a multiple of 8 (with at least one padding node), edges to a multiple of
-    ``edge_multiple`` (default: the training buckets' :func:`mpnn_jax.data.buckets.edge_budget`).
+    ``atom_order`` (:data:`mpnn_jax.data.order.ATOM_ORDERS`) reorders a periodic cell's atoms
+    before the neighbour list (``"input"``: as built, molecule by molecule on a grid); molecule
+    batches keep the input order. Nodes are padded to a multiple of 8 (with at least one padding
+    node), edges to a multiple of ``edge_multiple`` (default: the training buckets'
+    :func:`mpnn_jax.data.buckets.edge_budget`).
     """
     from mpnn_jax.data import atoms_to_graph, batch_graphs, pad_graph
     from mpnn_jax.data.buckets import NODE_MULTIPLE, round_up
     from mpnn_jax.data.buckets import edge_multiple as default_multiple
+    from mpnn_jax.data.order import ATOM_ORDERS, reorder
     from mpnn_jax.data.xyz import atoms_to_configuration
 
     if edge_multiple is not None and edge_multiple < 1:
         raise ValueError(f"edge_multiple must be >= 1, got {edge_multiple}")
-
+    if atom_order not in ATOM_ORDERS:
+        raise ValueError(f"unknown atom order {atom_order!r}; expected one of {list(ATOM_ORDERS)}")
     if kind in ("cu", "water"):
         atoms = cu_fcc(n_atoms, seed=seed) if kind == "cu" else water_box(n_atoms, seed=seed)
+        atoms, _ = reorder(atoms, atom_order, seed=seed)
         configs = [atoms_to_configuration(atoms, energy_key=None, forces_key=None)]
     elif kind in ("ethanol", "aspirin"):
+        if atom_order != "input":
+            raise ValueError(
+                f"atom_order={atom_order!r} applies to periodic cells (cu, water) only"
+            )
         path = None
         if kind == "aspirin":
             from pathlib import Path
@@ -125,11 +137,12 @@ def build_system(
         n_graph=len(graphs) + 1,
     )
     return System(
-        name=f"{kind}-{n_node}",
+        name=f"{kind}-{n_node}" + ("" if atom_order == "input" else f"-{atom_order}"),
         n_atoms=n_node,
         n_edges=n_edge,
         graph=padded,
         n_species=len(species_table.numbers),
+        atom_order=atom_order,
     )
 
 

@@ -13,6 +13,7 @@ MODULES = [
     "mpnn_jax.data.buckets",
     "mpnn_jax.data.bundled",
     "mpnn_jax.data.info",
+    "mpnn_jax.data.order",
 ]
 
 
