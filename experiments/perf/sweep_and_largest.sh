@@ -8,6 +8,14 @@
 #   sweep          E+F throughput against atoms, water of 300 to 50,000 atoms, MACE MP-S and
 #                  NequIP-M, fp32 and bf16-mixed, median of 20 synchronised calls; OUT/sweep.png
 #                  (the README's plot)
+#   orders         E+F of MACE MP-S at 50,000 water atoms in four atom orders (input: molecule by
+#                  molecule on a grid; morton; species: all O then all H, as many files list
+#                  them; random), fp32 and bf16-mixed (mpnn_jax.data.order)
+#   profile        per-kernel time of MACE MP-S E+F at 10,000 and 50,000 atoms, fp32 and
+#                  bf16-mixed (experiments/perf/profile.py; OUT/profile/profile.json)
+#   auto_tests     the "auto" backend's tests and the pallas backend's model tests on this GPU
+#   small          e3nn against pallas at small sizes (one ethanol molecule, 375 water atoms),
+#                  E+F and training, fp32 (is "auto" = pallas right where launches dominate?)
 #   cueq_pairs     the cueq backend's tests of the pairs (the convolution in FP64, the MACE model
 #                  to second order) with its CUDA kernels, if .whl_cueq is carried (see experiments/perf/cueq_vs_xla.py)
 # Usage: bash experiments/perf/sweep_and_largest.sh OUT [STEP ...]   (default: every step)
@@ -37,6 +45,25 @@ for s in "${STEPS[@]}"; do
         --systems water:300 water:3000 water:10000 water:50000 --presets fp32 bf16-mixed \
         --modes ef --backends pallas --repeats 20 --out "$OUT/sweep.json" \
         --plot "$OUT/sweep.png" 2>&1 | quiet 30 ;;
+    orders)
+      timeout "${LIMIT_orders:-240}" "$PY" experiments/benchmark.py --sizes mace-mp-s \
+        --systems water:50000 water:50000:morton water:50000:species water:50000:random \
+        --presets fp32 bf16-mixed --modes ef --backends pallas --repeats 20 \
+        --out "$OUT/orders.json" 2>&1 | quiet 12 ;;
+    profile)
+      XLA_FLAGS=--xla_gpu_enable_command_buffer= timeout "${LIMIT_profile:-240}" "$PY" \
+        experiments/perf/profile.py --out "$OUT/profile" --top 12 --cases \
+        mace-mp-s:water:10000:fp32:ef:pallas mace-mp-s:water:10000:bf16-mixed:ef:pallas \
+        mace-mp-s:water:50000:fp32:ef:pallas mace-mp-s:water:50000:bf16-mixed:ef:pallas \
+        2>&1 | quiet 120 ;;
+    auto_tests)
+      timeout "${LIMIT_auto_tests:-150}" "$PY" -m pytest -q -p no:cacheprovider \
+        tests/nn/test_linear_conv.py tests/nn/test_pallas_backend.py tests/data/test_order.py \
+        2>&1 | tail -8 | tee "$OUT/auto_tests.txt" ;;
+    small)
+      timeout "${LIMIT_small:-240}" "$PY" experiments/benchmark.py --sizes nequip-M mace-mp-s \
+        --systems ethanol:9 water:375 --presets fp32 --modes ef train --backends e3nn pallas \
+        --repeats 20 --out "$OUT/small.json" 2>&1 | quiet 12 ;;
     cueq_pairs)
       if [ -d .whl_cueq ]; then
         "$PY" -m pip install -q --no-index --no-deps --target /tmp/site .whl_cueq/*.whl &&
