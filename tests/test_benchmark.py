@@ -6,6 +6,7 @@ import json
 import pkgutil
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -82,6 +83,23 @@ def test_build_system_edge_padding():
     assert padded.graph.senders.shape[0] == -(-n_edges // 1000) * 1000
     with pytest.raises(ValueError, match="edge_multiple"):
         bm.build_system("water", 100, cutoff=5.0, species_table=table, edge_multiple=-1)
+
+
+def test_build_system_atom_orders():
+    """Another order is the same structure: same atoms and edges, the order in name and field."""
+    table = SpeciesTable((1, 6, 8, 29))
+    base = bm.build_system("water", 100, cutoff=5.0, species_table=table)
+    for how in ("morton", "species", "random"):
+        s = bm.build_system("water", 100, cutoff=5.0, species_table=table, atom_order=how)
+        assert s.name == f"{base.name}-{how}" and s.atom_order == how
+        assert (s.n_atoms, s.n_edges) == (base.n_atoms, base.n_edges)
+        real = slice(0, base.n_atoms)
+        assert sorted(s.graph.nodes["species"][real]) == sorted(base.graph.nodes["species"][real])
+        assert not np.array_equal(s.graph.nodes["positions"], base.graph.nodes["positions"])
+    with pytest.raises(ValueError, match="unknown atom order"):
+        bm.build_system("water", 100, cutoff=5.0, species_table=table, atom_order="hilbert")
+    with pytest.raises(ValueError, match="periodic cells"):
+        bm.build_system("ethanol", 9, cutoff=5.0, species_table=table, atom_order="morton")
 
 
 @pytest.mark.slow  # the harness's own quick test above covers the rows it writes
@@ -176,6 +194,9 @@ def test_backend_option_records_the_backend_and_rejects_unknown_ones(tmp_path, c
         backends=["e3nn"],
     )
     assert [r["backend"] for r in rows] == ["e3nn"] and rows[0]["median_ms"] > 0
+    assert bm.backend_names(["auto"]) == (
+        ["pallas"] if jax.default_backend() == "gpu" else ["e3nn"]
+    )
     assert "backend" in bm.format_table(rows) and bm.backend_name({}) == "e3nn"
     with pytest.raises(ValueError, match=r"'no-such-backend'.*available backends: .*e3nn"):
         bm.run_benchmark(
