@@ -99,3 +99,24 @@ def test_forces_come_back_to_the_input_order(x64):
         np.testing.assert_allclose(got["energy"][0], out["energy"][0], rtol=1e-12)
         np.testing.assert_allclose(forces, out["forces"][: len(atoms)], rtol=1e-10, atol=1e-12)
         assert np.abs(forces).max() > 1e-3  # forces are not trivially zero
+
+
+def test_locality_script_counts_rows_per_wave(tmp_path):
+    """``experiments/perf/atom_order_locality.py``: a wave of one receiver gathers exactly its
+    neighbours; shuffled atoms gather from more rows than the Morton order."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "experiments/perf/atom_order_locality.py"
+    spec = importlib.util.spec_from_file_location("atom_order_locality", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    s, r = np.array([1, 2, 2, 0, 0]), np.array([0, 0, 0, 1, 2])  # node 0 has senders 1 and 2
+    assert module.wave_rows(s, r, 3, wave=1) == np.mean([2, 1, 1])
+    assert module.wave_rows(s, r, 3, wave=3) == 3
+    out = tmp_path / "loc.json"
+    assert module.main(["--atoms", "600", "--wave", "32", "--out", str(out)]) == 0
+    rows = {row["atom_order"]: row for row in json.loads(out.read_text())["rows"]}
+    assert rows["morton"]["rows_per_wave"] < rows["random"]["rows_per_wave"]
+    assert rows["random"]["mb_per_wave_16bit"] * 2 == rows["random"]["mb_per_wave_fp32"]
