@@ -30,7 +30,7 @@ def rel(a, b) -> float:
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
 
 
-def conv_inputs(irreps_in: str, dtype=jnp.float32, seed: int = 0):
+def conv_inputs(irreps_in: str, dtype=jnp.float32, seed: int = 0, irreps_sh: str = "0e+1o+2e"):
     """Random node features, harmonics and weights; the last edges are padding whose weights are
     garbage (they must send nothing)."""
     rng = np.random.default_rng(seed)
@@ -40,7 +40,7 @@ def conv_inputs(irreps_in: str, dtype=jnp.float32, seed: int = 0):
     mask = np.arange(N_EDGES) < N_EDGES - N_PAD
     s[~mask] = r[~mask] = N_NODES - 1
     x = e3nn.normal(irreps_in, jax.random.PRNGKey(seed), (N_NODES,), dtype=dtype)
-    sh = e3nn.normal("0e+1o+2e", jax.random.PRNGKey(seed + 1), (N_EDGES,), dtype=dtype)
+    sh = e3nn.normal(irreps_sh, jax.random.PRNGKey(seed + 1), (N_EDGES,), dtype=dtype)
     n_w = num_path_weights(x.irreps, sh.irreps, FILTER)
     w = jax.random.normal(jax.random.PRNGKey(seed + 2), (N_EDGES, n_w), dtype)
     w = w.at[~mask].set(1e3)  # padded edges: large weights that must not leak

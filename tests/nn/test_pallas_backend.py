@@ -138,6 +138,31 @@ def test_fp64_values_first_and_second_derivatives(x64, irreps_in, block, split, 
     assert lonely.size > 0 and np.all(np.asarray(out.array)[lonely] == 0.0)
 
 
+@pytest.mark.parametrize("tiles", [True, False])
+def test_edge_kernel_harmonic_tiles_give_the_reference_gradients(x64, tiles, monkeypatch):
+    """Harmonics to l = 3 (16 components, a power of two: the edge kernel reads and writes each
+    edge's row as one tile, ``EDGE_SH_TILES``) or by scalar accesses: the gradients with respect
+    to the harmonics and the weights equal the reference's in FP64."""
+    monkeypatch.setattr(pc, "EDGE_SH_TILES", tiles)
+    monkeypatch.setattr(pc, "BLOCK_EDGES", 8)  # 24 edges: 3 programs
+    x, sh, w, s, r, m = conv_inputs("2x0e+1x1o", dtype=jnp.float64, irreps_sh="0e+1o+2e+3o")
+    policy = get_policy("fp64")
+    res = {}
+    for backend in ("e3nn", "pallas"):
+        conv = _conv(backend, policy)
+
+        def conv_arrays(xa, y, w, conv=conv):
+            return conv(e3nn.IrrepsArray(x.irreps, xa), e3nn.IrrepsArray(sh.irreps, y), w, s, r, m)
+
+        res[backend] = conv_derivatives(conv_arrays, x.array, sh.array, w, second_order=False)
+    ((_, ref), g_ref), _ = res["e3nn"]
+    ((_, out), g_out), _ = res["pallas"]
+    assert sh.shape[-1] == 16 and np.abs(np.asarray(g_ref[1])).max() > 1e-3
+    errs = [rel(out.array, ref.array)] + [rel(a, b) for a, b in zip(g_out, g_ref, strict=True)]
+    assert max(errs) < 1e-12, errs
+    assert np.all(np.asarray(g_out[1])[~np.asarray(m)] == 0.0)  # padded edges: zero dsh rows
+
+
 def test_csr_leaves_masked_edges_out_of_every_range():
     """Masked edges sit past every node's range (no program walks them: the padding node's
     hundreds of padded edges once made one program the whole kernel's time), live edges each in
