@@ -112,8 +112,9 @@ MASK_WEIGHTS = False
 #: 20's profile (H100, MACE MP-S E+F): the bf16-mixed edge kernel took 1.49 ms at 10k atoms and
 #: 10.64 ms at 53k (7.1x for 5.2x the atoms; fp32 2.50 -> 9.99). Only where ``d_sh`` is a power
 #: of two (Triton's tiles; harmonics to l = 1 or 3, e.g. MACE's 16; NequIP's l <= 2 keeps 9
-#: scalar accesses).
-EDGE_SH_TILES = True
+#: scalar accesses). Off until it has been compiled by Triton and timed on a GPU (session 20 built
+#: and tested it in the CPU interpreter only: no GPU came for the timing).
+EDGE_SH_TILES = False
 #: Names of the settings above (for experiments that vary them).
 SETTINGS = (
     "BLOCK_NODES", "BLOCK_EDGES", "NUM_WARPS", "NUM_STAGES", "NODE_GROUPS", "EDGE_SPLIT",
