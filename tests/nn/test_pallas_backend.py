@@ -80,6 +80,23 @@ def test_plan_blocks_transpose_and_layout_round_trip():
         np.testing.assert_array_equal(a, b)
 
 
+def _fp64_derivatives(x, sh, w, s, r, m, *, second_order: bool) -> dict:
+    """``{backend: conv_derivatives(...)}`` for e3nn and pallas in FP64: one program per backend
+    with the values, the gradients (the kernels' forward and backward passes) and, with
+    ``second_order``, the second derivatives."""
+    res = {}
+    for backend in ("e3nn", "pallas"):
+        conv = _conv(backend, get_policy("fp64"))
+
+        def conv_arrays(xa, y, w, conv=conv):
+            return conv(e3nn.IrrepsArray(x.irreps, xa), e3nn.IrrepsArray(sh.irreps, y), w, s, r, m)
+
+        res[backend] = conv_derivatives(
+            conv_arrays, x.array, sh.array, w, second_order=second_order
+        )
+    return res
+
+
 @pytest.mark.parametrize(
     "irreps_in, block, split, order",
     [
@@ -111,17 +128,7 @@ def test_fp64_values_first_and_second_derivatives(x64, irreps_in, block, split, 
     monkeypatch.setattr(pc, "MASK_WEIGHTS", split)  # off: padded edges' 1e3 weights reach it
     monkeypatch.setattr(pc, "EDGE_IN_TARGET_ORDER", not split)
     x, sh, w, s, r, m = conv_inputs(irreps_in, dtype=jnp.float64)
-    policy = get_policy("fp64")
-    res = {}
-    for backend in ("e3nn", "pallas"):
-        conv = _conv(backend, policy)
-
-        def conv_arrays(xa, y, w, conv=conv):
-            return conv(e3nn.IrrepsArray(x.irreps, xa), e3nn.IrrepsArray(sh.irreps, y), w, s, r, m)
-
-        # one program per backend and order: values, gradients (the kernels' forward and
-        # backward passes) and, order 2, the second derivatives
-        res[backend] = conv_derivatives(conv_arrays, x.array, sh.array, w, second_order=order == 2)
+    res = _fp64_derivatives(x, sh, w, s, r, m, second_order=order == 2)
     ((_, ref), g_ref), h_ref = res["e3nn"]
     ((_, out), g_out), h_out = res["pallas"]
     assert out.dtype == jnp.float64 and out.irreps == ref.irreps
@@ -146,15 +153,7 @@ def test_edge_kernel_harmonic_tiles_give_the_reference_gradients(x64, tiles, mon
     monkeypatch.setattr(pc, "EDGE_SH_TILES", tiles)
     monkeypatch.setattr(pc, "BLOCK_EDGES", 8)  # 24 edges: 3 programs
     x, sh, w, s, r, m = conv_inputs("2x0e+1x1o", dtype=jnp.float64, irreps_sh="0e+1o+2e+3o")
-    policy = get_policy("fp64")
-    res = {}
-    for backend in ("e3nn", "pallas"):
-        conv = _conv(backend, policy)
-
-        def conv_arrays(xa, y, w, conv=conv):
-            return conv(e3nn.IrrepsArray(x.irreps, xa), e3nn.IrrepsArray(sh.irreps, y), w, s, r, m)
-
-        res[backend] = conv_derivatives(conv_arrays, x.array, sh.array, w, second_order=False)
+    res = _fp64_derivatives(x, sh, w, s, r, m, second_order=False)
     ((_, ref), g_ref), _ = res["e3nn"]
     ((_, out), g_out), _ = res["pallas"]
     assert sh.shape[-1] == 16 and np.abs(np.asarray(g_ref[1])).max() > 1e-3
