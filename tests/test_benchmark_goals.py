@@ -128,6 +128,30 @@ def test_a_ratio_counts_only_against_the_fastest_fp32_program():
     assert all(f["counts"] for f in bm.goal_figures([slow, other]))
 
 
+def test_a_slow_atom_order_is_compared_with_the_fastest_order():
+    """The same atoms shuffled (session 20: fp32 65.8 ms against 53.8 in the input order) make a
+    higher ratio against a slower FP32 program: it does not count; another order that is as fast
+    does."""
+    kw = dict(model="mace-mp-s", atoms=52728)
+
+    def rows(order, fp32, bf16):
+        suffix = "" if order == "input" else f"-{order}"
+        return [
+            {**_row(p, ms, **kw), "system": f"water-52728{suffix}", "atom_order": order}
+            for p, ms in (("fp32", fp32), ("bf16-mixed", bf16))
+        ]
+
+    result = {"info": H100, "rows": rows("input", 53.8, 45.5) + rows("random", 65.8, 50.5)}
+    result["rows"] += rows("morton", 54.2, 45.4)
+    by = {f["system"]: f for f in bm.goal_figures([result])}
+    assert by["water-52728-random"]["value"] == pytest.approx(65.8 / 50.5, abs=1e-3)
+    assert (
+        not by["water-52728-random"]["counts"]
+        and by["water-52728-random"]["fastest_fp32_ms"] == 53.8
+    )
+    assert by["water-52728-morton"]["counts"] and by["water-52728"]["counts"]
+
+
 def test_session16_spilling_fp32_ratio_does_not_count():
     """Session 16's first timing of the sparse forms ran an FP32 program that spilled registers
     (21.4 ms E+F); against the fixed one (14.7 ms) its 1.77x does not count."""
