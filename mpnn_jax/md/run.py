@@ -26,6 +26,7 @@ from mpnn_jax.md.analysis import energy_drift, throughput
 from mpnn_jax.md.calculator import load_trained, validate_atoms
 from mpnn_jax.md.forces import make_force_fn
 from mpnn_jax.md.simulate import MDResult, simulate
+from mpnn_jax.nn.backends import resolve
 from mpnn_jax.precision import Policy
 
 
@@ -170,7 +171,8 @@ def run_md(
     summary = summarize(result, dt=dt, ensemble=ensemble)
     model_policy = getattr(model, "policy", None)
     summary["policy"] = getattr(model_policy, "name", None)
-    summary["backend"] = getattr(model, "backend", None)
+    name = getattr(model, "backend", None)
+    summary["backend"] = None if name is None else resolve(name)  # "auto": the one that ran
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         _write_energies(out / "energies.csv", result)

@@ -28,6 +28,7 @@ class PairModel(nn.Module):
 
     policy: Policy
     cutoff: float = CUTOFF
+    backend: str = "e3nn"  # recorded by run_md; the pair model has no convolution
 
     @nn.compact
     def __call__(self, vectors, species, senders, receivers, edge_mask):

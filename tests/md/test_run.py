@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import ase.io
+import jax
 import numpy as np
 import pytest
 
@@ -21,6 +22,7 @@ def fake_run(monkeypatch, make_pair_model):
     def load_run(workdir, *, policy=None, backend=None):
         calls.append((str(workdir), policy))
         model, params = make_pair_model("fp32")
+        model = model.clone(backend=backend or "auto")  # a run trained with backend "auto"
         if policy is not None:
             model = model.clone(policy=policy)
         return model, params, {"species": [1, 6, 8], "cutoff": CUTOFF, "policy": "fp32"}
@@ -80,6 +82,8 @@ def test_run_md_nvt_and_policy(tmp_path, fake_run, crystal):
     )
     assert fake_run[0][1].name == "fp32-highest"
     assert summary["ensemble"] == "nvt" and summary["policy"] == "fp32-highest"
+    # the summary names the backend that ran, not "auto"
+    assert summary["backend"] == ("pallas" if jax.default_backend() == "gpu" else "e3nn")
     assert summary["steps"] == 40
 
 
