@@ -1,6 +1,10 @@
 """Atom orders (mpnn_jax.data.order): permutations, locality, and forces that come back to the
 input's order unchanged (float64)."""
 
+import importlib.util
+import json
+from pathlib import Path
+
 import jax
 import numpy as np
 import pytest
@@ -29,13 +33,20 @@ def test_species_order_groups_elements():
     assert (np.diff(numbers) >= 0).all()
 
 
+def _locality_script():
+    """``experiments/perf/atom_order_locality.py`` as a module."""
+    script = Path(__file__).resolve().parents[2] / "experiments/perf/atom_order_locality.py"
+    spec = importlib.util.spec_from_file_location("atom_order_locality", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _distinct_senders_per_window(atoms, window=96):
     """Mean number of distinct neighbours of ``window`` consecutive receivers: the rows a block of
     kernel programs gathers together (the quantity the order is meant to shrink)."""
     s, r, _ = neighbour_list(atoms.positions, atoms.cell.array, atoms.pbc, 5.0)
-    return np.mean(
-        [len(np.unique(s[(r >= i) & (r < i + window)])) for i in range(0, len(atoms), window)]
-    )
+    return _locality_script().wave_rows(s, r, len(atoms), window)
 
 
 def test_morton_order_gathers_from_fewer_rows_than_shuffled_atoms():
@@ -104,14 +115,7 @@ def test_forces_come_back_to_the_input_order(x64):
 def test_locality_script_counts_rows_per_wave(tmp_path):
     """``experiments/perf/atom_order_locality.py``: a wave of one receiver gathers exactly its
     neighbours; shuffled atoms gather from more rows than the Morton order."""
-    import importlib.util
-    import json
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[2] / "experiments/perf/atom_order_locality.py"
-    spec = importlib.util.spec_from_file_location("atom_order_locality", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _locality_script()
     s, r = np.array([1, 2, 2, 0, 0]), np.array([0, 0, 0, 1, 2])  # node 0 has senders 1 and 2
     assert module.wave_rows(s, r, 3, wave=1) == np.mean([2, 1, 1])
     assert module.wave_rows(s, r, 3, wave=3) == 3

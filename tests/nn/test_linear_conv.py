@@ -223,7 +223,8 @@ def test_backend_registry():
 
     from mpnn_jax.nn import backends
 
-    assert doctest.testmod(backends).attempted >= 4 and doctest.testmod(backends).failed == 0
+    result = doctest.testmod(backends)
+    assert result.attempted >= 4 and result.failed == 0
 
 
 def test_auto_backend_is_pallas_on_recent_nvidia_gpus_only(monkeypatch):
