@@ -8,7 +8,8 @@ then whole models timed against the XLA reference side by side in one process.
    output and of the gradients with respect to the node features, weights and harmonics.
 2. The convolution alone on each ``--kernels`` system's graph, forward and forward + gradient,
    e3nn vs pallas, fp32 and bf16-mixed; then each pallas kernel alone for each
-   ``--kernel-variants`` entry, with its byte floor.
+   ``--kernel-variants`` entry, with its byte floor (``--parts-shape mace-mp-s``: MACE MP-S's
+   convolution, weights per pair of reverse edges, instead of NequIP-M's).
 3. Timing: for each case ``size:system:n:preset:mode`` and each variant (``e3nn``, or
    ``pallas:KEY=V,...`` with the module settings of :mod:`mpnn_jax.nn.pallas_conv`, e.g.
    ``pallas:BLOCK_NODES=16,NUM_WARPS=8``, and ``sorted=receivers``: the graph re-sorted by
@@ -161,28 +162,47 @@ def _median_ms(f, *args, repeats: int) -> float:
     return float(np.median(ts))
 
 
-def part_times(system, preset: str, repeats: int, variants) -> dict[str, float]:
-    """The kernels alone on ``system``'s graph (CSR built once, outside the timing), NequIP-M's
-    shapes, ms: the node kernel over receivers, its transpose over senders, the edge kernel; and
-    the bytes each must move at least (every input read once, outputs written once), MB."""
+#: Convolution shapes of the kernels timed alone (``--parts-shape``): irreps of the node input,
+#: harmonics and output, and whether the weights are per pair of reverse edges (as the models run
+#: them where the graph has ``edges["reverse"]``).
+PART_SHAPES = {
+    "nequip-M": ("32x0e+32x1o+32x2e", "0e+1o+2e", "96x0e+32x1o+32x2e", False),
+    "mace-mp-s": ("128x0e", "0e+1o+2e+3o", "128x0e+128x1o+128x2e+128x3o", True),
+}
+
+
+def part_times(
+    system, preset: str, repeats: int, variants, shape: str = "nequip-M",
+    parts=("node", "transposed", "edge"),
+) -> dict[str, float]:  # fmt: skip
+    """The kernels alone on ``system``'s graph (CSR built once, outside the timing), one
+    convolution of :data:`PART_SHAPES` (NequIP-M's by default; MACE MP-S's with its weights per
+    pair of reverse edges), ms: the node kernel over receivers, its transpose over senders, the
+    edge kernel; and the bytes each must move at least (every input read once, outputs written
+    once), MB."""
+    from mpnn_jax.nn.pairs import edge_pairs
     from mpnn_jax.nn.pallas_conv import _csr_of, _edge_contract, _gather_sum, conv_plan
 
     policy = get_policy(preset)
     dt, acc = policy.dtype("messages"), policy.accum("messages")
-    plan, _ = conv_plan("32x0e+32x1o+32x2e", "0e+1o+2e", "96x0e+32x1o+32x2e")
+    irin, irsh, irout, per_pair = PART_SHAPES[shape]
+    plan, _ = conv_plan(irin, irsh, irout)
     g = system.graph
     s, r = jnp.asarray(g.senders, jnp.int32), jnp.asarray(g.receivers, jnp.int32)
     n, e, c = int(g.nodes["positions"].shape[0]), int(s.shape[0]), plan.channels
+    pairs = edge_pairs(jnp.asarray(g.edges["reverse"])) if per_pair else None
+    wrow = None if pairs is None else pairs.of_edge
+    n_w = e if pairs is None else e // 2  # weight rows
     k = jax.random.split(jax.random.PRNGKey(0), 4)
     x = jax.random.normal(k[0], (n, plan.n_in, c), dt)
     gout = jax.random.normal(k[1], (n, plan.n_out, c), dt)
-    w = jax.random.normal(k[2], (e, plan.n_paths, c), dt)
+    w = jax.random.normal(k[2], (n_w, plan.n_paths, c), dt)
     sh = jax.random.normal(k[3], (e, plan.d_sh), dt)
     live = edge_mask(g)  # padded edges are in no CSR, as in the models
     start_r, perm_r = jax.jit(_csr_of, static_argnums=(1, 2))(r, n, False, live)
     start_s, perm_s = jax.jit(_csr_of, static_argnums=(1, 2))(s, n, False, live)
     item = jnp.dtype(dt).itemsize
-    edge_bytes = e * (plan.n_paths * c + plan.d_sh) * item + 3 * e * 4
+    edge_bytes = (n_w * plan.n_paths * c + e * plan.d_sh) * item + 3 * e * 4
     res = {
         "floor_MB node": (edge_bytes + n * plan.n_in * c * item + n * plan.n_out * c * 4) / 1e6,
         "floor_MB transposed": (edge_bytes + n * plan.n_out * c * item + n * plan.n_in * c * 4)
@@ -195,17 +215,17 @@ def part_times(system, preset: str, repeats: int, variants) -> dict[str, float]:
         apply_variant(name)
         node = jax.jit(
             lambda x, w, sh, st, pm, nb, plan=plan: _gather_sum(
-                x, w, sh, st, pm, nb, plan=plan, scale=1.0, acc=acc, out_dtype=jnp.float32
+                x, w, sh, st, pm, nb, wrow, plan=plan, scale=1.0, acc=acc, out_dtype=jnp.float32
             )
         )
         tp = plan.transposed()
         trans = jax.jit(
             lambda g_, w, sh, st, pm, nb, tp=tp: _gather_sum(
-                g_, w, sh, st, pm, nb, plan=tp, scale=1.0, acc=acc, out_dtype=jnp.float32
+                g_, w, sh, st, pm, nb, wrow, plan=tp, scale=1.0, acc=acc, out_dtype=jnp.float32
             )
         )
-        order = perm_r if pallas_conv.EDGE_IN_TARGET_ORDER else None
-        kw = dict(plan=plan, scale=1.0, acc=acc, want=("dw", "dsh"), order=order)
+        order = perm_r if pallas_conv.EDGE_IN_TARGET_ORDER and pairs is None else None
+        kw = dict(plan=plan, scale=1.0, acc=acc, want=("dw", "dsh"), order=order, pairs=pairs)
         edge = jax.jit(lambda x, w, sh, g_, kw=kw: _edge_contract(x, w, sh, g_, s, r, live, **kw))
         calls = {
             "node": (node, (x, w, sh, start_r, perm_r, s)),
@@ -213,6 +233,8 @@ def part_times(system, preset: str, repeats: int, variants) -> dict[str, float]:
             "edge": (edge, (x, w, sh, gout)),
         }
         for part, (f, args) in calls.items():
+            if part not in parts:
+                continue
             try:  # a setting that does not compile (registers, shared memory) is a result too
                 res[f"{name} {part}"] = _median_ms(f, *args, repeats=repeats)
             except Exception as err:  # noqa: BLE001
@@ -245,6 +267,14 @@ def main(argv=None) -> int:
     p.add_argument(
         "--kernels", nargs="*", default=["water:10000"], help="systems for the kernel-only times"
     )
+    p.add_argument(
+        "--parts-shape", default="nequip-M", choices=sorted(PART_SHAPES),
+        help="convolution shape of the kernels timed alone",
+    )  # fmt: skip
+    p.add_argument(
+        "--parts", nargs="+", default=["node", "transposed", "edge"],
+        choices=["node", "transposed", "edge"], help="the kernels timed alone",
+    )  # fmt: skip
     p.add_argument("--small", action="store_true", help="a small agreement check (CPU)")
     p.add_argument("--no-ceilings", action="store_true")
     args = p.parse_args(argv)
@@ -275,8 +305,9 @@ def main(argv=None) -> int:
                 out["kernels"][f"{spec} {preset}"] = times
                 print("kernels", spec, preset, json.dumps(times), flush=True)
             parts = part_times(
-                systems[(kind, int(n_atoms))], preset, args.repeats, args.kernel_variants
-            )
+                systems[(kind, int(n_atoms))], preset, args.repeats, args.kernel_variants,
+                args.parts_shape, args.parts,
+            )  # fmt: skip
             out["kernels"][f"{spec} {preset} parts"] = parts
             print("parts", spec, preset, json.dumps(parts), flush=True)
             Path(args.out).write_text(json.dumps(out, indent=1))

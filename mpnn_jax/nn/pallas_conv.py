@@ -115,11 +115,21 @@ MASK_WEIGHTS = False
 #: scalar accesses). Off until it has been compiled by Triton and timed on a GPU (session 20 built
 #: and tested it in the CPU interpreter only: no GPU came for the timing).
 EDGE_SH_TILES = False
+#: The edge kernel's order of work. ``0``: every cotangent row ``g[o]`` of an edge loaded at once,
+#: one ``[block, C]`` accumulator per harmonic component, summed over channels at the end (for
+#: MACE MP-S: 16 ``g`` tiles + 16 accumulators + 4 weight + 4 ``dw`` tiles live, about 160 FP32
+#: registers per thread at 8 warps, so one program per multiprocessor and no latency hidden).
+#: ``k >= 1``: the terms visited output component by output component, ``g[o]`` loaded ``k - 1``
+#: components ahead of its use and dropped after it, each harmonic component's accumulator
+#: summed over channels at its last term (MACE: about 12 tiles live). Same sums up to rounding
+#: order. Session 21: built to test the latency explanation of log entry 22 (the edge kernel 7.1x
+#: slower for 5.2x the atoms in bf16-mixed).
+EDGE_STREAM = 0
 #: Names of the settings above (for experiments that vary them).
 SETTINGS = (
     "BLOCK_NODES", "BLOCK_EDGES", "NUM_WARPS", "NUM_STAGES", "NODE_GROUPS", "EDGE_SPLIT",
     "NBR_IN_ORDER", "BLOCK_NODES_T", "NUM_WARPS_T", "EDGE_WARPS", "PREFETCH", "MASK_WEIGHTS",
-    "EDGE_IN_TARGET_ORDER", "EDGE_SH_TILES",
+    "EDGE_IN_TARGET_ORDER", "EDGE_SH_TILES", "EDGE_STREAM",
 )  # fmt: skip
 
 
@@ -426,6 +436,7 @@ def _edge_kernel(
     cols = jnp.arange(c)[None, :]  # [1, C]
     sh_cols = jnp.arange(plan.d_sh)[None, :]  # [1, d_sh]
     tiles = EDGE_SH_TILES and plan.d_sh & (plan.d_sh - 1) == 0  # Triton: power-of-two tiles
+    stream = EDGE_STREAM
     if mode == "pairs":  # each side: (edge ids, position of its nbr/tgt/live, dsh row)
         # the padded tail writes its dsh rows past the edges (sliced off)
         tail = n_edges + rows - n_rows
@@ -438,6 +449,7 @@ def _edge_kernel(
     w_row = pos if mode == "pairs" else sides[0][0]  # [block] rows of w and of dw
     dw_dst = rows if mode == "pairs" else sides[0][2]
     used_w = sorted({p for _, p in terms})
+    w = None
     if "dsh" in want:
         w = {
             p: w_ref[(w_row * plan.n_paths + p)[:, None] * c + cols].astype(acc_dtype)
@@ -456,37 +468,74 @@ def _edge_kernel(
             i: x_ref[(n * plan.n_in + i)[:, None] * c + cols].astype(acc_dtype)
             for i in sorted({i for i, _ in terms})
         }  # [block, C] each
-        g = {
-            o: g_ref[(t * plan.n_out + o)[:, None] * c + cols].astype(acc_dtype)
-            for o in sorted({o for v in terms.values() for _, o, _ in v})
-        }
+
+        def load_g(o, t=t):  # [block, C]: row o of each edge's target cotangent
+            return g_ref[(t * plan.n_out + o)[:, None] * c + cols].astype(acc_dtype)
+
+        if not stream:  # every row at once, before the harmonics (the measured default)
+            g = {o: load_g(o) for o in sorted({o for v in terms.values() for _, o, _ in v})}
+        sh = None
         if "dw" in want and tiles:  # one [block, d_sh] load, columns picked by one-hot sums
             tile = sh_ref[(e * plan.d_sh)[:, None] + sh_cols].astype(acc_dtype)
             sh = {j: jnp.sum(jnp.where(sh_cols == j, tile, 0.0), axis=1) for j in range(plan.d_sh)}
         elif "dw" in want:
             sh = {j: sh_ref[e * plan.d_sh + j].astype(acc_dtype) for j in range(plan.d_sh)}
-        dsh = [jnp.zeros((block, c), acc_dtype) for _ in range(plan.d_sh)]
-        for (i, p), lst in terms.items():
-            for j, o, coef in lst:
-                xg = x[i] * g[o]  # [block, C]
-                if "dw" in want:
-                    dw[p] = dw[p] + (coef * sh[j])[:, None] * xg
-                if "dsh" in want:
-                    dsh[j] = dsh[j] + coef * w[p] * xg
+        # dsh_sum[j]: [block], the channel sum of harmonic component j's terms
+        if stream:
+            dsh_sum = _stream_terms(plan, want, x, load_g, sh, w, dw, stream, block, acc_dtype)
+        else:
+            dsh = [jnp.zeros((block, c), acc_dtype) for _ in range(plan.d_sh)]
+            for (i, p), lst in terms.items():
+                for j, o, coef in lst:
+                    xg = x[i] * g[o]  # [block, C]
+                    if "dw" in want:
+                        dw[p] = dw[p] + (coef * sh[j])[:, None] * xg
+                    if "dsh" in want:
+                        dsh[j] = dsh[j] + coef * w[p] * xg
+            dsh_sum = [jnp.sum(d, axis=1) for d in dsh]
         if "dsh" in want and tiles:  # one [block, d_sh] store: each edge's row at once
             tile = jnp.zeros((block, plan.d_sh), acc_dtype)
             for j in range(plan.d_sh):
-                tile = jnp.where(sh_cols == j, jnp.sum(dsh[j], axis=1)[:, None], tile)
+                tile = jnp.where(sh_cols == j, dsh_sum[j][:, None], tile)
             tile = jnp.where(keep[:, None], tile * scale, 0.0)
             dsh_ref[(dsh_dst * plan.d_sh)[:, None] + sh_cols] = tile.astype(dsh_ref.dtype)
         elif "dsh" in want:
             for j in range(plan.d_sh):
-                val = jnp.where(keep, jnp.sum(dsh[j], axis=1) * scale, 0.0)
+                val = jnp.where(keep, dsh_sum[j] * scale, 0.0)
                 dsh_ref[dsh_dst * plan.d_sh + j] = val.astype(dsh_ref.dtype)
     if "dw" in want:
         for p in range(plan.n_paths):
             val = jnp.where(keep_dw[:, None], dw[p] * scale, 0.0)
             dw_ref[(dw_dst * plan.n_paths + p)[:, None] * c + cols] = val.astype(dw_ref.dtype)
+
+
+def _stream_terms(plan: Plan, want, x, load_g, sh, w, dw, ahead: int, block: int, acc_dtype):
+    """The edge kernel's terms output component by output component (:data:`EDGE_STREAM`):
+    ``load_g(o)`` issued ``ahead - 1`` components before ``g[o]``'s first use and dropped after
+    its last; ``dw[p]`` updated in place; returns the ``[block]`` channel sums of each harmonic
+    component's ``dsh`` terms, each summed at its last term (zeros where it has none)."""
+    flat = sorted(
+        (o, i, p, j, coef) for (i, p), lst in plan.terms().items() for j, o, coef in lst
+    )  # fmt: skip
+    outs = sorted({t[0] for t in flat})
+    last_of_j = {t[3]: k for k, t in enumerate(flat)}
+    g, acc, sums = {}, {}, [jnp.zeros((block,), acc_dtype) for _ in range(plan.d_sh)]
+    for k, (o, i, p, j, coef) in enumerate(flat):
+        at = outs.index(o)
+        for nxt in outs[at : at + max(1, ahead)]:  # this component's load and those ahead
+            if nxt not in g:
+                g[nxt] = load_g(nxt)
+        xg = x[i] * g[o]  # [block, C]
+        if "dw" in want:
+            dw[p] = dw[p] + (coef * sh[j])[:, None] * xg
+        if "dsh" in want:
+            term = coef * w[p] * xg
+            acc[j] = term if j not in acc else acc[j] + term
+            if k == last_of_j[j]:
+                sums[j] = jnp.sum(acc.pop(j), axis=1)
+        if k + 1 == len(flat) or flat[k + 1][0] != o:
+            del g[o]
+    return sums
 
 
 def compiler_kwargs(num_warps: int) -> dict:

@@ -127,6 +127,7 @@ def test_fp64_values_first_and_second_derivatives(x64, irreps_in, block, split, 
     monkeypatch.setattr(pc, "PREFETCH", 1 if split else 0)  # the default (2): every other test
     monkeypatch.setattr(pc, "MASK_WEIGHTS", split)  # off: padded edges' 1e3 weights reach it
     monkeypatch.setattr(pc, "EDGE_IN_TARGET_ORDER", not split)
+    monkeypatch.setattr(pc, "EDGE_STREAM", 3 if order == 2 else 0)  # its own derivative too
     x, sh, w, s, r, m = conv_inputs(irreps_in, dtype=jnp.float64)
     res = _fp64_derivatives(x, sh, w, s, r, m, second_order=order == 2)
     ((_, ref), g_ref), h_ref = res["e3nn"]
@@ -145,14 +146,22 @@ def test_fp64_values_first_and_second_derivatives(x64, irreps_in, block, split, 
     assert lonely.size > 0 and np.all(np.asarray(out.array)[lonely] == 0.0)
 
 
-@pytest.mark.parametrize("tiles", [True, False])
-def test_edge_kernel_harmonic_tiles_give_the_reference_gradients(x64, tiles, monkeypatch):
+@pytest.mark.parametrize(
+    "tiles, stream, irreps_in",
+    [(True, 0, "2x0e+1x1o"), (False, 0, "2x0e+1x1o"), (True, 2, "2x0e"), (False, 1, "2x0e+1x1o")],
+)
+def test_edge_kernel_harmonic_tiles_give_the_reference_gradients(
+    x64, tiles, stream, irreps_in, monkeypatch
+):
     """Harmonics to l = 3 (16 components, a power of two: the edge kernel reads and writes each
-    edge's row as one tile, ``EDGE_SH_TILES``) or by scalar accesses: the gradients with respect
-    to the harmonics and the weights equal the reference's in FP64."""
+    edge's row as one tile, ``EDGE_SH_TILES``) or by scalar accesses, the terms all at once or
+    output component by output component (``EDGE_STREAM``; MACE's scalar input, where each
+    harmonic component has one term, and a mixed one, where they have several): the gradients
+    with respect to the harmonics and the weights equal the reference's in FP64."""
     monkeypatch.setattr(pc, "EDGE_SH_TILES", tiles)
+    monkeypatch.setattr(pc, "EDGE_STREAM", stream)
     monkeypatch.setattr(pc, "BLOCK_EDGES", 8)  # 24 edges: 3 programs
-    x, sh, w, s, r, m = conv_inputs("2x0e+1x1o", dtype=jnp.float64, irreps_sh="0e+1o+2e+3o")
+    x, sh, w, s, r, m = conv_inputs(irreps_in, dtype=jnp.float64, irreps_sh="0e+1o+2e+3o")
     res = _fp64_derivatives(x, sh, w, s, r, m, second_order=False)
     ((_, ref), g_ref), _ = res["e3nn"]
     ((_, out), g_out), _ = res["pallas"]
