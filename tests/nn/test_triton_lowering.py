@@ -1,0 +1,90 @@
+"""The pallas kernels lowered to Triton IR, as on a GPU, on this CPU machine
+(``experiments/perf/kernel_registers.py``).
+
+The interpreter tests (``test_pallas_backend.py``) check the kernels' arithmetic but never the
+Triton lowering, which rejects what the interpreter accepts (non-power-of-two tiles, some
+indexing forms). Here every setting of the edge kernel that only a GPU would otherwise compile
+is lowered, and its Triton module must carry the settings it was asked for. Compiling to
+registers needs the `triton` package (not a dependency): that test skips without it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+import mpnn_jax  # noqa: F401  (before JAX's backends start: mpnn_jax.compat)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def kr():
+    spec = importlib.util.spec_from_file_location(
+        "kernel_registers", ROOT / "experiments/perf/kernel_registers.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_occupancy_by_hand(kr):
+    # 32 registers x 32 threads: 64 one-warp programs' worth of registers, capped at 32 blocks
+    assert kr.occupancy(32, 1) == (32, 0.5)
+    # 255 -> 256 registers x 32 threads = 8,192: 8 programs of one warp
+    assert kr.occupancy(255, 1) == (8, 0.125)
+    # 99 -> 104 x 256 threads = 26,624: 2 programs of 8 warps
+    assert kr.occupancy(99, 8) == (2, 0.25)
+    # 40 x 128 threads = 5,120: 12 programs by registers, 16 by warp slots
+    assert kr.occupancy(40, 4) == (12, 0.75)
+
+
+@pytest.mark.parametrize(
+    "variant, warps",
+    [
+        ("pallas", 2),
+        ("pallas:EDGE_STREAM=1", 2),
+        ("pallas:EDGE_STREAM=3", 2),
+        ("pallas:EDGE_STREAM=2,EDGE_WARPS=4", 4),
+        ("pallas:EDGE_STREAM=2,BLOCK_EDGES=16", 4),
+    ],
+)
+def test_edge_kernel_lowers_to_triton(kr, variant, warps):
+    """NequIP-M's edge kernel (32 channels, l <= 2, per-edge weights) under each setting: one
+    Triton function of the kernel's name, with the warps asked for and a program id (the grid),
+    FP32 accumulation of BF16 inputs."""
+    (m,) = kr.lower_kernels("nequip-M", "bf16-mixed", variant, ["edge"])
+    assert m["name"] == "mpnn_edge_contract" and m["num_warps"] == warps
+    assert "tt.func public @mpnn_edge_contract" in m["ir"] and "tt.get_program_id" in m["ir"]
+    assert "!tt.ptr<bf16>" in m["ir"] and re.search(r"arith\.addf .* : tensor<\d+x32xf32>", m["ir"])
+
+
+def test_mace_kernels_lower_with_pairs_and_harmonic_tiles(kr):
+    """MACE MP-S's three kernels (128 channels, l <= 3 harmonics, weights per pair of reverse
+    edges), the edge kernel streaming and reading each edge's 16 harmonics as one tile."""
+    mods = kr.lower_kernels(
+        "mace-mp-s", "fp32", "pallas:EDGE_STREAM=2,EDGE_SH_TILES=1", ["node", "transposed", "edge"]
+    )
+    assert [m["kernel"] for m in mods] == ["node", "transposed", "edge"]
+    assert all(m["num_warps"] == 8 for m in mods)
+    edge = mods[-1]["ir"]
+    assert "tensor<8x16x" in edge or "tensor<8x16xf32>" in edge  # [block, d_sh] harmonic tiles
+    assert "bf16" not in edge
+
+
+def test_compiled_registers(kr):
+    """With `triton` installed: ptxas compiles the edge kernel and reports registers within the
+    hardware's 255 and streaming uses no more than the default."""
+    pytest.importorskip("triton")
+    mods = [
+        kr.lower_kernels("nequip-M", "fp32", v, ["edge"])[0]
+        for v in ("pallas", "pallas:EDGE_STREAM=2")
+    ]
+    res = kr.compile_modules(mods, kr.sys.executable)["kernels"]
+    assert all(0 < r["registers"] <= 255 for r in res)
+    assert res[1]["registers"] + res[1]["spill_store_B"] // 4 <= (
+        res[0]["registers"] + res[0]["spill_store_B"] // 4
+    )
