@@ -50,6 +50,8 @@ def test_occupancy_by_hand(kr):
         ("pallas:EDGE_STREAM=3", 2),
         ("pallas:EDGE_STREAM=2,EDGE_WARPS=4", 4),
         ("pallas:EDGE_STREAM=2,BLOCK_EDGES=16", 4),
+        ("pallas:EDGE_STREAM=2,BLOCK_EDGES=4", 1),
+        ("pallas:EDGE_WARPS=16", 16),
     ],
 )
 def test_edge_kernel_lowers_to_triton(kr, variant, warps):
