@@ -118,10 +118,11 @@ def capture_triton_modules():
 
 
 def kernel_calls(shape: str, preset: str, n_nodes: int = 64, n_edges: int = 512) -> dict:
-    """``{kernel: (jitted function, args)}`` for the node kernel, its transpose and the edge
-    kernel at :data:`pallas_conv.PART_SHAPES`'s ``shape`` (with the weights per pair of reverse
-    edges where the shape has them), on a small ring-like graph: the kernels' code does not
-    depend on the graph's size."""
+    """``{kernel: (function, args)}`` for the node kernel, its transpose and the edge kernel
+    (and, for MACE, the order-3 product basis's forms ``sym_H``, ``sym_G``) at
+    :data:`pallas_conv.PART_SHAPES`'s ``shape`` (with the weights per pair of reverse edges
+    where the shape has them), on a small ring-like graph: the kernels' code does not depend on
+    the graph's size."""
     from mpnn_jax.nn.pairs import edge_pairs
     from mpnn_jax.nn.pallas_conv import _csr_of, _edge_contract, _gather_sum, conv_plan
 
@@ -145,7 +146,7 @@ def kernel_calls(shape: str, preset: str, n_nodes: int = 64, n_edges: int = 512)
     tp = plan.transposed()
     kw = dict(scale=1.0, acc=acc, out_dtype=jnp.float32)
     edge_kw = dict(plan=plan, scale=1.0, acc=acc, want=("dw", "dsh"), pairs=pairs)
-    return {
+    calls = {
         "node": (
             lambda x, w, sh: _gather_sum(x, w, sh, start_r, perm_r, s, wrow, plan=plan, **kw),
             (x, w, sh),
@@ -159,6 +160,15 @@ def kernel_calls(shape: str, preset: str, n_nodes: int = 64, n_edges: int = 512)
             (x, w, sh, g),
         ),
     }
+    if shape.startswith("mace"):  # the order-3 product basis's forms (pallas_symmetric)
+        from mpnn_jax.nn.pallas_symmetric import FormSpec, form_g, form_h
+
+        spec = FormSpec(irsh, "0e")  # MACE MP-S: l <= 3 features per channel, hidden 0e
+        u = jnp.zeros((n_nodes, spec.d, c), policy.dtype("update"))  # [n, d, C]
+        h = jnp.zeros((n_nodes, spec.n_q, c), jnp.float32)  # [n, Q, C]
+        calls["sym_H"] = (lambda a, b, z: form_h(a, b, z, spec), (u, u, u))
+        calls["sym_G"] = (lambda a, b, q: form_g(a, b, q, spec), (u, u, h))
+    return calls
 
 
 def lower_kernels(shape: str, preset: str, variant: str, kernels) -> list[dict]:
@@ -228,7 +238,8 @@ def main(argv=None) -> int:
     p.add_argument("--variants", nargs="+", default=["pallas"], help="pallas[:KEY=V,...]")
     p.add_argument(
         "--kernels", nargs="+", default=["node", "transposed", "edge"],
-        choices=["node", "transposed", "edge"],
+        choices=["node", "transposed", "edge", "sym_H", "sym_G"],
+        help="sym_H, sym_G: MACE's order-3 forms (mace shapes only)",
     )  # fmt: skip
     p.add_argument("--triton-python", default=sys.executable, help="a Python with `triton`")
     args = p.parse_args(argv)

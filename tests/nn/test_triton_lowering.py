@@ -65,14 +65,15 @@ def test_edge_kernel_lowers_to_triton(kr, variant, warps):
 
 
 def test_mace_kernels_lower_with_pairs_and_harmonic_tiles(kr):
-    """MACE MP-S's three kernels (128 channels, l <= 3 harmonics, weights per pair of reverse
-    edges), the edge kernel streaming and reading each edge's 16 harmonics as one tile."""
-    mods = kr.lower_kernels(
-        "mace-mp-s", "fp32", "pallas:EDGE_STREAM=2,EDGE_SH_TILES=1", ["node", "transposed", "edge"]
-    )
-    assert [m["kernel"] for m in mods] == ["node", "transposed", "edge"]
-    assert all(m["num_warps"] == 8 for m in mods)
-    edge = mods[-1]["ir"]
+    """MACE MP-S's three convolution kernels (128 channels, l <= 3 harmonics, weights per pair
+    of reverse edges), the edge kernel streaming and reading each edge's 16 harmonics as one
+    tile, and the order-3 product basis's G form."""
+    kernels = ["node", "transposed", "edge", "sym_G"]
+    mods = kr.lower_kernels("mace-mp-s", "fp32", "pallas:EDGE_STREAM=2,EDGE_SH_TILES=1", kernels)
+    assert [m["kernel"] for m in mods] == kernels
+    assert [m["num_warps"] for m in mods] == [8, 8, 8, 4]  # the forms: one value per thread
+    assert mods[-1]["name"] == "mpnn_sparse_G"
+    edge = mods[2]["ir"]
     assert "tensor<8x16x" in edge or "tensor<8x16xf32>" in edge  # [block, d_sh] harmonic tiles
     assert "bf16" not in edge
 
