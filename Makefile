@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all lint format clean
+.PHONY: demo test test-all lint format clean registers
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,5 +34,16 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
 
+# registers, spills and occupancy of the pallas kernels for an H100, on any machine (no GPU):
+# the `triton` package (its compiler and ptxas) in a virtual environment of its own
+TRITON_VENV := .venv-triton
+$(TRITON_VENV)/bin/python:
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install --quiet triton
+
+registers: $(STAMP) | $(TRITON_VENV)/bin/python
+	$(BIN)/python experiments/perf/kernel_registers.py --triton-python $(TRITON_VENV)/bin/python \
+		--out registers.json $(ARGS)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TRITON_VENV) .pytest_cache .ruff_cache
