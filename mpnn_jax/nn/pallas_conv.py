@@ -112,18 +112,18 @@ MASK_WEIGHTS = False
 #: 20's profile (H100, MACE MP-S E+F): the bf16-mixed edge kernel took 1.49 ms at 10k atoms and
 #: 10.64 ms at 53k (7.1x for 5.2x the atoms; fp32 2.50 -> 9.99). Only where ``d_sh`` is a power
 #: of two (Triton's tiles; harmonics to l = 1 or 3, e.g. MACE's 16; NequIP's l <= 2 keeps 9
-#: scalar accesses). Off until it has been compiled by Triton and timed on a GPU (session 20 built
-#: and tested it in the CPU interpreter only: no GPU came for the timing).
+#: scalar accesses). Off: ptxas gives it 156-159 registers per thread for MACE MP-S against
+#: 99-105 (one 8-warp program per multiprocessor instead of two; log entry 24), so not timed.
 EDGE_SH_TILES = False
 #: The edge kernel's order of work. ``0``: every cotangent row ``g[o]`` of an edge loaded at once,
-#: one ``[block, C]`` accumulator per harmonic component, summed over channels at the end (for
-#: MACE MP-S: 16 ``g`` tiles + 16 accumulators + 4 weight + 4 ``dw`` tiles live, about 160 FP32
-#: registers per thread at 8 warps, so one program per multiprocessor and no latency hidden).
+#: one ``[block, C]`` accumulator per harmonic component, summed over channels at the end
+#: (MACE MP-S: 99-105 registers per thread by ptxas, two 8-warp programs per multiprocessor).
 #: ``k >= 1``: the terms visited output component by output component, ``g[o]`` loaded ``k - 1``
 #: components ahead of its use and dropped after it, each harmonic component's accumulator
-#: summed over channels at its last term (MACE: about 12 tiles live). Same sums up to rounding
-#: order. Session 21: built to test the latency explanation of log entry 22 (the edge kernel 7.1x
-#: slower for 5.2x the atoms in bf16-mixed).
+#: summed over channels at its last term (77-78 registers, three programs). Same sums up to
+#: rounding order. Timed on an H100 (log entry 24): the kernel 22-27% faster in fp32, 25% slower
+#: in bf16-mixed at 10k atoms; MACE MP-S E+F at 52,728 atoms 5.8% faster in fp32 and 0.9% in
+#: bf16-mixed, at 10k atoms -4% to +4% by case. Off: it does not pay across sizes and presets.
 EDGE_STREAM = 0
 #: Names of the settings above (for experiments that vary them).
 SETTINGS = (
