@@ -193,6 +193,44 @@ def lower_kernels(shape: str, preset: str, variant: str, kernels) -> list[dict]:
         apply_variant("pallas")
 
 
+def lower_program(size: str, preset: str, mode: str, variant: str, n_atoms: int = 300) -> list:
+    """The Triton modules of a whole program, as the models run them: ``size``'s (e.g.
+    ``"mace-mp-s"``) E+F predictor (``mode="ef"``) or training step (``"train"``) with
+    ``backend="pallas"`` on a small water box, lowered for CUDA without a GPU. One entry per
+    distinct module (the same kernel in two layers counts once), ``kernel`` = its name."""
+    from mpnn_jax import benchmark as bm
+    from mpnn_jax.data import SpeciesTable
+    from mpnn_jax.potential import make_predictor
+
+    apply_variant(variant)
+    interpret, pallas_conv.INTERPRET = pallas_conv.INTERPRET, False
+    try:
+        table = SpeciesTable((1, 6, 8, 29))
+        system = bm.build_system("water", n_atoms, cutoff=5.0, species_table=table)
+        params = bm.init_for(size, system, cutoff=5.0)
+        model = bm.make_model(
+            size, policy=preset, n_species=system.n_species, cutoff=5.0,
+            avg_num_neighbors=bm.avg_neighbours(system), backend="pallas",
+        )  # fmt: skip
+        if mode == "ef":
+            fn, args = make_predictor(model), (params, system.graph)
+        else:
+            state, fn = bm.make_train_state_and_step(model, params)
+            args = (state, system.graph)
+        with get_policy(preset).matmul_context(), capture_triton_modules() as found:
+            jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",))
+        seen, out = set(), []
+        for m in found:
+            key = (m["ir"], m["num_warps"])
+            if key not in seen:
+                seen.add(key)
+                out.append(dict(m, kernel=m["name"]))
+        return out
+    finally:
+        pallas_conv.INTERPRET = interpret
+        apply_variant("pallas")
+
+
 def occupancy(registers: int, num_warps: int, sm: dict = SM90) -> tuple[int, float]:
     """(programs resident on one multiprocessor, share of its warp slots) for a kernel of
     ``registers`` per thread and ``num_warps`` warps (shared memory ignored: these kernels use
@@ -242,10 +280,25 @@ def main(argv=None) -> int:
         help="sym_H, sym_G: MACE's order-3 forms (mace shapes only)",
     )  # fmt: skip
     p.add_argument("--triton-python", default=sys.executable, help="a Python with `triton`")
+    p.add_argument(
+        "--program", nargs=2, metavar=("SIZE", "MODE"),
+        help="every kernel of a model's whole program instead (e.g. mace-mp-s ef, nequip-M "
+        "train): --presets and --variants apply, --shapes and --kernels do not",
+    )  # fmt: skip
     args = p.parse_args(argv)
 
     rows, modules = [], []
-    for shape in args.shapes:
+    if args.program:
+        size, mode = args.program
+        for preset in args.presets:
+            for variant in args.variants:
+                for m in lower_program(size, preset, mode, variant):
+                    rows.append(
+                        {"shape": f"{size}:{mode}", "preset": preset, "variant": variant}
+                        | {k: m[k] for k in ("kernel", "name", "num_warps", "num_stages")}
+                    )
+                    modules.append(m)
+    for shape in [] if args.program else args.shapes:
         for preset in args.presets:
             for variant in args.variants:
                 for m in lower_kernels(shape, preset, variant, args.kernels):
