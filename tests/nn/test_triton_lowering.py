@@ -91,3 +91,26 @@ def test_compiled_registers(kr):
     assert res[1]["registers"] + res[1]["spill_store_B"] // 4 <= (
         res[0]["registers"] + res[0]["spill_store_B"] // 4
     )
+
+
+@pytest.mark.slow  # 40 s on 2 cores: a whole MACE E+F program lowered
+def test_program_runs_the_kernels_timed_alone(kr):
+    """MACE MP-S's E+F program (``--program``) lowers every fused kernel the model uses, and its
+    edge kernel is the one ``pallas_conv.py --parts`` times alone, but for the convolution's
+    scale constant."""
+    prog = kr.lower_program("mace-mp-s", "bf16-mixed", "ef", "pallas")
+    names = {m["name"] for m in prog}
+    assert {"mpnn_gather_sum", "mpnn_edge_contract", "mpnn_sparse_H", "mpnn_sparse_G"} <= names
+    (edge,) = [m["ir"] for m in prog if m["name"] == "mpnn_edge_contract"]
+    (alone,) = kr.lower_kernels("mace-mp-s", "bf16-mixed", "pallas", ["edge"])
+
+    def strip(ir):  # constants (sizes, the scale) and SSA names aside: the operations
+        ir = re.sub(r"arith\.constant [^:]+:", "arith.constant C :", ir)
+        return re.sub(r"%[\w#]+", "%v", ir)
+
+    def scalars(ir):
+        return {float(v) for v in re.findall(r"arith\.constant ([-0-9.e+]+) : f32", ir)}
+
+    assert strip(edge) == strip(alone["ir"])
+    extra = scalars(edge) - scalars(alone["ir"])  # the scale: 1 / avg neighbours in the model
+    assert len(extra) == 1 and 0.0 < extra.pop() < 1.0
