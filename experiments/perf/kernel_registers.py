@@ -117,6 +117,19 @@ def capture_triton_modules():
         raise RuntimeError("a Triton module was lowered without its pallas_call's settings")
 
 
+@contextlib.contextmanager
+def settings_for_gpu(variant: str):
+    """``variant``'s settings (``"pallas[:KEY=V,...]"``, :func:`pallas_conv.apply_variant`) with
+    the kernels built for Triton rather than the CPU interpreter; the defaults again after."""
+    apply_variant(variant)
+    interpret, pallas_conv.INTERPRET = pallas_conv.INTERPRET, False
+    try:
+        yield
+    finally:
+        pallas_conv.INTERPRET = interpret
+        apply_variant("pallas")
+
+
 def kernel_calls(shape: str, preset: str, n_nodes: int = 64, n_edges: int = 512) -> dict:
     """``{kernel: (function, args)}`` for the node kernel, its transpose and the edge kernel
     (and, for MACE, the order-3 product basis's forms ``sym_H``, ``sym_G``) at
@@ -174,9 +187,7 @@ def kernel_calls(shape: str, preset: str, n_nodes: int = 64, n_edges: int = 512)
 def lower_kernels(shape: str, preset: str, variant: str, kernels) -> list[dict]:
     """The Triton modules of ``kernels`` under ``variant`` (``"pallas[:KEY=V,...]"``, the
     settings of :mod:`mpnn_jax.nn.pallas_conv`), lowered for CUDA without a GPU."""
-    apply_variant(variant)
-    interpret, pallas_conv.INTERPRET = pallas_conv.INTERPRET, False
-    try:
+    with settings_for_gpu(variant):
         calls = kernel_calls(shape, preset)
         out = []
         for kernel in kernels:
@@ -188,9 +199,6 @@ def lower_kernels(shape: str, preset: str, variant: str, kernels) -> list[dict]:
                 raise RuntimeError(f"{kernel}: no pallas_call was lowered")
             out += [dict(m, kernel=kernel) for m in found]
         return out
-    finally:
-        pallas_conv.INTERPRET = interpret
-        apply_variant("pallas")
 
 
 def lower_program(size: str, preset: str, mode: str, variant: str, n_atoms: int = 300) -> list:
@@ -202,9 +210,7 @@ def lower_program(size: str, preset: str, mode: str, variant: str, n_atoms: int 
     from mpnn_jax.data import SpeciesTable
     from mpnn_jax.potential import make_predictor
 
-    apply_variant(variant)
-    interpret, pallas_conv.INTERPRET = pallas_conv.INTERPRET, False
-    try:
+    with settings_for_gpu(variant):
         table = SpeciesTable((1, 6, 8, 29))
         system = bm.build_system("water", n_atoms, cutoff=5.0, species_table=table)
         params = bm.init_for(size, system, cutoff=5.0)
@@ -226,9 +232,6 @@ def lower_program(size: str, preset: str, mode: str, variant: str, n_atoms: int 
                 seen.add(key)
                 out.append(dict(m, kernel=m["name"]))
         return out
-    finally:
-        pallas_conv.INTERPRET = interpret
-        apply_variant("pallas")
 
 
 def occupancy(registers: int, num_warps: int, sm: dict = SM90) -> tuple[int, float]:
@@ -288,35 +291,30 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     rows, modules = [], []
-    if args.program:
-        size, mode = args.program
+    for target in [args.program] if args.program else args.shapes:
         for preset in args.presets:
             for variant in args.variants:
-                for m in lower_program(size, preset, mode, variant):
-                    rows.append(
-                        {"shape": f"{size}:{mode}", "preset": preset, "variant": variant}
-                        | {k: m[k] for k in ("kernel", "name", "num_warps", "num_stages")}
-                    )
-                    modules.append(m)
-    for shape in [] if args.program else args.shapes:
-        for preset in args.presets:
-            for variant in args.variants:
-                for m in lower_kernels(shape, preset, variant, args.kernels):
+                if args.program:
+                    label = ":".join(target)
+                    found = lower_program(target[0], preset, target[1], variant)
+                else:
+                    label, found = target, lower_kernels(target, preset, variant, args.kernels)
+                for m in found:
                     keys = ("kernel", "name", "num_warps", "num_stages")
                     rows.append(
-                        {"shape": shape, "preset": preset, "variant": variant}
+                        {"shape": label, "preset": preset, "variant": variant}
                         | {k: m[k] for k in keys}
                     )
                     modules.append(m)
     print(f"lowered {len(modules)} kernels; compiling for sm_90a ...", flush=True)
     compiled = compile_modules(modules, args.triton_python)
-    head = f"{'shape':10} {'preset':10} {'variant':36} {'kernel':10} warps regs spill_B programs/SM occupancy"  # noqa: E501
+    head = f"{'shape':10} {'preset':10} {'variant':36} {'kernel':18} warps regs spill_B programs/SM occupancy"  # noqa: E501
     print(head)
     for row, res in zip(rows, compiled["kernels"], strict=True):
         programs, occ = occupancy(res["registers"], row["num_warps"])
         row.update(res, programs_per_sm=programs, occupancy=occ)
         print(
-            f"{row['shape']:10} {row['preset']:10} {row['variant']:36} {row['kernel']:10} "
+            f"{row['shape']:10} {row['preset']:10} {row['variant']:36} {row['kernel']:18} "
             f"{row['num_warps']:5} {res['registers']:4} {res['spill_store_B']:7} "
             f"{programs:11} {occ:9.3f}"
         )
