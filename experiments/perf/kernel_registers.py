@@ -85,8 +85,10 @@ def capture_triton_modules():
     """Collects ``{"name", "num_warps", "num_stages", "ir"}`` (the Triton IR as text) of every
     ``pallas_call`` lowered for a GPU inside the block.
 
-    Hooks JAX's Pallas-to-Triton lowering (``jax._src.pallas.triton``, JAX 0.10-0.11): a private
-    interface, so a JAX that moved it fails here loudly rather than measuring nothing.
+    Hooks JAX's Pallas-to-Triton lowering (``jax._src.pallas.triton``; verified with JAX 0.10.2,
+    whose lowering emits the IR into a custom call; a JAX that compiles the IR during lowering
+    needs its GPU plugin there): a private interface, so a JAX that moved it fails here loudly
+    rather than measuring nothing.
     """
     from jax._src.pallas.triton import pallas_call_registration as reg
 

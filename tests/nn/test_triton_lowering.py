@@ -74,7 +74,7 @@ def test_mace_kernels_lower_with_pairs_and_harmonic_tiles(kr):
     assert [m["num_warps"] for m in mods] == [8, 8, 8, 4]  # the forms: one value per thread
     assert mods[-1]["name"] == "mpnn_sparse_G"
     edge = mods[2]["ir"]
-    assert "tensor<8x16x" in edge or "tensor<8x16xf32>" in edge  # [block, d_sh] harmonic tiles
+    assert "tensor<8x16x" in edge  # [block, d_sh] harmonic tiles
     assert "bf16" not in edge
 
 
@@ -93,7 +93,7 @@ def test_compiled_registers(kr):
     )
 
 
-@pytest.mark.slow  # 40 s on 2 cores: a whole MACE E+F program lowered
+@pytest.mark.slow  # 20 s on 2 cores: a whole MACE E+F program lowered
 def test_program_runs_the_kernels_timed_alone(kr):
     """MACE MP-S's E+F program (``--program``) lowers every fused kernel the model uses, and its
     edge kernel is the one ``pallas_conv.py --parts`` times alone, but for the convolution's
