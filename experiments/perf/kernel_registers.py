@@ -134,7 +134,8 @@ def settings_for_gpu(variant: str):
 
 def kernel_calls(shape: str, preset: str, n_nodes: int = 64, n_edges: int = 512) -> dict:
     """``{kernel: (function, args)}`` for the node kernel, its transpose and the edge kernel
-    (and, for MACE, the order-3 product basis's forms ``sym_H``, ``sym_G``) at
+    (and, for MACE, the order-3 product basis's forms ``sym_H``, ``sym_G`` and the
+    species-indexed linear ``indexed``, :mod:`mpnn_jax.nn.pallas_linear`) at
     :data:`pallas_conv.PART_SHAPES`'s ``shape`` (with the weights per pair of reverse edges
     where the shape has them), on a small ring-like graph: the kernels' code does not depend on
     the graph's size."""
@@ -183,6 +184,13 @@ def kernel_calls(shape: str, preset: str, n_nodes: int = 64, n_edges: int = 512)
         h = jnp.zeros((n_nodes, spec.n_q, c), jnp.float32)  # [n, Q, C]
         calls["sym_H"] = (lambda a, b, z: form_h(a, b, z, spec), (u, u, u))
         calls["sym_G"] = (lambda a, b, q: form_g(a, b, q, spec), (u, u, h))
+        # layer 0's species-indexed linear on the l = 3 chunk (pallas_linear), 4 species
+        from mpnn_jax.nn.pallas_linear import indexed_matmul
+
+        xa = jnp.zeros((n_nodes, c, 7), policy.dtype("update"))  # [n, C, 2l+1]
+        wa = jnp.zeros((4, c, c), policy.dtype("update"))  # [n_sets, C, C]
+        z = jnp.arange(n_nodes, dtype=jnp.int32) % 4
+        calls["indexed"] = (lambda a, b: indexed_matmul(a, b, z), (xa, wa))
     return calls
 
 
@@ -281,8 +289,9 @@ def main(argv=None) -> int:
     p.add_argument("--variants", nargs="+", default=["pallas"], help="pallas[:KEY=V,...]")
     p.add_argument(
         "--kernels", nargs="+", default=["node", "transposed", "edge"],
-        choices=["node", "transposed", "edge", "sym_H", "sym_G"],
-        help="sym_H, sym_G: MACE's order-3 forms (mace shapes only)",
+        choices=["node", "transposed", "edge", "sym_H", "sym_G", "indexed"],
+        help="sym_H, sym_G: MACE's order-3 forms; indexed: its species-indexed linear (mace "
+        "shapes only)",
     )  # fmt: skip
     p.add_argument("--triton-python", default=sys.executable, help="a Python with `triton`")
     p.add_argument(

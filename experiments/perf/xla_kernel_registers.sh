@@ -11,7 +11,7 @@ ptxas=$(command -v ptxas || find / -name ptxas -type f -perm -u+x 2>/dev/null | 
 echo "ptxas: ${ptxas:-none found}"
 for v in "$@"; do
   d=$(mktemp -d)
-  JAX_ENABLE_COMPILATION_CACHE=false XLA_FLAGS="--xla_dump_to=$d --xla_dump_hlo_as_text" python3 - "$shape" "$preset" "$v" <<'PY'
+  JAX_ENABLE_COMPILATION_CACHE=false XLA_FLAGS="--xla_dump_to=$d --xla_dump_hlo_as_text --xla_gpu_dump_llvmir" python3 - "$shape" "$preset" "$v" <<'PY'
 import sys, jax
 sys.path.insert(0, "experiments/perf")
 from kernel_registers import kernel_calls
@@ -22,6 +22,7 @@ for kernel, (fn, args) in kernel_calls(sys.argv[1], sys.argv[2]).items():
 PY
   tag=$(echo "$v" | tr ':=,' '___')
   echo "dumped: $(find "$d" -type f | wc -l) files, $(find "$d" -name '*.ptx' | wc -l) .ptx"
+  find "$d" -type f -printf '%s %P\n' | sort -k2 > "$out/dump_listing_${tag}.txt"
   for f in $(find "$d" -name '*.ptx'); do
     [ -n "$ptxas" ] || break
     grep -q "mpnn_" "$f" || continue

@@ -210,7 +210,7 @@ class MACE(nn.Module):
             # species-dependent residual (layers after the first)
             sc = None
             if t > 0:
-                sc = Linear(irreps_out, policy, "update", num_indexed_weights=self.n_species)(
+                sc = Linear(irreps_out, policy, "update", self.n_species, backend=self.backend)(
                     h, species
                 )  # [n_nodes, irreps_out]
             # interaction block
@@ -220,7 +220,7 @@ class MACE(nn.Module):
             )(h_up, sh, radial, senders, receivers, edge_mask, pairs)  # [n_nodes, paths]
             a = Linear(irreps_a, policy, "update")(a)  # [n_nodes, C x (0e+1o+...)]
             if t == 0:
-                a = Linear(irreps_a, policy, "update", num_indexed_weights=self.n_species)(
+                a = Linear(irreps_a, policy, "update", self.n_species, backend=self.backend)(
                     a, species
                 )
             # product block

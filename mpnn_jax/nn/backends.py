@@ -80,7 +80,8 @@ _OPTIONAL_LOADED = False
 class PallasBackend:
     """The convolution as one fused Pallas kernel per direction (:mod:`mpnn_jax.nn.pallas_conv`);
     the symmetric contraction of the reference with its order-3 term as sparse forms
-    (:mod:`mpnn_jax.nn.pallas_symmetric`)."""
+    (:mod:`mpnn_jax.nn.pallas_symmetric`); species-indexed linears as one kernel
+    (:mod:`mpnn_jax.nn.pallas_linear`, ``indexed_matmul``)."""
 
     name = "pallas"
     takes_pairs = True
@@ -100,6 +101,17 @@ class PallasBackend:
         if ps.SPARSE_ORDER3 and ps.usable(x.shape[-2]):
             kwargs = {**kwargs, "order3": ps.order3_term}
         return sc.symmetric_contraction(*args, **kwargs)
+
+    @staticmethod
+    def indexed_matmul(x: Any, w: Any, indices: Any) -> Any:
+        """``[n, mul_in, ir_dim] x [n_sets, mul_in, mul_out] -> [n, ir_dim, mul_out]`` (FP32) by
+        :func:`mpnn_jax.nn.pallas_linear.indexed_matmul`; ``None`` where it does not take the
+        shapes (:func:`~mpnn_jax.nn.pallas_linear.usable`) or is off."""
+        from mpnn_jax.nn import pallas_linear as pl
+
+        if not (pl.INDEXED_LINEAR and pl.usable(w.shape[-2], w.shape[-1])):
+            return None
+        return pl.indexed_matmul(x, w, indices)
 
 
 def _register_optional_backends() -> None:

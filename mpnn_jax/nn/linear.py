@@ -10,19 +10,24 @@ so this is a small re-implementation of ``e3nn.FunctionalLinear`` on top of the 
 * :class:`Linear` is the Flax shell that creates the FP32 parameters (``N(0, 1)``, the
   normalisation is in the forward pass as in e3nn's "path" gradient normalisation).
 
+Indexed weights (few sets) are applied densely, every set on every row and then each row's own,
+unless a backend supplies ``indexed_matmul`` (the ``"pallas"`` backend's one-kernel map,
+:mod:`mpnn_jax.nn.pallas_linear`, where the shapes suit it).
+
 Output irreps that no input irrep reaches are zero. Jittable.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import e3nn_jax as e3nn
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mpnn_jax.nn.backends import get_backend
 from mpnn_jax.nn.ops import einsum_accum, select_sets, take_rows
 from mpnn_jax.precision import Policy
 
@@ -51,6 +56,7 @@ def equivariant_linear(
     policy: Policy,
     stage: str,
     indices: jax.Array | None = None,
+    indexed_matmul: Callable[..., jax.Array | None] | None = None,
 ) -> e3nn.IrrepsArray:
     """Pure equivariant linear map.
 
@@ -62,6 +68,10 @@ def equivariant_linear(
         policy: precision policy.
         stage: stage whose dtype is used (e.g. ``"update"``).
         indices: optional int [n] selecting a weight set per row (species-indexed weights).
+        indexed_matmul: optional ``(x [n, mul_in, ir_dim], w [n_sets, mul_in, mul_out] in the
+            stage dtype, indices) -> [n, ir_dim, mul_out]`` in the accumulator dtype, or ``None``
+            where it does not take the shapes (a backend's; used for up to
+            :data:`DENSE_INDEX_MAX` sets when the policy accumulates in FP32 or wider).
 
     Returns:
         [n, irreps_out] in the dtype of ``stage``.
@@ -70,6 +80,7 @@ def equivariant_linear(
     dtype = policy.dtype(stage)
     x = policy.cast(stage, x)
     paths = linear_paths(x.irreps, irreps_out)
+    wide_accum = jnp.finfo(policy.accum(stage)).bits >= 32
     if len(weights) != len(paths):
         raise ValueError(f"expected {len(paths)} weight arrays, got {len(weights)}")
     chunks: list[jax.Array | None] = []
@@ -83,10 +94,14 @@ def equivariant_linear(
             if indices is None:
                 y = einsum_accum(policy, stage, "nui,uw->niw", x.chunks[i], w)
             elif w.shape[0] <= DENSE_INDEX_MAX:
-                # every weight set on every row (one dense GEMM), then each row's own: cheaper
-                # than gathering a [mul_in, mul_out] matrix per row when the sets are few
-                y = einsum_accum(policy, stage, "nui,suw->nisw", x.chunks[i], w)
-                y = select_sets(policy, stage, y, indices)  # [n, ir_dim, mul_out]
+                y = None
+                if indexed_matmul is not None and wide_accum:
+                    y = indexed_matmul(x.chunks[i], policy.cast(stage, w), indices)
+                if y is None:
+                    # every weight set on every row (one dense GEMM), then each row's own:
+                    # cheaper than gathering a [mul_in, mul_out] matrix per row (few sets)
+                    y = einsum_accum(policy, stage, "nui,suw->nisw", x.chunks[i], w)
+                    y = select_sets(policy, stage, y, indices)  # [n, ir_dim, mul_out]
             else:
                 w = take_rows(policy, stage, w, indices)  # [n, mul_in, mul_out]
                 y = einsum_accum(policy, stage, "nui,nuw->niw", x.chunks[i], w)
@@ -107,6 +122,8 @@ class Linear(nn.Module):
         policy: precision policy.
         stage: stage whose dtype is used.
         num_indexed_weights: if set, one weight set per index (call with ``indices``).
+        backend: backend name (:mod:`mpnn_jax.nn.backends`) whose ``indexed_matmul``, if it has
+            one, applies the indexed weights (``"pallas"``: one kernel); the values are the same.
 
     Example:
         >>> from mpnn_jax.precision import get_policy
@@ -121,6 +138,7 @@ class Linear(nn.Module):
     policy: Policy
     stage: str = "update"
     num_indexed_weights: int | None = None
+    backend: str = "e3nn"
 
     @nn.compact
     def __call__(self, x: e3nn.IrrepsArray, indices: jax.Array | None = None) -> e3nn.IrrepsArray:
@@ -139,6 +157,9 @@ class Linear(nn.Module):
             )
             for i, j in linear_paths(x.irreps, irreps_out)
         ]
+        indexed = None
+        if indices is not None:
+            indexed = getattr(get_backend(self.backend), "indexed_matmul", None)
         with Policy.scope(self.stage):
             return equivariant_linear(
                 weights,
@@ -147,4 +168,5 @@ class Linear(nn.Module):
                 policy=self.policy,
                 stage=self.stage,
                 indices=indices,
+                indexed_matmul=indexed,
             )

@@ -90,8 +90,9 @@ _NO_RECURSE_PREFIXES = ("scatter", "reduce", "select_and", "sort", "argsort", "c
 _WRAPPER = re.compile(r"[A-Za-z_][\w.\-]*\(")
 #: names of the jitted contraction helpers that the audit reads as one matmul each
 #: (:func:`~mpnn_jax.precision.ops.accum_contraction`,
-#: :func:`~mpnn_jax.nn.pallas_symmetric.sparse_form`)
-CONTRACTION_CALLS = ("accum_contraction", "sparse_form")
+#: :func:`~mpnn_jax.nn.pallas_symmetric.sparse_form`,
+#: :func:`~mpnn_jax.nn.pallas_linear.indexed_kernel`)
+CONTRACTION_CALLS = ("accum_contraction", "sparse_form", "indexed_kernel")
 
 
 def stage_of(name_stack: str) -> str:
