@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Session 23, GPU call 2 (~7 min on one H100; JSON and text under OUT): the species-indexed
+# Session 23, GPU calls 2 and 3 (~5-7 min on one H100; JSON and text under OUT): the species-indexed
 # linear kernel (mpnn_jax/nn/pallas_linear.py).
 #   1. its tests with the kernel compiled by Triton (FP64 values and derivatives, the layer,
 #      a MACE model with the kernel against the dense path);

@@ -54,8 +54,8 @@ from mpnn_jax.nn.pallas_conv import compiler_kwargs
 
 # Module settings, read when a function is traced. Registers per thread (ptxas for sm_90a, MACE
 # MP-S's l = 3 chunk, `make registers ARGS="--shapes mace-mp-s --kernels indexed ..."`): 32 rows
-# x 32 inputs on 4 warps 127-128, no spill, 4 programs per SM; 64 rows 221-244; the loops
-# unrolled (rather than one rolled loop over sets and input slices) 255 and spilling.
+# x 32 inputs on 4 warps 167 (fp32) / 128 (bf16-mixed), no spill, 3-4 programs per SM; 64 rows
+# 255 and spilling; loops unrolled rather than rolled, 255 and spilling.
 #: Rows ``(node, component)`` per kernel program (a power of two, at least 16: the tile's M).
 INDEXED_BLOCK_ROWS = 32
 #: Inputs per product (the K of each tile product: a power of two, at least 16).
@@ -72,39 +72,46 @@ def usable(mul_in: int, mul_out: int) -> bool:
     return all(m >= 16 and m & (m - 1) == 0 for m in (mul_in, mul_out))
 
 
-def _kernel(x_ref, w_ref, idx_ref, out_ref, *, n_rows, d, u, v, n_sets, block, kb, x_rows,
-            out_rows, acc_dtype, precision):  # fmt: skip
-    """One program: ``block`` rows ``r = node * d + m``; for each weight set, the rows of that
-    set (the others zeroed) times the set's matrix, ``kb`` inputs at a time, into one
-    accumulator.
+def _kernel(x_ref, w_ref, idx_ref, order_ref, out_ref, *, n_rows, d, u, v, n_sets, block, kb,
+            x_rows, out_rows, acc_dtype, precision):  # fmt: skip
+    """One program: ``block`` rows ``r = p * d + m`` of node ``order[p]`` (the nodes sorted by
+    set, so a block's rows mostly share one set); for each set present in the block, its rows
+    (the others zeroed) times the set's matrix, ``kb`` inputs at a time, into one accumulator.
 
     ``x_rows``: the input is ``[n, d, u]`` (row-major, e.g. a cotangent), else ``[n, u, d]``
     (e3nn's chunk layout); ``out_rows`` likewise for the output (``[n, d, v]`` or ``[n, v, d]``).
     """
     rows = pl.program_id(0) * block + jnp.arange(block)  # [block]
     src = jnp.minimum(rows, n_rows - 1)  # the padded tail reads the last row
-    node, m = src // d, src % d
+    m = src % d
+    node = order_ref[src // d]  # [block]
     species = idx_ref[node][:, None]  # [block, 1]
     ck = jnp.arange(kb)[None, :]  # [1, kb]
     rk, cv = jnp.arange(kb)[:, None], jnp.arange(v)[None, :]
-    n_k = u // kb
 
-    def step(t, acc):  # one [kb] slice of the inputs and one weight set: a rolled loop
-        s, k0 = lax.div(t, n_k), lax.rem(t, n_k) * kb  # (t >= 0: no sign fix-ups)
-        if x_rows:
-            x = x_ref[src[:, None] * u + k0 + ck]  # [block, kb]
-        else:
-            x = x_ref[(node[:, None] * u + k0 + ck) * d + m[:, None]]  # [block, kb]
-        w = w_ref[(s * u + k0 + rk) * v + cv]  # [kb, v]
-        xs = jnp.where(species == s, x, jnp.zeros((), x.dtype))
-        return acc + jnp.dot(xs, w, preferred_element_type=acc_dtype, precision=precision)
+    def product(s, acc):  # the rows of set s times W[s], kb inputs at a time: a rolled loop
+        def step(k, acc):
+            k0 = k * kb
+            if x_rows:
+                x = x_ref[(node[:, None] * d + m[:, None]) * u + k0 + ck]  # [block, kb]
+            else:
+                x = x_ref[(node[:, None] * u + k0 + ck) * d + m[:, None]]  # [block, kb]
+            w = w_ref[(s * u + k0 + rk) * v + cv]  # [kb, v]
+            xs = jnp.where(species == s, x, jnp.zeros((), x.dtype))
+            return acc + jnp.dot(xs, w, preferred_element_type=acc_dtype, precision=precision)
 
-    acc = lax.fori_loop(0, n_sets * n_k, step, jnp.zeros((block, v), acc_dtype))  # [block, v]
+        return lax.fori_loop(0, u // kb, step, acc)
+
+    acc = jnp.zeros((block, v), acc_dtype)  # [block, v]
+    for s in range(n_sets):  # only the sets present in the block
+        present = jnp.max(jnp.where(species == s, 1, 0)) > 0
+        acc = lax.cond(present, functools.partial(product, s), lambda a: a, acc)
     if out_rows:
-        dst = rows[:, None] * v + cv
-    else:  # the padded tail's rows lie past the last node: the output is padded to whole nodes
-        dst = ((rows // d)[:, None] * v + cv) * d + (rows % d)[:, None]
-    out_ref[dst] = acc.astype(out_ref.dtype)
+        dst = (node[:, None] * d + m[:, None]) * v + cv
+    else:
+        dst = (node[:, None] * v + cv) * d + m[:, None]
+    pad = (n_rows + rows - src)[:, None] * v + cv  # the padded tail: past the real output
+    out_ref[jnp.where((rows < n_rows)[:, None], dst, pad)] = acc.astype(out_ref.dtype)
 
 
 def _precision(dtype) -> lax.Precision:
@@ -121,8 +128,8 @@ def _precision(dtype) -> lax.Precision:
     static_argnames=("x_rows", "out_rows", "acc_dtype", "block", "block_k", "warps", "precision"),
 )
 def indexed_kernel(
-    x, w, idx, *, x_rows: bool, out_rows: bool, acc_dtype, block: int, block_k: int, warps: int,
-    precision,
+    x, w, idx, order, *, x_rows: bool, out_rows: bool, acc_dtype, block: int, block_k: int,
+    warps: int, precision,
 ) -> jax.Array:  # fmt: skip
     """The kernel call (no derivative rule of its own: see :func:`indexed_matmul`).
 
@@ -130,6 +137,8 @@ def indexed_kernel(
         x: ``[n, u, d]`` (``x_rows=False``) or ``[n, d, u]`` (``x_rows=True``).
         w: ``[n_sets, u, v]`` in ``x``'s dtype.
         idx: int ``[n]`` set per node, in ``[0, n_sets)`` (rows of other values get zeros).
+        order: int ``[n]``, a permutation of the nodes: the order in which rows are blocked
+            (:func:`indexed_matmul` sorts them by set; any permutation gives the same values).
         x_rows, out_rows: the layouts of the input and output.
         acc_dtype: accumulator and output dtype.
         block, block_k, warps: rows per program, inputs per tile product (at most ``u``),
@@ -144,7 +153,7 @@ def indexed_kernel(
     d = x.shape[1] if x_rows else x.shape[2]
     n_rows = n * d
     grid = -(-n_rows // block)
-    n_out = -(-grid * block // d) * d * v  # whole nodes, covering the padded rows
+    n_out = (grid * block + 1) * v  # the rows, then the padded tail's
     kernel = functools.partial(
         _kernel, n_rows=n_rows, d=d, u=u, v=v, n_sets=n_sets, block=block,
         kb=min(block_k, u), x_rows=x_rows,
@@ -156,7 +165,7 @@ def indexed_kernel(
         grid=(grid,),
         name="mpnn_indexed_linear",
         **compiler_kwargs(warps),
-    )(x.reshape(-1), w.reshape(-1), idx.astype(jnp.int32))
+    )(x.reshape(-1), w.reshape(-1), idx.astype(jnp.int32), order.astype(jnp.int32))
     shape = (n, d, v) if out_rows else (n, v, d)
     return out[: n_rows * v].reshape(shape)
 
@@ -165,30 +174,30 @@ def _acc_of(x) -> jnp.dtype:
     return jnp.dtype(jnp.float64 if jnp.dtype(x.dtype) == jnp.float64 else jnp.float32)
 
 
-def _call(x, w, idx, x_rows: bool, out_rows: bool) -> jax.Array:
+def _call(x, w, idx, order, x_rows: bool, out_rows: bool) -> jax.Array:
     return indexed_kernel(
-        x, w.astype(x.dtype), idx, x_rows=x_rows, out_rows=out_rows, acc_dtype=_acc_of(x),
+        x, w.astype(x.dtype), idx, order, x_rows=x_rows, out_rows=out_rows, acc_dtype=_acc_of(x),
         block=INDEXED_BLOCK_ROWS, block_k=INDEXED_BLOCK_K, warps=INDEXED_WARPS,
         precision=_precision(x.dtype),
     )  # fmt: skip
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _indexed(x, w, idx, x_rows: bool, out_rows: bool) -> jax.Array:
-    return _call(x, w, idx, x_rows, out_rows)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _indexed(x, w, idx, order, x_rows: bool, out_rows: bool) -> jax.Array:
+    return _call(x, w, idx, order, x_rows, out_rows)
 
 
-def _indexed_fwd(x, w, idx, x_rows, out_rows):
+def _indexed_fwd(x, w, idx, order, x_rows, out_rows):
     # the value through the custom_vjp function itself, so that an outer derivative (of a
     # derivative taken inside) meets this rule again rather than the kernel
-    return _indexed(x, w, idx, x_rows, out_rows), (x, w, idx)
+    return _indexed(x, w, idx, order, x_rows, out_rows), (x, w, idx, order)
 
 
 def _indexed_bwd(x_rows, out_rows, res, g):
-    x, w, idx = res
+    x, w, idx, order = res
     g = g.astype(x.dtype)  # [n, d, v] or [n, v, d]: the cotangent in the operands' dtype
     # dx: the same map with each set transposed, from g's layout back to x's
-    dx = _indexed(g, jnp.swapaxes(w, 1, 2), idx, out_rows, x_rows)
+    dx = _indexed(g, jnp.swapaxes(w, 1, 2), idx, order, out_rows, x_rows)
     # dW[s] = sum over the rows of set s of x^T g: one GEMM per set on masked rows
     xs = "ndu" if x_rows else "nud"
     gs = "ndv" if out_rows else "nvd"
@@ -204,7 +213,7 @@ def _indexed_bwd(x_rows, out_rows, res, g):
             for s in range(w.shape[0])
         ]
     )  # [n_sets, u, v]
-    return dx.astype(x.dtype), dw.astype(w.dtype), None
+    return dx.astype(x.dtype), dw.astype(w.dtype), None, None
 
 
 _indexed.defvjp(_indexed_fwd, _indexed_bwd)
@@ -222,4 +231,5 @@ def indexed_matmul(x: jax.Array, w: jax.Array, idx: jax.Array) -> jax.Array:
         ``[n, ir_dim, mul_out]`` in the accumulator dtype (FP32; FP64 for FP64 operands), like
         ``einsum("nui,suw->nisw")`` followed by the row's set. Differentiable to any order.
     """
-    return _indexed(x, w, idx, False, True)
+    order = jnp.argsort(idx, stable=True)  # [n]: the nodes of each set together
+    return _indexed(x, w, idx, order, False, True)

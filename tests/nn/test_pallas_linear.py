@@ -45,8 +45,9 @@ def test_kernel_values_fp64_both_layouts(x64, x_rows, out_rows, d, block):
     x, w, idx = _operands(13, 32, 16, d, 3, jnp.float64)
     want = _reference(x, w, idx)  # [n, d, v]
     xin = jnp.swapaxes(x, 1, 2) if x_rows else x
+    order = jax.random.permutation(jax.random.PRNGKey(3), idx.shape[0])  # any order
     got = pli.indexed_kernel(
-        xin, w, idx, x_rows=x_rows, out_rows=out_rows, acc_dtype=jnp.float64, block=block,
+        xin, w, idx, order, x_rows=x_rows, out_rows=out_rows, acc_dtype=jnp.float64, block=block,
         block_k=16, warps=4, precision=jax.lax.Precision.HIGHEST,
     )  # fmt: skip
     got = got if out_rows else jnp.swapaxes(got, 1, 2)
@@ -162,11 +163,13 @@ def test_audit_reads_one_fp32_contraction_per_chunk():
 
 
 def test_matmul_precision_follows_jax_setting():
-    """TF32 products (Triton's DEFAULT) under JAX's default, as XLA's FP32 GEMMs; IEEE FP32
-    (HIGHEST) in the fp32-highest preset's context and for FP64 operands."""
-    assert pli._precision(jnp.float32) == jax.lax.Precision.DEFAULT
-    assert pli._precision(jnp.bfloat16) == jax.lax.Precision.DEFAULT
-    assert pli._precision(jnp.float64) == jax.lax.Precision.HIGHEST
+    """TF32 products (Triton's DEFAULT) under TF32 matmuls (JAX's default on GPUs, as XLA's FP32
+    GEMMs; the GPU test session sets ``highest``, ``conftest.py``); IEEE FP32 (HIGHEST) in the
+    fp32-highest preset's context and for FP64 operands."""
+    with jax.default_matmul_precision("tensorfloat32"):
+        assert pli._precision(jnp.float32) == jax.lax.Precision.DEFAULT
+        assert pli._precision(jnp.bfloat16) == jax.lax.Precision.DEFAULT
+        assert pli._precision(jnp.float64) == jax.lax.Precision.HIGHEST
     with get_policy("fp32-highest").matmul_context():
         assert pli._precision(jnp.float32) == jax.lax.Precision.HIGHEST
 

@@ -116,21 +116,23 @@ def test_program_runs_the_kernels_timed_alone(kr):
     assert len(extra) == 1 and 0.0 < extra.pop() < 1.0
 
 
-def test_indexed_linear_lowers_to_one_rolled_tensor_core_loop(kr):
-    """MACE MP-S's species-indexed linear (``pallas_linear``, 128 -> 128 channels, l = 3 chunk):
-    one loop over sets and input slices (``scf.for``: unrolled, the kernel took 255 registers
+def test_indexed_linear_lowers_to_rolled_tensor_core_loops(kr):
+    """MACE MP-S's species-indexed linear (``pallas_linear``, 128 -> 128 channels, l = 3 chunk,
+    4 sets): per set, a branch taken only where the block holds rows of that set (``scf.if``)
+    around a rolled loop over input slices (``scf.for``; unrolled, the loops took 255 registers
     and spilled), each step a ``tt.dot`` of a [32, 32] slice by a [32, 128] weight tile
     accumulating in FP32: BF16 operands in bf16-mixed, FP32 as TF32 in fp32 (XLA's default)."""
     for preset, dtype in (("fp32", "f32"), ("bf16-mixed", "bf16")):
         (m,) = kr.lower_kernels("mace-mp-s", preset, "pallas", ["indexed"])
         assert m["name"] == "mpnn_indexed_linear" and m["num_warps"] == 4
         dots = [line for line in m["ir"].splitlines() if "tt.dot" in line]
-        assert len(dots) == 1 and m["ir"].count("scf.for") == 1
-        assert f"tensor<32x32x{dtype}> * tensor<32x128x{dtype}> -> tensor<32x128xf32>" in dots[0]
-        assert "inputPrecision = tf32" in dots[0]
+        assert len(dots) == 4 and m["ir"].count("scf.for") == 4 and m["ir"].count("scf.if") >= 4
+        for dot in dots:
+            assert f"tensor<32x32x{dtype}> * tensor<32x128x{dtype}> -> tensor<32x128xf32>" in dot
+            assert "inputPrecision = tf32" in dot
     import jax
 
     with jax.default_matmul_precision("highest"):  # the fp32-highest preset: IEEE products
         (m,) = kr.lower_kernels("mace-mp-s", "fp32", "pallas", ["indexed"])
-    (dot,) = [line for line in m["ir"].splitlines() if "tt.dot" in line]
-    assert "tf32" not in dot
+    dots = [line for line in m["ir"].splitlines() if "tt.dot" in line]
+    assert dots and not any("tf32" in dot for dot in dots)
