@@ -64,7 +64,7 @@ import jax
 from mpnn_jax.nn.convolution import Convolution
 from mpnn_jax.nn.edges import edge_basis, edge_lengths, sh_irreps
 from mpnn_jax.nn.embedding import SpeciesEmbedding
-from mpnn_jax.nn.linear import Linear
+from mpnn_jax.nn.linear import Linear, linear_then_indexed
 from mpnn_jax.nn.pairs import edge_pairs
 from mpnn_jax.nn.readout import LinearReadout, MLPReadout
 from mpnn_jax.nn.scale_shift import ScaleShift
@@ -218,11 +218,12 @@ class MACE(nn.Module):
             a = Convolution(
                 irreps_a, self.avg_num_neighbors, self.radial_features, policy, self.backend
             )(h_up, sh, radial, senders, receivers, edge_mask, pairs)  # [n_nodes, paths]
-            a = Linear(irreps_a, policy, "update")(a)  # [n_nodes, C x (0e+1o+...)]
-            if t == 0:
-                a = Linear(irreps_a, policy, "update", self.n_species, backend=self.backend)(
-                    a, species
-                )
+            linear = Linear(irreps_a, policy, "update")
+            if t == 0:  # then a species-dependent linear: as one map where the backend can
+                indexed = Linear(irreps_a, policy, "update", self.n_species, backend=self.backend)
+                a = linear_then_indexed(linear, indexed, a, species)  # [n_nodes, C x (0e+...)]
+            else:
+                a = linear(a)  # [n_nodes, C x (0e+1o+...)]
             # product block
             h = Product(irreps_out, self.correlation, self.n_species, c, policy, self.backend)(
                 a, species

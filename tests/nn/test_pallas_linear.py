@@ -10,7 +10,10 @@ On CPU the kernel runs in Pallas's interpreter; ``test_triton_lowering.py`` lowe
 
 from __future__ import annotations
 
+import re
+
 import e3nn_jax as e3nn
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -216,3 +219,81 @@ def test_dense_index_max_still_bounds_the_kernel():
     lin = Linear("16x0e", get_policy("fp32"), "update", n_sets, backend="pallas")
     params = lin.init(jax.random.PRNGKey(1), x, idx)
     assert "mpnn_indexed_linear" not in str(jax.make_jaxpr(lin.apply)(params, x, idx))
+
+
+def test_composed_weights_equal_two_maps_fp64(x64):
+    """One indexed map with :func:`linear.composed_weights` equals a linear map followed by an
+    indexed one, where the middle irreps repeat an irrep (two paths into one output) and the
+    fan-ins of the two maps differ, in FP64 (the reference's dense path, no kernel)."""
+    policy = get_policy("fp64")
+    irreps_in, mid, out = map(e3nn.Irreps, ("3x0e+2x1o", "4x0e+3x1o+2x0e+1x2e", "2x0e+5x1o"))
+    x = e3nn.normal(irreps_in, jax.random.PRNGKey(0), (6,), dtype=jnp.float64)
+    idx = jnp.array([0, 2, 1, 1, 0, 2])
+    keys = iter(jax.random.split(jax.random.PRNGKey(1), 20))
+    w1 = [
+        jax.random.normal(next(keys), (irreps_in[i].mul, mid[j].mul), jnp.float64)
+        for i, j in linear.linear_paths(irreps_in, mid)
+    ]
+    w2 = [
+        jax.random.normal(next(keys), (3, mid[j].mul, out[k].mul), jnp.float64)
+        for j, k in linear.linear_paths(mid, out)
+    ]
+    kw = dict(policy=policy, stage="update")
+    two = linear.equivariant_linear(
+        w2, linear.equivariant_linear(w1, x, irreps_out=mid, **kw), irreps_out=out, indices=idx,
+        **kw,
+    )  # fmt: skip
+    one = linear.equivariant_linear(
+        linear.composed_weights(w1, w2, irreps_in, mid, out), x, irreps_out=out, indices=idx, **kw
+    )
+    assert one.irreps == two.irreps and np.abs(np.asarray(two.array)).max() > 0.1
+    np.testing.assert_allclose(one.array, two.array, rtol=1e-12, atol=1e-12)
+
+
+class _Pair(nn.Module):
+    """MACE layer 0's pair of maps: a linear, then a species-indexed one."""
+
+    irreps: str
+    preset: str
+    backend: str
+
+    @nn.compact
+    def __call__(self, x, idx):
+        policy = get_policy(self.preset)
+        first = Linear(self.irreps, policy, "update")
+        second = Linear(self.irreps, policy, "update", 3, backend=self.backend)
+        return linear.linear_then_indexed(first, second, x, idx)
+
+
+@pytest.mark.parametrize("preset", ["fp32", "bf16-mixed", "fp16-mixed"])
+def test_linear_then_indexed_is_one_kernel_with_the_same_values(preset, monkeypatch):
+    """With ``backend="pallas"`` the pair is one kernel call per chunk and no GEMM over the
+    nodes for the first map, with the same parameters and values as the two maps: to FP32
+    rounding in fp32; in 16-bit presets within 20% of the two 16-bit maps' distance from the
+    fp32 pair (one rounding of the composed weights instead of the middle result's)."""
+    x = e3nn.normal(IRREPS, jax.random.PRNGKey(0), (9,))
+    idx = jnp.array([0, 1, 2, 2, 1, 0, 0, 1, 2])
+    params = _Pair(IRREPS, "fp32", "e3nn").init(jax.random.PRNGKey(1), x, idx)
+    exact = _Pair(IRREPS, "fp32", "e3nn").apply(params, x, idx).array
+    pair = _Pair(IRREPS, preset, "pallas")
+    assert jax.tree_util.tree_structure(pair.init(jax.random.PRNGKey(1), x, idx)) == (
+        jax.tree_util.tree_structure(params)
+    )
+
+    def node_dots(module):  # GEMMs over the 9 nodes (the weights' own products are [3, ...])
+        jaxpr = str(jax.make_jaxpr(module.apply)(params, x, idx))
+        assert jaxpr.count(" name=mpnn_indexed_linear") == 4  # one kernel per chunk
+        return len(re.findall(r"\[9,\d+,\d+\][^\n]*= dot_general", jaxpr))
+
+    assert node_dots(pair) == 0  # the first map is folded into the kernel's weights
+    got = jax.jit(pair.apply)(params, x, idx)
+    assert got.dtype == get_policy(preset).dtype("update")
+    monkeypatch.setattr(linear, "COMPOSE_INDEXED", False)
+    assert node_dots(_Pair(IRREPS, preset, "pallas")) >= 4  # its GEMM per chunk is back
+    two = jax.jit(_Pair(IRREPS, preset, "pallas").apply)(params, x, idx)
+    err, err_two = rel(got.array, exact), rel(two.array, exact)
+    print(f"{preset}: composed {err:.1e}, two maps {err_two:.1e} against the fp32 pair")
+    if preset == "fp32":
+        assert err < 1e-5 and err_two < 1e-5
+    else:
+        assert 0 < err <= 1.2 * err_two
