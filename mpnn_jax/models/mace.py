@@ -18,7 +18,8 @@ Architecture (one line per block, stage in brackets):
    * interaction: ``linear_up``; convolution ``sum_j R(r_ij) (h_j x Y(r_ij))`` (one radial-MLP
      weight per path and channel, MLP ``radial_features``, SiLU, no biases), summed at receivers
      and divided by ``avg_num_neighbors``; linear to ``num_channels x (0e+1o+...+max_ell)``; in
-     layer 0 a species-dependent linear instead of the residual (MACE's "first" block)
+     layer 0 a species-dependent linear instead of the residual (MACE's "first" block; the two
+     linears as one composed map on backends with ``indexed_matmul``, the same function)
      [update, messages, aggregation, update]
    * product: :func:`~mpnn_jax.nn.symmetric_contraction.symmetric_contraction` of correlation
      order ``correlation`` with species-dependent weights, channel-wise, to ``hidden_irreps``

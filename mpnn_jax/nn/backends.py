@@ -11,6 +11,10 @@ A backend whose ``convolution`` takes per-pair weights (``pairs=``, :mod:`mpnn_j
 radial MLP runs once per pair of reverse edges) says so with ``takes_pairs = True``; for any other
 backend :class:`mpnn_jax.nn.convolution.Convolution` expands the weights to the edges first
 (:func:`takes_pairs`), so a backend written for per-edge weights works on every graph.
+A backend may also have ``indexed_matmul(x, w, indices)`` (species-indexed linear maps,
+:func:`mpnn_jax.nn.linear.equivariant_linear`; ``"pallas"`` has one):
+:class:`~mpnn_jax.nn.linear.Linear` uses it where it returns an array, the dense path where it
+returns ``None`` or is absent.
 
 ``"auto"`` is not a backend of its own: :func:`get_backend` resolves it when a program is traced
 (:func:`resolve`), to ``"pallas"`` on NVIDIA GPUs of compute capability 8.0 or newer (the fused

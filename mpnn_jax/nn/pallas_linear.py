@@ -9,11 +9,13 @@ scatters the cotangent back into an array of that size. On MACE MP-S at 10,125 a
 layer took 0.95 ms of fp32 E+F and 2.8 ms of the training step (H100 profile, log entry 20),
 for a map whose operands are 40 MB.
 
-Here one kernel program takes ``INDEXED_BLOCK_ROWS`` rows ``(node, component)`` of the input
-and, for each weight set, multiplies the rows of that set (the others zeroed) by the set's
+Here the nodes are taken in set order (an ``argsort`` of the indices) and one kernel program
+takes ``INDEXED_BLOCK_ROWS`` rows ``(node, component)``; for each set present in its block (most
+blocks hold one) it multiplies the rows of that set (the others zeroed) by the set's
 ``[mul_in, mul_out]`` matrix on the tensor cores, ``INDEXED_BLOCK_K`` inputs at a time, into one
-FP32 accumulator (all sets: they are few, and the FLOPs are cheap next to the bytes). It reads
-the input once and writes ``[n, ir_dim, mul_out]`` once:
+FP32 accumulator. It reads the input once and writes ``[n, ir_dim, mul_out]`` once (PERFORMANCE_LOG
+entry 25; blocks in node order, every block times every set, read 4x the weights and were 2x
+slower):
 
     y[n, m, w] = sum_u x[n, u, m] W[s_n, u, w].
 
@@ -220,7 +222,8 @@ _indexed.defvjp(_indexed_fwd, _indexed_bwd)
 
 
 def indexed_matmul(x: jax.Array, w: jax.Array, idx: jax.Array) -> jax.Array:
-    """``y[n, m, w] = sum_u x[n, u, m] W[idx[n], u, w]``: one chunk of an indexed linear map.
+    """``y[n, m, w] = sum_u x[n, u, m] W[idx[n], u, w]``: one chunk of an indexed linear map (the
+    rows blocked in the order of a stable ``argsort`` of ``idx``).
 
     Args:
         x: ``[n, mul_in, ir_dim]`` (e3nn's chunk layout), any float dtype.
