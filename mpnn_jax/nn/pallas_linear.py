@@ -66,7 +66,18 @@ INDEXED_BLOCK_K = 32
 INDEXED_WARPS = 4
 #: Use the kernel where :func:`usable` (0: the reference's dense path everywhere).
 INDEXED_LINEAR = 1
-SETTINGS = ("INDEXED_BLOCK_ROWS", "INDEXED_BLOCK_K", "INDEXED_WARPS", "INDEXED_LINEAR")
+#: 1: the derivative's kernel writes row-major ``[n, d, u]`` and XLA transposes it to e3nn's
+#: ``[n, u, d]`` with the cast that follows (one more pass over the result, against the strided
+#: stores of the default: 255 registers and a 32-B spill in fp32 instead of 164, 168 instead of
+#: 125 in bf16-mixed, ptxas for sm_90a). Built and tested, not timed: off (PERFORMANCE_LOG 25).
+INDEXED_DX_ROWS = 0
+SETTINGS = (
+    "INDEXED_BLOCK_ROWS",
+    "INDEXED_BLOCK_K",
+    "INDEXED_WARPS",
+    "INDEXED_LINEAR",
+    "INDEXED_DX_ROWS",
+)
 
 
 def usable(mul_in: int, mul_out: int) -> bool:
@@ -198,8 +209,13 @@ def _indexed_fwd(x, w, idx, order, x_rows, out_rows):
 def _indexed_bwd(x_rows, out_rows, res, g):
     x, w, idx, order = res
     g = g.astype(x.dtype)  # [n, d, v] or [n, v, d]: the cotangent in the operands' dtype
-    # dx: the same map with each set transposed, from g's layout back to x's
-    dx = _indexed(g, jnp.swapaxes(w, 1, 2), idx, order, out_rows, x_rows)
+    # dx: the same map with each set transposed, from g's layout back to x's (or written
+    # row-major and transposed by XLA with the cast below: INDEXED_DX_ROWS)
+    wt = jnp.swapaxes(w, 1, 2)
+    if INDEXED_DX_ROWS and not x_rows:
+        dx = jnp.swapaxes(_indexed(g, wt, idx, order, out_rows, True), 1, 2)
+    else:
+        dx = _indexed(g, wt, idx, order, out_rows, x_rows)
     # dW[s] = sum over the rows of set s of x^T g: one GEMM per set on masked rows
     xs = "ndu" if x_rows else "nud"
     gs = "ndv" if out_rows else "nvd"

@@ -66,9 +66,12 @@ def test_rows_of_no_set_get_zeros(x64):
     np.testing.assert_allclose(got[0], _reference(x, w, idx)[0], rtol=1e-12)
 
 
-def test_first_and_second_derivatives_fp64(x64):
+@pytest.mark.parametrize("dx_rows", [0, 1])
+def test_first_and_second_derivatives_fp64(x64, dx_rows, monkeypatch):
     """Gradients, and gradients of functions of gradients (what forces and a force loss's
-    parameter gradient need), equal to the reference's in FP64."""
+    parameter gradient need), equal to the reference's in FP64; with the derivative's kernel
+    writing e3nn's layout directly or row-major then transposed (``INDEXED_DX_ROWS``)."""
+    monkeypatch.setattr(pli, "INDEXED_DX_ROWS", dx_rows)
     x, w, idx = _operands(9, 16, 32, 5, 3, jnp.float64, seed=1)
     g = jax.random.normal(jax.random.PRNGKey(7), (9, 5, 32), jnp.float64)
     fns = {
