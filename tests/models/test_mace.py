@@ -244,8 +244,13 @@ def test_bf16_mixed_close_to_fp64_and_bf16_pure_worse(setup, x64):
     # the all-BF16 negative control is measurably worse (its energy stage cannot hold E0)
     assert errors["bf16-pure"][0] > 2 * errors["bf16-mixed"][0]
     assert errors["bf16-pure"][1] > errors["bf16-mixed"][1]
-    # the seed's table verbatim (radial MLP in BF16) is worse than bf16-mixed (radial MLP FP32)
-    assert errors["bf16-seed"][1] > errors["bf16-mixed"][1]
+    # The seed's table verbatim (radial MLP in BF16) is no ordered check here: at random init on
+    # 8-atom molecules its force error and bf16-mixed's are alike (session 23, seeds 4-9: each
+    # the larger in three; 0.86e-2 against 1.02e-2 for seed 4, the one this test used, where an
+    # assertion that the seed table is worse had failed since before session 23). The radial
+    # stage's BF16 error is tested where it lives (tests/nn/test_radial_edges.py) and measured
+    # on trained models in the precision study (experiments/results/precision_study).
+    assert errors["bf16-seed"][1] < 5e-2
 
 
 # the tiny-config training tests (tests/training/test_train_presets.py) train this model under
