@@ -242,8 +242,7 @@ def linear_then_indexed(
     mid = e3nn.Irreps(first.irreps_out)
     w1 = first(x, weights_only=True)
     w2 = indexed(e3nn.zeros(mid, (0,), jnp.float32), indices, weights_only=True)
-    irreps_in = x.regroup().irreps
-    mid, out = mid.regroup(), e3nn.Irreps(indexed.irreps_out)
+    irreps_in, mid, out = x.irreps.regroup(), mid.regroup(), e3nn.Irreps(indexed.irreps_out)
     weights = composed_weights(w1, w2, irreps_in, mid, out)
     with Policy.scope(stage):
         x = policy.cast(stage, x).regroup()
