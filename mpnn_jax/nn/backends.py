@@ -18,8 +18,9 @@ returns ``None`` or is absent.
 
 ``"auto"`` is not a backend of its own: :func:`get_backend` resolves it when a program is traced
 (:func:`resolve`), to ``"pallas"`` on NVIDIA GPUs of compute capability 8.0 or newer (the fused
-kernels: our fastest measured programs, PERFORMANCE_LOG entries 13-21) and to the reference
-``"e3nn"`` everywhere else (on CPUs the Pallas kernels only run in the slow interpreter). The
+kernels: our fastest measured programs, PERFORMANCE_LOG entries 13-25) where JAX still has
+Pallas's Triton backend (:func:`pallas_triton_available`), and to the reference ``"e3nn"``
+everywhere else (on CPUs the Pallas kernels only run in the slow interpreter). The
 weights are the same for every backend, so a configuration or notebook written with ``"auto"``
 runs the fast kernels on a GPU and the reference on a laptop.
 
@@ -169,7 +170,18 @@ def resolve(name: str, platform: str | None = None) -> str:
         major = int(str(getattr(device, "compute_capability", "")).split(".")[0])
     except (RuntimeError, ValueError):  # no GPU here, or one without a CUDA compute capability
         return "e3nn"  # (ROCm: Triton through Pallas is untested there)
-    return "pallas" if major >= 8 else "e3nn"
+    # Pallas's Triton backend, which the "pallas" kernels compile through, is deprecated since
+    # JAX 0.11.0 and due to be removed: a JAX without it gets the reference, not an error
+    return "pallas" if major >= 8 and pallas_triton_available() else "e3nn"
+
+
+def pallas_triton_available() -> bool:
+    """Whether this JAX still has Pallas's Triton backend (``jax.experimental.pallas.triton``),
+    deprecated in JAX 0.11.0 (the Pallas changelog: "will be removed in a future version")."""
+    try:
+        return importlib.util.find_spec("jax.experimental.pallas.triton") is not None
+    except ImportError:  # a parent package gone too
+        return False
 
 
 def get_backend(name: str) -> Backend:

@@ -255,3 +255,24 @@ def test_auto_backend_is_pallas_on_recent_nvidia_gpus_only(monkeypatch):
 
     monkeypatch.setattr(jax, "devices", no_gpu)
     assert resolve("auto", "gpu") == "e3nn"
+
+
+def test_auto_backend_falls_back_where_jax_has_no_pallas_triton(monkeypatch):
+    """Pallas's Triton backend is deprecated (JAX 0.11.0) and due to be removed: on a JAX without
+    it, "auto" resolves to the reference on the same sm90 GPU instead of failing to trace."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    from mpnn_jax.nn import backends
+
+    assert backends.pallas_triton_available()  # this JAX has it (the default suite's kernels)
+    monkeypatch.setattr(jax, "devices", lambda *a: [SimpleNamespace(compute_capability="9.0")])
+    assert backends.resolve("auto", "gpu") == "pallas"
+    find_spec = importlib.util.find_spec
+
+    def without_triton(name, *args):
+        return None if name == "jax.experimental.pallas.triton" else find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_triton)
+    assert not backends.pallas_triton_available()
+    assert backends.resolve("auto", "gpu") == "e3nn"
