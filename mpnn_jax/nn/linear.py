@@ -80,7 +80,6 @@ def equivariant_linear(
     dtype = policy.dtype(stage)
     x = policy.cast(stage, x)
     paths = linear_paths(x.irreps, irreps_out)
-    wide_accum = jnp.finfo(policy.accum(stage)).bits >= 32
     if len(weights) != len(paths):
         raise ValueError(f"expected {len(paths)} weight arrays, got {len(weights)}")
     chunks: list[jax.Array | None] = []
@@ -95,7 +94,7 @@ def equivariant_linear(
                 y = einsum_accum(policy, stage, "nui,uw->niw", x.chunks[i], w)
             elif w.shape[0] <= DENSE_INDEX_MAX:
                 y = None
-                if indexed_matmul is not None and wide_accum:
+                if indexed_matmul is not None and jnp.finfo(policy.accum(stage)).bits >= 32:
                     y = indexed_matmul(x.chunks[i], policy.cast(stage, w), indices)
                 if y is None:
                     # every weight set on every row (one dense GEMM), then each row's own:

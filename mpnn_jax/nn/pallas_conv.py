@@ -538,6 +538,13 @@ def _stream_terms(plan: Plan, want, x, load_g, sh, w, dw, ahead: int, block: int
     return sums
 
 
+def accumulator_of(*xs) -> jnp.dtype:
+    """The accumulator of the kernels whose sums do not follow a policy stage (the sparse forms,
+    the indexed linear): FP32, or FP64 where an operand is FP64 (tests)."""
+    wide = any(jnp.dtype(x.dtype) == jnp.float64 for x in xs)
+    return jnp.dtype(jnp.float64 if wide else jnp.float32)
+
+
 def compiler_kwargs(num_warps: int) -> dict:
     """``pallas_call``'s keywords: ``interpret`` on CPU (:data:`INTERPRET`), else the Triton
     compiler parameters."""

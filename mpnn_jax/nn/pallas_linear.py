@@ -52,7 +52,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from mpnn_jax.nn.pallas_conv import compiler_kwargs
+from mpnn_jax.nn.pallas_conv import accumulator_of, compiler_kwargs
 
 # Module settings, read when a function is traced. Registers per thread (ptxas for sm_90a, MACE
 # MP-S's l = 3 chunk, `make registers ARGS="--shapes mace-mp-s --kernels indexed ..."`): 32 rows
@@ -183,15 +183,11 @@ def indexed_kernel(
     return out[: n_rows * v].reshape(shape)
 
 
-def _acc_of(x) -> jnp.dtype:
-    return jnp.dtype(jnp.float64 if jnp.dtype(x.dtype) == jnp.float64 else jnp.float32)
-
-
 def _call(x, w, idx, order, x_rows: bool, out_rows: bool) -> jax.Array:
     return indexed_kernel(
-        x, w.astype(x.dtype), idx, order, x_rows=x_rows, out_rows=out_rows, acc_dtype=_acc_of(x),
-        block=INDEXED_BLOCK_ROWS, block_k=INDEXED_BLOCK_K, warps=INDEXED_WARPS,
-        precision=_precision(x.dtype),
+        x, w.astype(x.dtype), idx, order, x_rows=x_rows, out_rows=out_rows,
+        acc_dtype=accumulator_of(x), block=INDEXED_BLOCK_ROWS, block_k=INDEXED_BLOCK_K,
+        warps=INDEXED_WARPS, precision=_precision(x.dtype),
     )  # fmt: skip
 
 
@@ -219,7 +215,7 @@ def _indexed_bwd(x_rows, out_rows, res, g):
     # dW[s] = sum over the rows of set s of x^T g: one GEMM per set on masked rows
     xs = "ndu" if x_rows else "nud"
     gs = "ndv" if out_rows else "nvd"
-    acc = _acc_of(x)
+    acc = accumulator_of(x)
     dw = jnp.stack(
         [
             jnp.einsum(

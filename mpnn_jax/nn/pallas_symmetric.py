@@ -56,7 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import pallas as pl
 
-from mpnn_jax.nn.pallas_conv import compiler_kwargs
+from mpnn_jax.nn.pallas_conv import accumulator_of, compiler_kwargs
 from mpnn_jax.nn.symmetric_contraction import contraction_basis
 
 # Module settings, read when a function is traced. The defaults are the fastest measured (H100,
@@ -219,15 +219,9 @@ def sparse_form(
 def _form(a, b, c, spec: FormSpec, form: str) -> jax.Array:
     """:func:`sparse_form` with the module settings as they are when traced."""
     return sparse_form(
-        a, b, c, spec=spec, form=form, acc_dtype=_acc_of(a, b, c), block=SPARSE_BLOCK_NODES,
+        a, b, c, spec=spec, form=form, acc_dtype=accumulator_of(a, b, c), block=SPARSE_BLOCK_NODES,
         channel_block=SPARSE_CHANNEL_BLOCK, warps=SPARSE_WARPS,
     )  # fmt: skip
-
-
-def _acc_of(*xs) -> jnp.dtype:
-    """The accumulator: FP32, or FP64 where an operand is FP64 (tests)."""
-    wide = any(jnp.dtype(x.dtype) == jnp.float64 for x in xs)
-    return jnp.dtype(jnp.float64 if wide else jnp.float32)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
