@@ -191,6 +191,23 @@ def kernel_calls(shape: str, preset: str, n_nodes: int = 64, n_edges: int = 512)
         wa = jnp.zeros((4, c, c), policy.dtype("update"))  # [n_sets, C, C]
         z = jnp.arange(n_nodes, dtype=jnp.int32) % 4
         calls["indexed"] = (lambda a, b: indexed_matmul(a, b, z), (xa, wa))
+    # the radial MLP's forward kernel and input derivative (pallas_radial), MACE's sizes:
+    # 8 -> 64 -> 64 -> 64 -> n_paths x C, FP32 operands (the radial stage) and the output and its
+    # cotangent in the messages dtype
+    from mpnn_jax.nn.pallas_radial import radial_mlp
+
+    sizes = (8, 64, 64, 64, plan.n_paths * c)
+    ws = tuple(jnp.zeros((a, b), jnp.float32) for a, b in zip(sizes[:-1], sizes[1:]))
+    xr = jnp.zeros((n_w, 8), policy.dtype("radial"))  # [rows, n_basis]
+    gr = jnp.zeros((n_w, sizes[-1]), dt)  # [rows, n_out]: the output's cotangent
+    act = policy.dtype("radial")
+
+    def radial_dx(x, g):
+        _, vjp = jax.vjp(lambda x: radial_mlp(ws, x, act_dtype=act, out_dtype=dt), x)
+        return vjp(g)[0]
+
+    calls["radial"] = (lambda x: radial_mlp(ws, x, act_dtype=act, out_dtype=dt), (xr,))
+    calls["radial_dx"] = (radial_dx, (xr, gr))
     return calls
 
 
@@ -289,9 +306,9 @@ def main(argv=None) -> int:
     p.add_argument("--variants", nargs="+", default=["pallas"], help="pallas[:KEY=V,...]")
     p.add_argument(
         "--kernels", nargs="+", default=["node", "transposed", "edge"],
-        choices=["node", "transposed", "edge", "sym_H", "sym_G", "indexed"],
+        choices=["node", "transposed", "edge", "sym_H", "sym_G", "indexed", "radial", "radial_dx"],
         help="sym_H, sym_G: MACE's order-3 forms; indexed: its species-indexed linear (mace "
-        "shapes only)",
+        "shapes only); radial, radial_dx: the radial MLP (MACE's widths) and its derivative",
     )  # fmt: skip
     p.add_argument("--triton-python", default=sys.executable, help="a Python with `triton`")
     p.add_argument(

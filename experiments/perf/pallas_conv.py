@@ -35,7 +35,15 @@ import numpy as np
 from mpnn_jax import benchmark as bm
 from mpnn_jax import potential
 from mpnn_jax.data.graphs import edge_mask
-from mpnn_jax.nn import linear, ops, pallas_conv, pallas_linear, pallas_symmetric, radial
+from mpnn_jax.nn import (
+    linear,
+    ops,
+    pallas_conv,
+    pallas_linear,
+    pallas_radial,
+    pallas_symmetric,
+    radial,
+)
 from mpnn_jax.nn.convolution import e3nn_convolution, num_path_weights
 from mpnn_jax.precision import get_policy
 from mpnn_jax.precision import ops as precision_ops
@@ -84,6 +92,7 @@ OTHER = {
     "STORE_16BIT": precision_ops,
     **dict.fromkeys(pallas_symmetric.SETTINGS, pallas_symmetric),
     **dict.fromkeys(pallas_linear.SETTINGS, pallas_linear),
+    **dict.fromkeys(pallas_radial.SETTINGS, pallas_radial),
     "COMPOSE_INDEXED": linear,  # 0: MACE layer 0's linear and species-indexed linear as two maps
     "EDGE_GATHER": ops,  # "direct" | "sorted"
     "FOLD_SCALES": radial,

@@ -118,6 +118,18 @@ class PallasBackend:
             return None
         return pl.indexed_matmul(x, w, indices)
 
+    @staticmethod
+    def radial_mlp(ws: Any, x: Any, *, act_dtype: Any, out_dtype: Any) -> Any:
+        """The radial MLP ``[rows, n_in] -> [rows, n_out]`` (scaled weights) by the fused kernels
+        of :mod:`mpnn_jax.nn.pallas_radial`; ``None`` where they do not take the shapes
+        (:func:`~mpnn_jax.nn.pallas_radial.usable`) or are off."""
+        from mpnn_jax.nn import pallas_radial as pr
+
+        sizes = (ws[0].shape[0], *(w.shape[1] for w in ws))
+        if not (pr.RADIAL_FUSED and pr.usable(sizes)):
+            return None
+        return pr.radial_mlp(ws, x, act_dtype=act_dtype, out_dtype=out_dtype)
+
 
 def _register_optional_backends() -> None:
     """Registers ``"cueq"`` once, if ``cuequivariance_jax`` is installed and imports, then

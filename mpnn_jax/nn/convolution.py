@@ -186,8 +186,14 @@ class Convolution(nn.Module):
         n_weights = num_path_weights(node_feats.irreps, sh.irreps, self.irreps_out)
         # the radial MLP runs in its own stage: a function of the distance alone whose
         # derivative enters every force (measured: the largest BF16 error of the messages)
-        weights = RadialMLP(self.radial_features, n_weights, self.policy)(radial)  # [rows, n_w]
         backend = get_backend(self.backend)
+        # a backend with a fused radial MLP writes its output in the messages dtype (the cast
+        # its convolution makes anyway), so the FP32 output never exists in memory
+        fused = hasattr(backend, "radial_mlp")
+        weights = RadialMLP(
+            self.radial_features, n_weights, self.policy, self.backend,
+            out_stage="messages" if fused else None,
+        )(radial)  # [rows, n_w]  # fmt: skip
         extra = {}
         if pairs is not None and takes_pairs(backend):
             extra = {"pairs": pairs}  # the backend reads each edge's row through its pair

@@ -12,7 +12,8 @@ Everything here is jittable.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -78,7 +79,13 @@ def polynomial_envelope(lengths: jax.Array, *, cutoff: float, p: int = 6) -> jax
 
 
 def radial_mlp(
-    weights: Sequence[jax.Array], x: jax.Array, *, policy: Policy, stage: str = "radial"
+    weights: Sequence[jax.Array],
+    x: jax.Array,
+    *,
+    policy: Policy,
+    stage: str = "radial",
+    out_dtype: Any = None,
+    fused: Callable[..., jax.Array | None] | None = None,
 ) -> jax.Array:
     """Pure MLP ``x -> silu(x W1 / sqrt(fan_in)) ... W_last / sqrt(fan_in)`` without biases.
 
@@ -88,10 +95,17 @@ def radial_mlp(
         policy: precision policy; the computation runs in the dtype of ``stage``, matmuls
             accumulate in :meth:`Policy.accum`.
         stage: stage whose dtype is used.
+        out_dtype: the dtype of the result (default: the stage's), e.g. the messages stage's
+            when that stage casts it anyway: a fused kernel then writes it in that dtype.
+        fused: a backend's fused MLP, ``fused(scaled_weights, x, act_dtype=, out_dtype=)``
+            (e.g. :func:`mpnn_jax.nn.pallas_radial.radial_mlp` through the ``"pallas"``
+            backend); used with :data:`FOLD_SCALES` where the policy accumulates the stage in 32
+            bits or more and it returns an array, else the JAX expression below runs.
 
     Returns:
-        [n_edges, weights[-1].shape[1]] in the dtype of ``stage``.
+        [n_edges, weights[-1].shape[1]] in ``out_dtype`` (the dtype of ``stage`` by default).
     """
+    out_dtype = policy.dtype(stage) if out_dtype is None else jnp.dtype(out_dtype)
     if FOLD_SCALES:
         # the constant factors scale the small FP32 weight matrices (a parameter transform, in
         # the parameters' dtype, before the stage casts them) instead of the [n_edges, *]
@@ -101,6 +115,11 @@ def radial_mlp(
             for i, w in enumerate(weights)
         ]
     with Policy.scope(stage):
+        wide = jnp.finfo(policy.accum(stage)).bits >= 32
+        if FOLD_SCALES and fused is not None and wide:
+            out = fused(weights, x, act_dtype=policy.dtype(stage), out_dtype=out_dtype)
+            if out is not None:
+                return out
         h = policy.cast(stage, x)
         for i, w in enumerate(weights):
             if FOLD_SCALES:
@@ -110,7 +129,7 @@ def radial_mlp(
                 h = policy.cast(stage, h) * (1.0 / math.sqrt(w.shape[0]))
             if i < len(weights) - 1:
                 h = jax.nn.silu(h) if FOLD_SCALES else jax.nn.silu(h) * _SILU_NORM
-        return h
+        return h.astype(out_dtype)
 
 
 #: :func:`radial_mlp` multiplies the weights by its constant factors (``True``) rather than the
@@ -129,6 +148,10 @@ class RadialMLP(nn.Module):
         features: hidden layer widths, e.g. ``(64, 64)``.
         n_out: number of outputs (e.g. the number of tensor-product path weights).
         policy: precision policy.
+        backend: name in :mod:`mpnn_jax.nn.backends`; one with ``radial_mlp`` (``"pallas"``)
+            runs the MLP as its fused kernels where they take the shapes.
+        out_stage: the stage whose dtype the output is returned in (the consumer's; default the
+            ``radial`` stage's).
 
     Example:
         >>> from mpnn_jax.precision import get_policy
@@ -141,12 +164,18 @@ class RadialMLP(nn.Module):
     features: tuple[int, ...]
     n_out: int
     policy: Policy
+    backend: str = "e3nn"
+    out_stage: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        from mpnn_jax.nn.backends import get_backend
+
         sizes = (x.shape[-1], *self.features, self.n_out)
         weights = [
             self.param(f"w{i}", nn.initializers.normal(1.0), (a, b), jnp.float32)
             for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))
         ]
-        return radial_mlp(weights, x, policy=self.policy)  # [n_edges, n_out]
+        out = None if self.out_stage is None else self.policy.dtype(self.out_stage)
+        fused = getattr(get_backend(self.backend), "radial_mlp", None)
+        return radial_mlp(weights, x, policy=self.policy, out_dtype=out, fused=fused)

@@ -91,8 +91,19 @@ _WRAPPER = re.compile(r"[A-Za-z_][\w.\-]*\(")
 #: names of the jitted contraction helpers that the audit reads as one matmul each
 #: (:func:`~mpnn_jax.precision.ops.accum_contraction`,
 #: :func:`~mpnn_jax.nn.pallas_symmetric.sparse_form`,
-#: :func:`~mpnn_jax.nn.pallas_linear.indexed_kernel`)
-CONTRACTION_CALLS = ("accum_contraction", "sparse_form", "indexed_kernel")
+#: :func:`~mpnn_jax.nn.pallas_linear.indexed_kernel`, the radial MLP's kernels
+#: :func:`~mpnn_jax.nn.pallas_radial.radial_kernel` and ``radial_dx_kernel``)
+CONTRACTION_CALLS = (
+    "accum_contraction",
+    "sparse_form",
+    "indexed_kernel",
+    "radial_kernel",
+    "radial_dx_kernel",
+)
+#: contraction calls that read an operand narrower than their stage's dtype and convert it up,
+#: exactly, before any arithmetic (the radial MLP's derivative reads the cotangent of an output
+#: it wrote in the messages stage's dtype): such operands are accepted, the accumulator is checked
+UPCASTING_CALLS = ("radial_dx_kernel",)
 
 
 def stage_of(name_stack: str) -> str:
@@ -225,6 +236,14 @@ def _walk(jaxpr: jex.Jaxpr, prefix: str, out: list[OpRecord], platform: str) -> 
         out.append(OpRecord(stage_of(ns), name, kind, ins, outs, accum, "transpose(" in ns, ns))
 
 
+_SHORT_BITS = {"f16": 16, "bf16": 16, "f32": 32, "f64": 64}
+
+
+def _narrower(short: str, than: str) -> bool:
+    """Whether the float dtype named ``short`` (``"bf16"``...) has fewer bits than ``than``."""
+    return _SHORT_BITS.get(short, 99) < _SHORT_BITS.get(than, 0)
+
+
 def _at_least(dtype: Any) -> set[str]:
     bits = jnp.finfo(dtype).bits
     wide = (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64)
@@ -326,6 +345,8 @@ class AuditReport:
                     msgs.append(f"{loc} casts to {bad[0]}, not a dtype of the policy")
             elif r.kind == "matmul":
                 ok_in = any_ok if r.backward else fwd_ok
+                if r.primitive in UPCASTING_CALLS:  # narrower operands converted up in the call
+                    ok_in = ok_in | {t for t in r.in_dtypes if _narrower(t, d)}
                 if any(t not in ok_in for t in r.in_dtypes):
                     msgs.append(f"{loc} has operands {r.in_dtypes}, policy says {d}")
                 if r.accum not in any_ok:

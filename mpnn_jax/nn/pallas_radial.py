@@ -1,0 +1,321 @@
+"""The radial MLP as one Pallas kernel per direction (``"pallas"`` backend): no ``[rows, 64]``
+activation in memory, and the ``[rows, n_weights]`` output written once, in its consumer's dtype.
+
+MACE MP-S's radial MLP maps 8 Bessel functions of each pair of edges to 512 path weights through
+three hidden layers of 64 (:func:`mpnn_jax.nn.radial.radial_mlp`). XLA runs it as one GEMM per
+layer with the SiLUs between as separate passes: at 10,125 atoms (273,582 pairs) 0.46-0.51 ms per
+layer of E+F and 0.49-0.56 ms for its derivative, and ~3 ms per layer of the training step (H100
+profiles, PERFORMANCE_LOG entries 25-26). The radial stage is FP32 in every preset that keeps
+forces accurate (``bf16-mixed`` included), so this time is the same in FP32 and in BF16 programs
+and caps their ratio.
+
+Forward kernel: a program takes ``RADIAL_BLOCK_ROWS`` rows, keeps the hidden activations in
+registers (one tensor-core product per layer, FP32 accumulators, the stage dtype between layers),
+and writes the output ``RADIAL_BLOCK_OUT`` columns at a time, cast to ``out_dtype`` (the messages
+stage's dtype: BF16 in ``bf16-mixed``, so the FP32 output never exists in memory).
+
+Derivative with respect to the input (the forces): a second kernel recomputes the activations of
+its rows, multiplies the cotangent (read in ``out_dtype`` and converted up exactly) by the last
+weights transposed, and walks back through the SiLUs' derivatives and the hidden layers:
+``[rows, n_in]`` out, nothing edge-sized but the cotangent read. With respect to the weights
+(training only; dead code, removed by XLA, in energy+forces) and all second derivatives: the
+reference's JAX expressions (:func:`reference`). So the function is differentiable to any order:
+:func:`radial_mlp` is a :func:`jax.custom_vjp` whose input derivative is itself a
+:func:`jax.custom_vjp` (kernel forward, reference derivative).
+
+The function is :func:`mpnn_jax.nn.radial.radial_mlp` with ``FOLD_SCALES`` (the constant factors in
+the weights, which the caller folds before this module sees them), to rounding: the same products
+in the same dtypes, summed in another order.
+
+Precision: operands in the stage dtype (FP32, or 16-bit under ``bf16-seed``), FP32 accumulation
+(FP64 for FP64 operands), TF32 products for FP32 operands under JAX's default matmul precision (as
+XLA's GEMMs on NVIDIA GPUs) and IEEE FP32 under ``highest`` (:func:`pallas_linear._precision`).
+The audit reads each kernel as one contraction (``radial_kernel``, ``radial_dx_kernel``); the
+second reads the cotangent in the narrower dtype it wrote and converts it up in the kernel
+(``audit.UPCASTING_CALLS``).
+
+Shapes (:func:`usable`): up to 16 inputs, hidden widths powers of two from 16 up, and an output
+width that is a multiple of 16 (tiles of up to ``RADIAL_BLOCK_OUT`` columns). Others keep the
+reference's path. On CPU the kernels run in Pallas's interpreter (tests); on GPUs through Triton.
+
+Example:
+    >>> ws = [jnp.ones((8, 16)) / 8, jnp.ones((16, 32)) / 16]  # [n_in, 16], [16, n_out]
+    >>> radial_mlp(ws, jnp.ones((5, 8)), act_dtype=jnp.float32, out_dtype=jnp.float32).shape
+    (5, 32)
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+
+from mpnn_jax.nn.pallas_conv import accumulator_of, compiler_kwargs
+from mpnn_jax.nn.pallas_linear import _precision
+
+# Module settings, read when a function is traced.
+#: Rows (edges or pairs of edges) per program of the forward kernel and of its derivative (powers
+#: of two from 16: the tile's M).
+RADIAL_BLOCK_ROWS = 64
+RADIAL_DX_BLOCK_ROWS = 16
+#: Output columns per tile product and store (a power of two from 16).
+RADIAL_BLOCK_OUT = 64
+#: Triton warps per program.
+RADIAL_WARPS = 4
+RADIAL_DX_WARPS = 4
+#: Use the kernels where :func:`usable` (0: XLA's GEMMs everywhere).
+RADIAL_FUSED = 1
+SETTINGS = (
+    "RADIAL_BLOCK_ROWS",
+    "RADIAL_DX_BLOCK_ROWS",
+    "RADIAL_BLOCK_OUT",
+    "RADIAL_WARPS",
+    "RADIAL_DX_WARPS",
+    "RADIAL_FUSED",
+)
+_MIN_K = 16  # Triton's smallest tile dimension: the input is padded to it
+
+
+def _pow2(n: int) -> bool:
+    return n >= _MIN_K and n & (n - 1) == 0
+
+
+def usable(sizes: Sequence[int]) -> bool:
+    """Whether the kernels take an MLP of layer widths ``sizes = (n_in, *hidden, n_out)``.
+
+    Example:
+        >>> usable((8, 64, 64, 64, 512)), usable((8, 64, 352)), usable((8, 64, 100))
+        (True, True, False)
+    """
+    n_in, *hidden, n_out = sizes
+    return (
+        len(hidden) >= 1
+        and 1 <= n_in <= _MIN_K
+        and all(_pow2(h) for h in hidden)
+        and bool(_bo(n_out))
+    )
+
+
+def _bo(n_out: int) -> int:
+    """Output columns per tile: the largest power of two from 16 to ``RADIAL_BLOCK_OUT`` that
+    divides ``n_out`` (0 if none)."""
+    bo = RADIAL_BLOCK_OUT
+    while bo >= _MIN_K and n_out % bo:
+        bo //= 2
+    return bo if bo >= _MIN_K else 0
+
+
+def _silu_grad(a):
+    s = jax.nn.sigmoid(a)
+    return s * (1 + a * (1 - s))
+
+
+def _load_input(x_ref, src, n_in: int, dtype):
+    """``[block, 16]`` input rows ``src``, the columns past ``n_in`` zero."""
+    ck = jnp.arange(_MIN_K)[None, :]
+    x = x_ref[src[:, None] * n_in + jnp.minimum(ck, n_in - 1)]
+    return jnp.where(ck < n_in, x, jnp.zeros((), x.dtype)).astype(dtype)
+
+
+def _load_weight(w_ref, rows: int, cols: int, n_rows: int, n_cols: int, row0=0, col0=0):
+    """A ``[rows, cols]`` tile of the row-major ``[n_rows, n_cols]`` weights at ``(row0, col0)``;
+    rows past ``n_rows`` and columns past ``n_cols`` (the input's padding) are zero."""
+    r, c = jnp.arange(rows)[:, None], jnp.arange(cols)[None, :]
+    rr = r if rows <= n_rows else jnp.minimum(r, n_rows - 1)
+    cc = c if cols <= n_cols else jnp.minimum(c, n_cols - 1)
+    w = w_ref[(row0 + rr) * n_cols + col0 + cc]
+    if rows > n_rows:
+        w = jnp.where(r < n_rows, w, jnp.zeros((), w.dtype))
+    if cols > n_cols:
+        w = jnp.where(c < n_cols, w, jnp.zeros((), w.dtype))
+    return w
+
+
+def _hidden(x, w_refs, sizes, act, acc, precision):
+    """The pre-activations of the hidden layers (``[block, h_i]`` each, in ``act``)."""
+    pre, h = [], x
+    for i, w_ref in enumerate(w_refs[:-1]):
+        w = _load_weight(w_ref, h.shape[1], sizes[i + 1], sizes[i], sizes[i + 1])
+        a = jnp.dot(h, w, preferred_element_type=acc, precision=precision).astype(act)
+        pre.append(a)
+        h = jax.nn.silu(a)
+    return pre, h
+
+
+def _fwd_kernel(x_ref, *refs, n_rows, sizes, block, bo, act, acc, precision):  # fmt: skip
+    *w_refs, out_ref = refs
+    rows = pl.program_id(0) * block + jnp.arange(block)
+    src = jnp.minimum(rows, n_rows - 1)  # the tail recomputes and rewrites the last row
+    _, h = _hidden(_load_input(x_ref, src, sizes[0], act), w_refs, sizes, act, acc, precision)
+    k, n_out = sizes[-2], sizes[-1]
+    c = jnp.arange(bo)[None, :]
+
+    def tile(j, carry):  # output columns [j * bo, (j + 1) * bo): a rolled loop
+        w = _load_weight(w_refs[-1], k, bo, k, n_out, col0=j * bo)  # [k, bo]
+        y = jnp.dot(h, w, preferred_element_type=acc, precision=precision)
+        out_ref[src[:, None] * n_out + j * bo + c] = y.astype(out_ref.dtype)
+        return carry
+
+    lax.fori_loop(0, n_out // bo, tile, 0)
+
+
+def _dx_kernel(x_ref, g_ref, *refs, n_rows, sizes, block, bo, act, acc, precision):  # fmt: skip
+    n = len(sizes) - 1
+    w_refs, wt_refs, dx_ref = refs[:n], refs[n : 2 * n], refs[2 * n]  # W_i, W_i^T (row-major)
+    rows = pl.program_id(0) * block + jnp.arange(block)
+    src = jnp.minimum(rows, n_rows - 1)
+    pre, _ = _hidden(_load_input(x_ref, src, sizes[0], act), w_refs, sizes, act, acc, precision)
+    k, n_out = sizes[-2], sizes[-1]
+    c = jnp.arange(bo)[None, :]
+
+    def tile(j, d):  # d loss / d h_last [block, k] from output columns [j * bo, (j + 1) * bo)
+        g = g_ref[src[:, None] * n_out + j * bo + c].astype(act)  # [block, bo]
+        wt = _load_weight(wt_refs[-1], bo, k, n_out, k, row0=j * bo)  # [bo, k] of W_last^T
+        return d + jnp.dot(g, wt, preferred_element_type=acc, precision=precision)
+
+    d = lax.fori_loop(0, n_out // bo, tile, jnp.zeros((block, k), acc))
+    for i in reversed(range(len(pre))):  # back through silu(a_i) and the layer that made a_i
+        d = d.astype(act) * _silu_grad(pre[i])  # [block, h_i]
+        n_prev = sizes[i] if i else _MIN_K
+        # [h_i, n_prev] of W_i^T (its columns past n_in, the padding, zero)
+        wt = _load_weight(wt_refs[i], sizes[i + 1], n_prev, sizes[i + 1], sizes[i])
+        d = jnp.dot(d, wt, preferred_element_type=acc, precision=precision)  # [block, n_prev]
+    dst = src[:, None] * _MIN_K + jnp.arange(_MIN_K)[None, :]  # [block, 16]: padded columns
+    dx_ref[dst] = d.astype(dx_ref.dtype)
+
+
+def _kernel_kwargs(ws, act):
+    sizes = (ws[0].shape[0], *(w.shape[1] for w in ws))
+    acc = accumulator_of(*(jnp.zeros((), act),))
+    return sizes, acc
+
+
+@functools.partial(jax.jit, static_argnames=("act", "out_dtype", "block", "warps", "bo"))
+def radial_kernel(x, ws, *, act, out_dtype, block: int, warps: int, bo: int) -> jax.Array:
+    """The forward kernel: ``x`` [rows, n_in] -> [rows, n_out] in ``out_dtype`` (no derivative
+    rule: see :func:`radial_mlp`). ``ws``: the weight matrices ``[fan_in, fan_out]``, scaled."""
+    act = jnp.dtype(act)
+    sizes, acc = _kernel_kwargs(ws, act)
+    n = x.shape[0]
+    kernel = functools.partial(
+        _fwd_kernel, n_rows=n, sizes=sizes, block=block, bo=bo, act=act, acc=acc,
+        precision=_precision(act),
+    )  # fmt: skip
+    out = pl.pallas_call(
+        kernel,
+        out_shape=jax.ShapeDtypeStruct((n * sizes[-1],), out_dtype),
+        grid=(-(-n // block),),
+        name="mpnn_radial_mlp",
+        **compiler_kwargs(warps),
+    )(x.reshape(-1), *(w.astype(act).reshape(-1) for w in ws))
+    return out.reshape(n, sizes[-1])
+
+
+@functools.partial(jax.jit, static_argnames=("act", "block", "warps", "bo"))
+def radial_dx_kernel(x, ws, g, *, act, block: int, warps: int, bo: int) -> jax.Array:
+    """The input derivative: ``g`` [rows, n_out] (any float dtype) -> ``dx`` [rows, n_in] in
+    ``act``, the transpose of the MLP's Jacobian at ``x`` applied to ``g``."""
+    act = jnp.dtype(act)
+    sizes, acc = _kernel_kwargs(ws, act)
+    n = x.shape[0]
+    kernel = functools.partial(
+        _dx_kernel, n_rows=n, sizes=sizes, block=block, bo=bo, act=act, acc=acc,
+        precision=_precision(act),
+    )  # fmt: skip
+    dx = pl.pallas_call(
+        kernel,
+        out_shape=jax.ShapeDtypeStruct((n * _MIN_K,), act),
+        grid=(-(-n // block),),
+        name="mpnn_radial_mlp_dx",
+        **compiler_kwargs(warps),
+    )(
+        x.reshape(-1), g.reshape(-1), *(w.astype(act).reshape(-1) for w in ws),
+        *(w.astype(act).T.reshape(-1) for w in ws),
+    )  # fmt: skip
+    return dx.reshape(n, _MIN_K)[:, : sizes[0]]  # [rows, n_in]
+
+
+def reference(ws, x, act, out_dtype) -> jax.Array:
+    """The kernels' function in JAX: ``silu(... silu(x W_1) ...) W_last``, products in ``act``
+    accumulated in FP32 (FP64 for FP64), each layer's result in ``act``, the output in
+    ``out_dtype``. ``ws``: the scaled weights ``[fan_in, fan_out]``."""
+    acc = accumulator_of(jnp.zeros((), act))
+    h = x.astype(act)
+    for i, w in enumerate(ws):
+        h = jnp.matmul(h, w.astype(act), preferred_element_type=acc).astype(act)
+        if i < len(ws) - 1:
+            h = jax.nn.silu(h)
+    return h.astype(out_dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _mlp(x, ws, act, out_dtype):
+    return radial_kernel(
+        x, ws, act=act, out_dtype=out_dtype, block=RADIAL_BLOCK_ROWS, warps=RADIAL_WARPS,
+        bo=_bo(ws[-1].shape[1]),
+    )  # fmt: skip
+
+
+def _mlp_fwd(x, ws, act, out_dtype):
+    # the value through the custom_vjp function itself, so that an outer derivative meets this
+    # rule again rather than the kernel
+    return _mlp(x, ws, act, out_dtype), (x, ws)
+
+
+def _mlp_bwd(act, out_dtype, res, g):
+    x, ws = res
+    dx = _dx(x, ws, g, act)
+    # the weights' cotangent from the reference (unused in energy+forces: XLA removes it)
+    _, vjp = jax.vjp(lambda ws: reference(ws, x, act, out_dtype), ws)
+    (dws,) = vjp(g)
+    return dx.astype(x.dtype), dws
+
+
+_mlp.defvjp(_mlp_fwd, _mlp_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _dx(x, ws, g, act):
+    return radial_dx_kernel(
+        x, ws, g, act=act, block=RADIAL_DX_BLOCK_ROWS, warps=RADIAL_DX_WARPS,
+        bo=_bo(ws[-1].shape[1]),
+    )  # fmt: skip
+
+
+def _reference_dx(x, ws, g, act):
+    _, vjp = jax.vjp(lambda x: reference(ws, x, act, g.dtype), x)
+    return vjp(g)[0].astype(act)
+
+
+def _dx_fwd(x, ws, g, act):
+    return _dx(x, ws, g, act), (x, ws, g)
+
+
+def _dx_bwd(act, res, u):
+    x, ws, g = res
+    _, vjp = jax.vjp(functools.partial(_reference_dx, act=act), x, ws, g)
+    return vjp(u)
+
+
+_dx.defvjp(_dx_fwd, _dx_bwd)
+
+
+def radial_mlp(ws: Sequence[jax.Array], x: jax.Array, *, act_dtype, out_dtype) -> jax.Array:
+    """``silu(... silu(x W_1) ...) W_last`` by the kernels (the scaled weights: the caller folds
+    the constant factors in).
+
+    Args:
+        ws: weight matrices ``[fan_in, fan_out]`` (any float dtype; cast to ``act_dtype``).
+        x: [rows, n_in] input features (e.g. the radial basis of each edge, 1/Å).
+        act_dtype: the dtype of the products' operands and of the activations (the stage's).
+        out_dtype: the dtype the output is written in (e.g. the next stage's).
+
+    Returns:
+        [rows, ws[-1].shape[1]] in ``out_dtype``. Differentiable to any order.
+    """
+    ws = tuple(ws)
+    return _mlp(x, ws, jnp.dtype(act_dtype).name, jnp.dtype(out_dtype).name)
