@@ -75,8 +75,9 @@ def test_fp64_values_and_derivatives_to_second_order(x64, sizes, rows):
 
 
 @pytest.mark.parametrize(
-    "preset,act,out", [("fp32", "f32", "f32"), ("bf16-mixed", "f32", "bf16"), ("bf16-seed", "bf16", "bf16")]
-)  # fmt: skip
+    "preset,act,out",
+    [("fp32", "f32", "f32"), ("bf16-mixed", "f32", "bf16"), ("bf16-seed", "bf16", "bf16")],
+)
 def test_dtypes_of_the_presets(preset, act, out):
     """The output in the messages stage's dtype (written by the kernel), close to the JAX MLP's;
     the input gradient in the input's dtype, close to the JAX MLP's."""
@@ -85,12 +86,13 @@ def test_dtypes_of_the_presets(preset, act, out):
     ws = _weights(sizes, jnp.float32)
     x = jax.random.normal(jax.random.PRNGKey(1), (40, 8))
     kw = {"out_dtype": policy.dtype("messages")}
+
+    def energy(x, fused):
+        return jnp.sum(_mlp(ws, x, policy, fused, **kw).astype(jnp.float32) ** 2)
+
     with jax.default_matmul_precision("highest"):
         y = {f: _mlp(ws, x, policy, f, **kw) for f in (True, False)}
-        dx = {
-            f: jax.grad(lambda x: jnp.sum(_mlp(ws, x, policy, f, **kw).astype(jnp.float32) ** 2))(x)  # noqa: B023
-            for f in (True, False)
-        }
+        dx = {f: jax.grad(energy)(x, f) for f in (True, False)}
     assert policy.dtype("radial") == jnp.dtype({"f32": "float32", "bf16": "bfloat16"}[act])
     assert y[True].dtype == y[False].dtype == policy.dtype("messages")
     assert y[True].dtype == jnp.dtype({"f32": "float32", "bf16": "bfloat16"}[out])
