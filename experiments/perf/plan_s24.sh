@@ -8,6 +8,8 @@
 #   a  tests; 10k: XLA's radial MLP (RADIAL_FUSED=0) / kernels / 32-row forward and derivative;
 #      E+F profile at 10k with the kernels
 #   b  10k with the variants and cases reversed; 53k E+F: XLA / kernels; training profile
+#   c  tests; the kernels alone, a sweep of tile settings (radial_kernels.py); 10k: XLA / the
+#      sweep's fastest settings
 set -u
 dest=$1 call=$2; out=$1/work; mkdir -p "$out"
 t0=$(date +%s)
@@ -42,7 +44,14 @@ case $call in
     whole whole_53k 130 "$off pallas" mace-mp-s:water:50000:fp32:ef mace-mp-s:water:50000:bf16-mixed:ef
     profile profile_train mace-mp-s:water:10000:fp32:train:pallas \
         mace-mp-s:water:10000:bf16-mixed:train:pallas ;;
-  *) echo "CALL must be a or b" >&2; exit 2 ;;
+  c)
+    tests
+    timeout 240 python3 experiments/perf/radial_kernels.py --out "$out/radial_kernels.json" \
+        --best "$out/best.txt" > "$out/radial_kernels.txt" 2>&1
+    stamp radial_kernels
+    best=$(cat "$out/best.txt" 2>/dev/null); best=${best:-pallas}
+    whole whole_10k 200 "$off $best" $ef $train ;;
+  *) echo "CALL must be a, b or c" >&2; exit 2 ;;
 esac
 tar czf "$dest/$call.tgz" -C "$out" . && cp "$out/times.txt" "$dest/"
 grep -h -A20 "^model " "$out"/whole*.txt; tail -n 3 "$out/tests_gpu.txt" 2>/dev/null

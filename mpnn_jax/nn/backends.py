@@ -14,7 +14,10 @@ backend :class:`mpnn_jax.nn.convolution.Convolution` expands the weights to the 
 A backend may also have ``indexed_matmul(x, w, indices)`` (species-indexed linear maps,
 :func:`mpnn_jax.nn.linear.equivariant_linear`; ``"pallas"`` has one):
 :class:`~mpnn_jax.nn.linear.Linear` uses it where it returns an array, the dense path where it
-returns ``None`` or is absent.
+returns ``None`` or is absent. Likewise ``radial_mlp(scaled_weights, x, *, act_dtype,
+out_dtype)`` (the radial MLP fused, :func:`mpnn_jax.nn.radial.radial_mlp`; ``"pallas"`` has one,
+:mod:`mpnn_jax.nn.pallas_radial`): where a backend has it, the radial MLP returns its output in
+the messages stage's dtype (the cast the convolution makes anyway).
 
 ``"auto"`` is not a backend of its own: :func:`get_backend` resolves it when a program is traced
 (:func:`resolve`), to ``"pallas"`` on NVIDIA GPUs of compute capability 8.0 or newer (the fused
@@ -86,7 +89,8 @@ class PallasBackend:
     """The convolution as one fused Pallas kernel per direction (:mod:`mpnn_jax.nn.pallas_conv`);
     the symmetric contraction of the reference with its order-3 term as sparse forms
     (:mod:`mpnn_jax.nn.pallas_symmetric`); species-indexed linears as one kernel
-    (:mod:`mpnn_jax.nn.pallas_linear`, ``indexed_matmul``)."""
+    (:mod:`mpnn_jax.nn.pallas_linear`, ``indexed_matmul``); the radial MLP as two kernels
+    (:mod:`mpnn_jax.nn.pallas_radial`, ``radial_mlp``)."""
 
     name = "pallas"
     takes_pairs = True

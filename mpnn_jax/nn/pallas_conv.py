@@ -545,15 +545,16 @@ def accumulator_of(*xs) -> jnp.dtype:
     return jnp.dtype(jnp.float64 if wide else jnp.float32)
 
 
-def compiler_kwargs(num_warps: int) -> dict:
+def compiler_kwargs(num_warps: int, num_stages: int | None = None) -> dict:
     """``pallas_call``'s keywords: ``interpret`` on CPU (:data:`INTERPRET`), else the Triton
-    compiler parameters."""
+    compiler parameters (``num_stages``: :data:`NUM_STAGES` unless given)."""
     interpret = jax.default_backend() == "cpu" if INTERPRET is None else INTERPRET
     if interpret:
         return {"interpret": True}
     from jax.experimental.pallas import triton as plgpu
 
-    return {"compiler_params": plgpu.CompilerParams(num_warps=num_warps, num_stages=NUM_STAGES)}
+    stages = NUM_STAGES if num_stages is None else num_stages
+    return {"compiler_params": plgpu.CompilerParams(num_warps=num_warps, num_stages=stages)}
 
 
 def _edge_contract(

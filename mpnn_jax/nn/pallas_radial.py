@@ -67,6 +67,9 @@ RADIAL_BLOCK_OUT = 64
 #: Triton warps per program.
 RADIAL_WARPS = 4
 RADIAL_DX_WARPS = 4
+#: Triton's software-pipelining stages of the loop over output tiles.
+RADIAL_STAGES = 1
+RADIAL_DX_STAGES = 1
 #: Use the kernels where :func:`usable` (0: XLA's GEMMs everywhere).
 RADIAL_FUSED = 1
 SETTINGS = (
@@ -75,6 +78,8 @@ SETTINGS = (
     "RADIAL_BLOCK_OUT",
     "RADIAL_WARPS",
     "RADIAL_DX_WARPS",
+    "RADIAL_STAGES",
+    "RADIAL_DX_STAGES",
     "RADIAL_FUSED",
 )
 _MIN_K = 16  # Triton's smallest tile dimension: the input is padded to it
@@ -109,9 +114,16 @@ def _bo(n_out: int) -> int:
     return bo if bo >= _MIN_K else 0
 
 
+def _silu(a):
+    """SiLU evaluated in FP32 or wider (Triton divides no 16-bit floats), in ``a``'s dtype."""
+    return jax.nn.silu(a.astype(jnp.promote_types(a.dtype, jnp.float32))).astype(a.dtype)
+
+
 def _silu_grad(a):
-    s = jax.nn.sigmoid(a)
-    return s * (1 + a * (1 - s))
+    """The derivative of SiLU at ``a``, evaluated in FP32 or wider, in ``a``'s dtype."""
+    a32 = a.astype(jnp.promote_types(a.dtype, jnp.float32))
+    s = jax.nn.sigmoid(a32)
+    return (s * (1 + a32 * (1 - s))).astype(a.dtype)
 
 
 def _load_input(x_ref, src, n_in: int, dtype):
@@ -142,7 +154,7 @@ def _hidden(x, w_refs, sizes, act, acc, precision):
         w = _load_weight(w_ref, h.shape[1], sizes[i + 1], sizes[i], sizes[i + 1])
         a = jnp.dot(h, w, preferred_element_type=acc, precision=precision).astype(act)
         pre.append(a)
-        h = jax.nn.silu(a)
+        h = _silu(a)
     return pre, h
 
 
@@ -168,7 +180,6 @@ def _dx_kernel(x_ref, g_ref, *refs, n_rows, sizes, block, bo, act, acc, precisio
     w_refs, wt_refs, dx_ref = refs[:n], refs[n : 2 * n], refs[2 * n]  # W_i, W_i^T (row-major)
     rows = pl.program_id(0) * block + jnp.arange(block)
     src = jnp.minimum(rows, n_rows - 1)
-    pre, _ = _hidden(_load_input(x_ref, src, sizes[0], act), w_refs, sizes, act, acc, precision)
     k, n_out = sizes[-2], sizes[-1]
     c = jnp.arange(bo)[None, :]
 
@@ -177,7 +188,9 @@ def _dx_kernel(x_ref, g_ref, *refs, n_rows, sizes, block, bo, act, acc, precisio
         wt = _load_weight(wt_refs[-1], bo, k, n_out, k, row0=j * bo)  # [bo, k] of W_last^T
         return d + jnp.dot(g, wt, preferred_element_type=acc, precision=precision)
 
+    # the cotangent's product first, the activations after: fewer arrays live at once
     d = lax.fori_loop(0, n_out // bo, tile, jnp.zeros((block, k), acc))
+    pre, _ = _hidden(_load_input(x_ref, src, sizes[0], act), w_refs, sizes, act, acc, precision)
     for i in reversed(range(len(pre))):  # back through silu(a_i) and the layer that made a_i
         d = d.astype(act) * _silu_grad(pre[i])  # [block, h_i]
         n_prev = sizes[i] if i else _MIN_K
@@ -194,8 +207,10 @@ def _kernel_kwargs(ws, act):
     return sizes, acc
 
 
-@functools.partial(jax.jit, static_argnames=("act", "out_dtype", "block", "warps", "bo"))
-def radial_kernel(x, ws, *, act, out_dtype, block: int, warps: int, bo: int) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("act", "out_dtype", "block", "warps", "bo", "stages"))
+def radial_kernel(
+    x, ws, *, act, out_dtype, block: int, warps: int, bo: int, stages: int = 1
+) -> jax.Array:
     """The forward kernel: ``x`` [rows, n_in] -> [rows, n_out] in ``out_dtype`` (no derivative
     rule: see :func:`radial_mlp`). ``ws``: the weight matrices ``[fan_in, fan_out]``, scaled."""
     act = jnp.dtype(act)
@@ -210,13 +225,15 @@ def radial_kernel(x, ws, *, act, out_dtype, block: int, warps: int, bo: int) -> 
         out_shape=jax.ShapeDtypeStruct((n * sizes[-1],), out_dtype),
         grid=(-(-n // block),),
         name="mpnn_radial_mlp",
-        **compiler_kwargs(warps),
+        **compiler_kwargs(warps, stages),
     )(x.reshape(-1), *(w.astype(act).reshape(-1) for w in ws))
     return out.reshape(n, sizes[-1])
 
 
-@functools.partial(jax.jit, static_argnames=("act", "block", "warps", "bo"))
-def radial_dx_kernel(x, ws, g, *, act, block: int, warps: int, bo: int) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("act", "block", "warps", "bo", "stages"))
+def radial_dx_kernel(
+    x, ws, g, *, act, block: int, warps: int, bo: int, stages: int = 1
+) -> jax.Array:
     """The input derivative: ``g`` [rows, n_out] (any float dtype) -> ``dx`` [rows, n_in] in
     ``act``, the transpose of the MLP's Jacobian at ``x`` applied to ``g``."""
     act = jnp.dtype(act)
@@ -231,7 +248,7 @@ def radial_dx_kernel(x, ws, g, *, act, block: int, warps: int, bo: int) -> jax.A
         out_shape=jax.ShapeDtypeStruct((n * _MIN_K,), act),
         grid=(-(-n // block),),
         name="mpnn_radial_mlp_dx",
-        **compiler_kwargs(warps),
+        **compiler_kwargs(warps, stages),
     )(
         x.reshape(-1), g.reshape(-1), *(w.astype(act).reshape(-1) for w in ws),
         *(w.astype(act).T.reshape(-1) for w in ws),
@@ -256,7 +273,7 @@ def reference(ws, x, act, out_dtype) -> jax.Array:
 def _mlp(x, ws, act, out_dtype):
     return radial_kernel(
         x, ws, act=act, out_dtype=out_dtype, block=RADIAL_BLOCK_ROWS, warps=RADIAL_WARPS,
-        bo=_bo(ws[-1].shape[1]),
+        bo=_bo(ws[-1].shape[1]), stages=RADIAL_STAGES,
     )  # fmt: skip
 
 
@@ -282,7 +299,7 @@ _mlp.defvjp(_mlp_fwd, _mlp_bwd)
 def _dx(x, ws, g, act):
     return radial_dx_kernel(
         x, ws, g, act=act, block=RADIAL_DX_BLOCK_ROWS, warps=RADIAL_DX_WARPS,
-        bo=_bo(ws[-1].shape[1]),
+        bo=_bo(ws[-1].shape[1]), stages=RADIAL_DX_STAGES,
     )  # fmt: skip
 
 
