@@ -70,6 +70,11 @@ RADIAL_DX_WARPS = 4
 #: Triton's software-pipelining stages of the loop over output tiles.
 RADIAL_STAGES = 1
 RADIAL_DX_STAGES = 1
+#: 1: the derivative's kernel recomputes the activations from the input before each layer's
+#: step back (6 products instead of 3 for three hidden layers) rather than holding all of them:
+#: one ``[block, 64]`` pre-activation live at a time (ptxas, sm_90a, 64 rows x 4 warps: ...
+#: registers per thread instead of 255).
+RADIAL_DX_RECOMPUTE = 1
 #: Use the kernels where :func:`usable` (0: XLA's GEMMs everywhere).
 RADIAL_FUSED = 1
 SETTINGS = (
@@ -80,6 +85,7 @@ SETTINGS = (
     "RADIAL_DX_WARPS",
     "RADIAL_STAGES",
     "RADIAL_DX_STAGES",
+    "RADIAL_DX_RECOMPUTE",
     "RADIAL_FUSED",
 )
 _MIN_K = 16  # Triton's smallest tile dimension: the input is padded to it
@@ -175,7 +181,7 @@ def _fwd_kernel(x_ref, *refs, n_rows, sizes, block, bo, act, acc, precision):  #
     lax.fori_loop(0, n_out // bo, tile, 0)
 
 
-def _dx_kernel(x_ref, g_ref, *refs, n_rows, sizes, block, bo, act, acc, precision):  # fmt: skip
+def _dx_kernel(x_ref, g_ref, *refs, n_rows, sizes, block, bo, act, acc, precision, recompute):  # fmt: skip
     n = len(sizes) - 1
     w_refs, wt_refs, dx_ref = refs[:n], refs[n : 2 * n], refs[2 * n]  # W_i, W_i^T (row-major)
     rows = pl.program_id(0) * block + jnp.arange(block)
@@ -190,8 +196,12 @@ def _dx_kernel(x_ref, g_ref, *refs, n_rows, sizes, block, bo, act, acc, precisio
 
     # the cotangent's product first, the activations after: fewer arrays live at once
     d = lax.fori_loop(0, n_out // bo, tile, jnp.zeros((block, k), acc))
-    pre, _ = _hidden(_load_input(x_ref, src, sizes[0], act), w_refs, sizes, act, acc, precision)
-    for i in reversed(range(len(pre))):  # back through silu(a_i) and the layer that made a_i
+    x = _load_input(x_ref, src, sizes[0], act)
+    if not recompute:
+        pre, _ = _hidden(x, w_refs, sizes, act, acc, precision)
+    for i in reversed(range(len(sizes) - 2)):  # back through silu(a_i) and the layer that made it
+        if recompute:  # a_i from x again, so that one pre-activation is live at a time
+            pre, _ = _hidden(x, w_refs[: i + 2], sizes[: i + 3], act, acc, precision)
         d = d.astype(act) * _silu_grad(pre[i])  # [block, h_i]
         n_prev = sizes[i] if i else _MIN_K
         # [h_i, n_prev] of W_i^T (its columns past n_in, the padding, zero)
@@ -230,9 +240,9 @@ def radial_kernel(
     return out.reshape(n, sizes[-1])
 
 
-@functools.partial(jax.jit, static_argnames=("act", "block", "warps", "bo", "stages"))
+@functools.partial(jax.jit, static_argnames=("act", "block", "warps", "bo", "stages", "recompute"))
 def radial_dx_kernel(
-    x, ws, g, *, act, block: int, warps: int, bo: int, stages: int = 1
+    x, ws, g, *, act, block: int, warps: int, bo: int, stages: int = 1, recompute: bool = True
 ) -> jax.Array:
     """The input derivative: ``g`` [rows, n_out] (any float dtype) -> ``dx`` [rows, n_in] in
     ``act``, the transpose of the MLP's Jacobian at ``x`` applied to ``g``."""
@@ -241,7 +251,7 @@ def radial_dx_kernel(
     n = x.shape[0]
     kernel = functools.partial(
         _dx_kernel, n_rows=n, sizes=sizes, block=block, bo=bo, act=act, acc=acc,
-        precision=_precision(act),
+        precision=_precision(act), recompute=recompute,
     )  # fmt: skip
     dx = pl.pallas_call(
         kernel,
@@ -299,7 +309,7 @@ _mlp.defvjp(_mlp_fwd, _mlp_bwd)
 def _dx(x, ws, g, act):
     return radial_dx_kernel(
         x, ws, g, act=act, block=RADIAL_DX_BLOCK_ROWS, warps=RADIAL_DX_WARPS,
-        bo=_bo(ws[-1].shape[1]), stages=RADIAL_DX_STAGES,
+        bo=_bo(ws[-1].shape[1]), stages=RADIAL_DX_STAGES, recompute=bool(RADIAL_DX_RECOMPUTE),
     )  # fmt: skip
 
 
