@@ -9,7 +9,7 @@
 #      E+F profile at 10k with the kernels
 #   b  10k with the variants and cases reversed; 53k E+F: XLA / kernels; training profile
 #   c  tests; the kernels alone, a sweep of tile settings (radial_kernels.py); 10k: XLA / the
-#      sweep's fastest settings / the same with the derivative holding every activation
+#      sweep's fastest settings / the same with the other derivative form (RADIAL_DX_SPLIT)
 set -u
 dest=$1 call=$2; out=$1/work; mkdir -p "$out"
 t0=$(date +%s)
@@ -30,7 +30,7 @@ profile() {  # OUT-NAME CASES...
   stamp "$name"
 }
 tests() {
-  timeout 100 python3 -m pytest -q -m "" tests/nn/test_pallas_radial.py > "$out/tests_gpu.txt" 2>&1
+  timeout 70 python3 -m pytest -q -m "" tests/nn/test_pallas_radial.py > "$out/tests_gpu.txt" 2>&1
   stamp tests
 }
 case $call in
@@ -46,11 +46,15 @@ case $call in
         mace-mp-s:water:10000:bf16-mixed:train:pallas ;;
   c)
     tests
-    timeout 210 python3 experiments/perf/radial_kernels.py --out "$out/radial_kernels.json" \
+    timeout 230 python3 experiments/perf/radial_kernels.py --out "$out/radial_kernels.json" \
         --best "$out/best.txt" > "$out/radial_kernels.txt" 2>&1
     stamp radial_kernels
     best=$(cat "$out/best.txt" 2>/dev/null); best=${best:-pallas}
-    whole whole_10k 220 "$off $best $best,RADIAL_DX_RECOMPUTE=0" $ef $train ;;
+    case $best in  # the other derivative form, at the same settings
+      *RADIAL_DX_SPLIT=1*) alt=${best/RADIAL_DX_SPLIT=1/RADIAL_DX_SPLIT=0} ;;
+      *) alt=$best,RADIAL_DX_SPLIT=1 ;;
+    esac
+    whole whole_10k 220 "$off $best $alt" $ef $train ;;
   *) echo "CALL must be a, b or c" >&2; exit 2 ;;
 esac
 tar czf "$dest/$call.tgz" -C "$out" . && cp "$out/times.txt" "$dest/"

@@ -7,7 +7,9 @@ times, median of ``--repeats`` after a warm-up, synchronised on the device:
 
 * ``xla fwd``: the JAX MLP (:func:`pallas_radial.reference`, the output cast included);
 * ``xla fwd+dx``: its value and input derivative (XLA keeps the activations in between);
-* ``fwd ROWSxWARPSsSTAGES`` and ``dx ROWSxWARPSsSTAGES``: each kernel alone under the settings.
+* ``fwd RxWsSoO`` and ``dx RxWsSoO``: each kernel alone with R rows per program, W warps, S
+  pipelining stages and O output columns per tile; ``dx RxWsSoO-split``: XLA's GEMM for the
+  cotangent times the last weights, then the kernel (``RADIAL_DX_SPLIT``).
 
 It prints a table, writes JSON, and writes the fastest settings of each kernel (summed over the
 presets) as a variant string (``--best``) for ``pallas_conv.py --variants``. No claim from a CPU:
@@ -94,6 +96,10 @@ def main(argv=None) -> int:
             dx = jax.jit(lambda x, ws, g, kw=kw: pr.radial_dx_kernel(x, ws, g, **kw))
             tag = f"{r}x{w}s{s}o{bo}"
             cases += [(f"fwd {tag}", fwd, (x, ws)), (f"dx {tag}", dx, (x, ws, g))]
+            if s == args.stages[0] and bo == args.block_out[0]:  # XLA's GEMM, then the kernel
+                skw = dict(kw, split=True)
+                dxs = jax.jit(lambda x, ws, g, skw=skw: pr.radial_dx_kernel(x, ws, g, **skw))
+                cases.append((f"dx {tag}-split", dxs, (x, ws, g)))
         for name, fn, a in cases:
             try:
                 ms = timed(fn, a, args.repeats)
@@ -115,13 +121,14 @@ def main(argv=None) -> int:
             totals.setdefault((kind, tag), {})[preset] = ms
     full = {k: sum(v.values()) for k, v in totals.items() if len(v) == len(PRESETS)}
 
-    def parse(tag):  # "32x4s1o64" -> {"r": 32, "w": 4, "s": 1, "o": 64}
-        return dict(zip("rwso", map(int, re.split("[xso]", tag))))
+    def parse(tag):  # "32x4s1o64[-split]" -> {"r": 32, "w": 4, "s": 1, "o": 64, "split": 0|1}
+        base, _, split = tag.partition("-")
+        return dict(zip("rwso", map(int, re.split("[xso]", base)))) | {"split": int(bool(split))}
 
     pairs = [
         (full[("fwd", f)] + full[("dx", d)], f, d)
         for (kf, f), (kd, d) in itertools.product(full, full)
-        if kf == "fwd" and kd == "dx" and parse(f)["o"] == parse(d)["o"]
+        if kf == "fwd" and kd == "dx" and (parse(f)["o"] == parse(d)["o"] or parse(d)["split"])
     ]
     best, variant = {}, ""
     if pairs:
@@ -131,7 +138,7 @@ def main(argv=None) -> int:
         variant = (
             f"pallas:RADIAL_BLOCK_ROWS={f['r']},RADIAL_WARPS={f['w']},RADIAL_STAGES={f['s']},"
             f"RADIAL_DX_BLOCK_ROWS={d['r']},RADIAL_DX_WARPS={d['w']},RADIAL_DX_STAGES={d['s']},"
-            f"RADIAL_BLOCK_OUT={f['o']}"
+            f"RADIAL_BLOCK_OUT={f['o']},RADIAL_DX_SPLIT={d['split']}"
         )
     print("fastest:", best, variant)
     result = {**meta, "results": rows, "best": best, "variant": variant}

@@ -75,6 +75,10 @@ RADIAL_DX_STAGES = 1
 #: one ``[block, 64]`` pre-activation live at a time (ptxas, sm_90a, 64 rows x 4 warps: ...
 #: registers per thread instead of 255).
 RADIAL_DX_RECOMPUTE = 1
+#: 1: the derivative's largest product, the cotangent times the last weights transposed
+#: (``[rows, n_out] x [n_out, 64]``), is one XLA GEMM and the kernel takes its ``[rows, 64]``
+#: result through the hidden layers (the kernel then holds no output tile).
+RADIAL_DX_SPLIT = 0
 #: Use the kernels where :func:`usable` (0: XLA's GEMMs everywhere).
 RADIAL_FUSED = 1
 SETTINGS = (
@@ -86,6 +90,7 @@ SETTINGS = (
     "RADIAL_STAGES",
     "RADIAL_DX_STAGES",
     "RADIAL_DX_RECOMPUTE",
+    "RADIAL_DX_SPLIT",
     "RADIAL_FUSED",
 )
 _MIN_K = 16  # Triton's smallest tile dimension: the input is padded to it
@@ -181,7 +186,9 @@ def _fwd_kernel(x_ref, *refs, n_rows, sizes, block, bo, act, acc, precision):  #
     lax.fori_loop(0, n_out // bo, tile, 0)
 
 
-def _dx_kernel(x_ref, g_ref, *refs, n_rows, sizes, block, bo, act, acc, precision, recompute):  # fmt: skip
+def _dx_kernel(
+    x_ref, g_ref, *refs, n_rows, sizes, block, bo, act, acc, precision, recompute, split
+):  # fmt: skip
     n = len(sizes) - 1
     w_refs, wt_refs, dx_ref = refs[:n], refs[n : 2 * n], refs[2 * n]  # W_i, W_i^T (row-major)
     rows = pl.program_id(0) * block + jnp.arange(block)
@@ -194,8 +201,10 @@ def _dx_kernel(x_ref, g_ref, *refs, n_rows, sizes, block, bo, act, acc, precisio
         wt = _load_weight(wt_refs[-1], bo, k, n_out, k, row0=j * bo)  # [bo, k] of W_last^T
         return d + jnp.dot(g, wt, preferred_element_type=acc, precision=precision)
 
-    # the cotangent's product first, the activations after: fewer arrays live at once
-    d = lax.fori_loop(0, n_out // bo, tile, jnp.zeros((block, k), acc))
+    if split:  # g is already d loss / d h_last [rows, k] (XLA's GEMM g W_last^T)
+        d = g_ref[src[:, None] * k + jnp.arange(k)[None, :]]
+    else:  # the cotangent's product first, the activations after: fewer arrays live at once
+        d = lax.fori_loop(0, n_out // bo, tile, jnp.zeros((block, k), acc))
     x = _load_input(x_ref, src, sizes[0], act)
     if not recompute:
         pre, _ = _hidden(x, w_refs, sizes, act, acc, precision)
@@ -240,18 +249,26 @@ def radial_kernel(
     return out.reshape(n, sizes[-1])
 
 
-@functools.partial(jax.jit, static_argnames=("act", "block", "warps", "bo", "stages", "recompute"))
+@functools.partial(
+    jax.jit, static_argnames=("act", "block", "warps", "bo", "stages", "recompute", "split")
+)
 def radial_dx_kernel(
-    x, ws, g, *, act, block: int, warps: int, bo: int, stages: int = 1, recompute: bool = True
-) -> jax.Array:
+    x, ws, g, *, act, block: int, warps: int, bo: int, stages: int = 1, recompute: bool = True,
+    split: bool = False,
+) -> jax.Array:  # fmt: skip
     """The input derivative: ``g`` [rows, n_out] (any float dtype) -> ``dx`` [rows, n_in] in
-    ``act``, the transpose of the MLP's Jacobian at ``x`` applied to ``g``."""
+    ``act``, the transpose of the MLP's Jacobian at ``x`` applied to ``g``. With ``split``, the
+    product ``g W_last^T`` [rows, k] is one XLA GEMM (FP32 sums, the result in ``act``) and the
+    kernel takes it from there."""
     act = jnp.dtype(act)
     sizes, acc = _kernel_kwargs(ws, act)
+    if split:
+        w_last = ws[-1].astype(act)
+        g = jnp.matmul(g.astype(act), w_last.T, preferred_element_type=acc).astype(act)
     n = x.shape[0]
     kernel = functools.partial(
         _dx_kernel, n_rows=n, sizes=sizes, block=block, bo=bo, act=act, acc=acc,
-        precision=_precision(act), recompute=recompute,
+        precision=_precision(act), recompute=recompute, split=split,
     )  # fmt: skip
     dx = pl.pallas_call(
         kernel,
@@ -310,6 +327,7 @@ def _dx(x, ws, g, act):
     return radial_dx_kernel(
         x, ws, g, act=act, block=RADIAL_DX_BLOCK_ROWS, warps=RADIAL_DX_WARPS,
         bo=_bo(ws[-1].shape[1]), stages=RADIAL_DX_STAGES, recompute=bool(RADIAL_DX_RECOMPUTE),
+        split=bool(RADIAL_DX_SPLIT),
     )  # fmt: skip
 
 

@@ -74,6 +74,21 @@ def test_fp64_values_and_derivatives_to_second_order(x64, sizes, rows):
     assert "mpnn_radial_mlp_dx" in jaxpr and jaxpr.count("mpnn_radial_mlp") >= 2
 
 
+@pytest.mark.parametrize("setting", ["RADIAL_DX_SPLIT", "RADIAL_DX_RECOMPUTE"])
+def test_fp64_derivative_under_each_setting(x64, monkeypatch, setting):
+    """The input derivative's kernel with its largest product left to XLA (``RADIAL_DX_SPLIT``)
+    or with every activation held (``RADIAL_DX_RECOMPUTE = 0``) equals the JAX MLP's in FP64."""
+    monkeypatch.setattr(pr, setting, 1 - getattr(pr, setting))
+    policy = get_policy("fp64")
+    sizes, rows = (8, 16, 32, 64, 128), 45
+    ws = _weights(sizes, jnp.float64)
+    x = jax.random.normal(jax.random.PRNGKey(9), (rows, sizes[0]), jnp.float64)
+    g = jax.random.normal(jax.random.PRNGKey(8), (rows, sizes[-1]), jnp.float64)
+    dx = {f: jax.grad(lambda x, f=f: jnp.sum(_mlp(ws, x, policy, f) * g))(x) for f in (True, False)}
+    np.testing.assert_allclose(dx[True], dx[False], rtol=1e-11, atol=1e-11)
+    assert np.abs(np.asarray(dx[False])).max() > 1e-3
+
+
 @pytest.mark.parametrize(
     "preset,act,out",
     [("fp32", "f32", "f32"), ("bf16-mixed", "f32", "bf16"), ("bf16-seed", "bf16", "bf16")],
