@@ -46,8 +46,8 @@ case $call in
         mace-mp-s:water:10000:bf16-mixed:train:pallas ;;
   c)
     tests
-    timeout 230 python3 experiments/perf/radial_kernels.py --out "$out/radial_kernels.json" \
-        --best "$out/best.txt" > "$out/radial_kernels.txt" 2>&1
+    timeout 170 python3 experiments/perf/radial_kernels.py --out "$out/radial_kernels.json" \
+        --best "$out/best.txt" --block-out 128 > "$out/radial_kernels.txt" 2>&1
     stamp radial_kernels
     best=$(cat "$out/best.txt" 2>/dev/null); best=${best:-pallas}
     case $best in  # the other derivative form, at the same settings
