@@ -36,6 +36,7 @@ tests() {
 case $call in
   a)
     tests
+    # (call a ran with the kernels on by default and 16-row derivative blocks: "pallas" below)
     whole whole_10k 260 "$off pallas pallas:RADIAL_BLOCK_ROWS=32,RADIAL_DX_BLOCK_ROWS=32" $ef $train
     profile profile_10k mace-mp-s:water:10000:fp32:ef:pallas mace-mp-s:water:10000:bf16-mixed:ef:pallas ;;
   b)
@@ -49,7 +50,7 @@ case $call in
     timeout 170 python3 experiments/perf/radial_kernels.py --out "$out/radial_kernels.json" \
         --best "$out/best.txt" --block-out 128 > "$out/radial_kernels.txt" 2>&1
     stamp radial_kernels
-    best=$(cat "$out/best.txt" 2>/dev/null); best=${best:-pallas}
+    best=$(cat "$out/best.txt" 2>/dev/null); best=${best:-pallas:RADIAL_FUSED=1}
     case $best in  # the other derivative form, at the same settings
       *RADIAL_DX_SPLIT=1*) alt=${best/RADIAL_DX_SPLIT=1/RADIAL_DX_SPLIT=0} ;;
       *) alt=$best,RADIAL_DX_SPLIT=1 ;;

@@ -136,7 +136,7 @@ def main(argv=None) -> int:
         best = {"fwd": ft, "dx": dt}
         f, d = parse(ft), parse(dt)
         variant = (
-            f"pallas:RADIAL_BLOCK_ROWS={f['r']},RADIAL_WARPS={f['w']},RADIAL_STAGES={f['s']},"
+            f"pallas:RADIAL_FUSED=1,RADIAL_BLOCK_ROWS={f['r']},RADIAL_WARPS={f['w']},RADIAL_STAGES={f['s']},"
             f"RADIAL_DX_BLOCK_ROWS={d['r']},RADIAL_DX_WARPS={d['w']},RADIAL_DX_STAGES={d['s']},"
             f"RADIAL_BLOCK_OUT={f['o']},RADIAL_DX_SPLIT={d['split']}"
         )

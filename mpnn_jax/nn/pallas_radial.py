@@ -79,8 +79,11 @@ RADIAL_DX_RECOMPUTE = 1
 #: (``[rows, n_out] x [n_out, 64]``), is one XLA GEMM and the kernel takes its ``[rows, 64]``
 #: result through the hidden layers (the kernel then holds no output tile).
 RADIAL_DX_SPLIT = 0
-#: Use the kernels where :func:`usable` (0: XLA's GEMMs everywhere).
-RADIAL_FUSED = 1
+#: Use the kernels where :func:`usable` (0: XLA's GEMMs everywhere). Off: the first version
+#: (64-row forward, 16-row derivative, 4 warps) made MACE MP-S slower on an H100 (10,125 atoms,
+#: E+F 11.21 -> 12.60 ms fp32, 8.18 -> 9.59 bf16-mixed; its derivative kernel 1.26-1.31 ms per
+#: layer against XLA's 0.49-0.56; PERFORMANCE_LOG entry 26).
+RADIAL_FUSED = 0
 SETTINGS = (
     "RADIAL_BLOCK_ROWS",
     "RADIAL_DX_BLOCK_ROWS",

@@ -19,6 +19,12 @@ from mpnn_jax.precision import audit, get_policy
 from .backend_checks import check_model_matches_reference, model_case
 
 PALLAS = backends.PallasBackend.radial_mlp
+
+
+@pytest.fixture(autouse=True)
+def kernels_on(monkeypatch):
+    """The kernels switched on (``RADIAL_FUSED`` is off by default until they pay)."""
+    monkeypatch.setattr(pr, "RADIAL_FUSED", 1)
 AUDIT = importlib.import_module(
     "mpnn_jax.precision.audit"
 )  # the module (``audit`` is its function)
