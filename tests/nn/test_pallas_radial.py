@@ -25,6 +25,8 @@ PALLAS = backends.PallasBackend.radial_mlp
 def kernels_on(monkeypatch):
     """The kernels switched on (``RADIAL_FUSED`` is off by default until they pay)."""
     monkeypatch.setattr(pr, "RADIAL_FUSED", 1)
+
+
 AUDIT = importlib.import_module(
     "mpnn_jax.precision.audit"
 )  # the module (``audit`` is its function)
