@@ -9,7 +9,7 @@
 #      E+F profile at 10k with the kernels
 #   b  10k with the variants and cases reversed; 53k E+F: XLA / kernels; training profile
 #   c  tests; the kernels alone, a sweep of tile settings (radial_kernels.py); 10k: XLA / the
-#      sweep's fastest settings / the same with the other derivative form (RADIAL_DX_SPLIT)
+#      sweep's fastest settings
 set -u
 dest=$1 call=$2; out=$1/work; mkdir -p "$out"
 t0=$(date +%s)
@@ -51,11 +51,7 @@ case $call in
         --best "$out/best.txt" --block-out 128 > "$out/radial_kernels.txt" 2>&1
     stamp radial_kernels
     best=$(cat "$out/best.txt" 2>/dev/null); best=${best:-pallas:RADIAL_FUSED=1}
-    case $best in  # the other derivative form, at the same settings
-      *RADIAL_DX_SPLIT=1*) alt=${best/RADIAL_DX_SPLIT=1/RADIAL_DX_SPLIT=0} ;;
-      *) alt=$best,RADIAL_DX_SPLIT=1 ;;
-    esac
-    whole whole_10k 220 "$off $best $alt" $ef $train ;;
+    whole whole_10k 170 "$off $best" $ef $train ;;
   *) echo "CALL must be a, b or c" >&2; exit 2 ;;
 esac
 tar czf "$dest/$call.tgz" -C "$out" . && cp "$out/times.txt" "$dest/"
