@@ -57,32 +57,39 @@ from jax.experimental import pallas as pl
 from mpnn_jax.nn.pallas_conv import accumulator_of, compiler_kwargs
 from mpnn_jax.nn.pallas_linear import _precision
 
-# Module settings, read when a function is traced.
+# Module settings, read when a function is traced. The defaults are the fastest of a sweep of
+# each kernel alone on an H100 (MACE MP-S's sizes, 273,582 rows, fp32 and bf16-mixed summed;
+# `experiments/perf/radial_kernels.py`, PERFORMANCE_LOG entry 26): forward 0.63 / 0.44 ms
+# (fp32 / bf16-mixed) against XLA's 0.72 / 0.69 for the same function alone; derivative (XLA's
+# GEMM, then the kernel) 0.67 / 0.64 ms.
 #: Rows (edges or pairs of edges) per program of the forward kernel and of its derivative (powers
 #: of two from 16: the tile's M).
-RADIAL_BLOCK_ROWS = 64
-RADIAL_DX_BLOCK_ROWS = 16
-#: Output columns per tile product and store (a power of two from 16).
-RADIAL_BLOCK_OUT = 64
+RADIAL_BLOCK_ROWS = 32
+RADIAL_DX_BLOCK_ROWS = 128
+#: Output columns per tile product and store (a power of two from 16; smaller where ``n_out``
+#: needs it).
+RADIAL_BLOCK_OUT = 128
 #: Triton warps per program.
 RADIAL_WARPS = 4
-RADIAL_DX_WARPS = 4
+RADIAL_DX_WARPS = 8
 #: Triton's software-pipelining stages of the loop over output tiles.
-RADIAL_STAGES = 1
+RADIAL_STAGES = 3
 RADIAL_DX_STAGES = 1
 #: 1: the derivative's kernel recomputes the activations from the input before each layer's
-#: step back (6 products instead of 3 for three hidden layers) rather than holding all of them:
-#: one ``[block, 64]`` pre-activation live at a time (ptxas, sm_90a, 64 rows x 4 warps: ...
-#: registers per thread instead of 255).
+#: step back (6 products instead of 3 for three hidden layers) rather than holding all of them.
+#: ptxas gives the kernel 242-255 registers per thread either way (sm_90a), so this is not what
+#: holds it back; both forms are tested in FP64.
 RADIAL_DX_RECOMPUTE = 1
 #: 1: the derivative's largest product, the cotangent times the last weights transposed
 #: (``[rows, n_out] x [n_out, 64]``), is one XLA GEMM and the kernel takes its ``[rows, 64]``
-#: result through the hidden layers (the kernel then holds no output tile).
-RADIAL_DX_SPLIT = 0
-#: Use the kernels where :func:`usable` (0: XLA's GEMMs everywhere). Off: the first version
-#: (64-row forward, 16-row derivative, 4 warps) made MACE MP-S slower on an H100 (10,125 atoms,
-#: E+F 11.21 -> 12.60 ms fp32, 8.18 -> 9.59 bf16-mixed; its derivative kernel 1.26-1.31 ms per
-#: layer against XLA's 0.49-0.56; PERFORMANCE_LOG entry 26).
+#: result through the hidden layers (faster alone on the H100 at 128 rows x 8 warps: 0.67 / 0.64
+#: ms against 0.87 / 0.73 with the product in the kernel).
+RADIAL_DX_SPLIT = 1
+#: Use the kernels where :func:`usable` (0: XLA's GEMMs everywhere). Off: with the settings above
+#: MACE MP-S's E+F is faster on an H100 (10,125 atoms, fp32 12.46 -> 12.22 ms, bf16-mixed 9.10 ->
+#: 8.57, 1.37x -> 1.43x), but its training step is slower (fp32 38.57 -> 40.70 ms): the
+#: second derivatives, from the JAX expression, recompute what XLA's program shares
+#: (PERFORMANCE_LOG entry 26). Set it to 1 for energy-and-force programs (MD, inference).
 RADIAL_FUSED = 0
 SETTINGS = (
     "RADIAL_BLOCK_ROWS",

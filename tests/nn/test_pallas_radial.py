@@ -84,8 +84,9 @@ def test_fp64_values_and_derivatives_to_second_order(x64, sizes, rows):
 
 @pytest.mark.parametrize("setting", ["RADIAL_DX_SPLIT", "RADIAL_DX_RECOMPUTE"])
 def test_fp64_derivative_under_each_setting(x64, monkeypatch, setting):
-    """The input derivative's kernel with its largest product left to XLA (``RADIAL_DX_SPLIT``)
-    or with every activation held (``RADIAL_DX_RECOMPUTE = 0``) equals the JAX MLP's in FP64."""
+    """The input derivative under the other value of each setting (its largest product in the
+    kernel or in XLA: ``RADIAL_DX_SPLIT``; every activation held or recomputed:
+    ``RADIAL_DX_RECOMPUTE``) equals the JAX MLP's in FP64 (the defaults: the other tests)."""
     monkeypatch.setattr(pr, setting, 1 - getattr(pr, setting))
     policy = get_policy("fp64")
     sizes, rows = (8, 16, 32, 64, 128), 45
