@@ -6,51 +6,29 @@
 #   source experiments/gpu_env.sh && bash experiments/perf/plan_s23.sh "$OUT" CALL
 # CALL (each ran on the commit the log names):
 #   b  tests; 10k: dense (INDEXED_LINEAR=0) / kernel (32 rows x 4 warps) / 64 x 8; 53k: dense /
-#      kernel; E+F profile at 10k (the first kernel: rows in node order, every set per block)
+#      kernel; E+F profile at 90 10k (the first kernel: rows in node order, every set per block)
 #   c  the same with 16 x 4 added (the kernel with rows in species order)
 #   d  tests; 10k: dense / two maps (COMPOSE_INDEXED=0) / composed; 53k: dense / composed
 #   e  10k with the cases and variants reversed (default / dense), then a training profile
-set -u
-dest=$1 call=$2; out=$1/work; mkdir -p "$out"
-t0=$(date +%s)
-stamp() { echo "$1 $(( $(date +%s) - t0 )) s" >> "$out/times.txt"; }
+dest=$1 call=$2
+source "$(dirname "$0")/plan_lib.sh"
 off=pallas:INDEXED_LINEAR=0
-ef="mace-mp-s:water:10000:fp32:ef mace-mp-s:water:10000:bf16-mixed:ef"
-train="mace-mp-s:water:10000:fp32:train mace-mp-s:water:10000:bf16-mixed:train"
-whole() {  # OUT-NAME LIMIT-S "VARIANTS" CASES...
-  local name=$1 limit=$2 variants=$3; shift 3
-  timeout "$limit" python3 experiments/perf/pallas_conv.py --out "$out/$name.json" --kernels \
-      --no-ceilings --repeats 20 --variants $variants --cases "$@" > "$out/$name.txt" 2>&1
-  stamp "$name"
-}
-profile() {  # OUT-NAME CASES...
-  local name=$1; shift
-  XLA_FLAGS=--xla_gpu_enable_command_buffer= timeout 90 python3 experiments/perf/profile.py \
-      --out "$out/$name" --cases "$@" > "$out/$name.txt" 2>&1
-  stamp "$name"
-}
-tests() {
-  timeout 100 python3 -m pytest -q -m "" tests/nn/test_pallas_linear.py > "$out/tests_gpu.txt" 2>&1
-  stamp tests
-}
 case $call in
   b|c)
-    tests
+    tests 100 tests/nn/test_pallas_linear.py
     extra=""; [ "$call" = c ] && extra=pallas:INDEXED_BLOCK_ROWS=16
     whole whole_10k 330 "$off pallas pallas:INDEXED_BLOCK_ROWS=64,INDEXED_WARPS=8 $extra" $ef $train
     whole whole_53k 110 "$off pallas" mace-mp-s:water:50000:fp32:ef mace-mp-s:water:50000:bf16-mixed:ef
-    profile profile_10k mace-mp-s:water:10000:fp32:ef:pallas mace-mp-s:water:10000:bf16-mixed:ef:pallas ;;
+    profile profile_10k 90 mace-mp-s:water:10000:fp32:ef:pallas mace-mp-s:water:10000:bf16-mixed:ef:pallas ;;
   d)
-    tests
+    tests 100 tests/nn/test_pallas_linear.py
     whole whole_10k 300 "$off pallas:COMPOSE_INDEXED=0 pallas" $ef $train
     whole whole_53k 100 "$off pallas" mace-mp-s:water:50000:fp32:ef mace-mp-s:water:50000:bf16-mixed:ef ;;
   e)
     whole whole_10k_rev 150 "pallas $off" mace-mp-s:water:10000:bf16-mixed:train \
         mace-mp-s:water:10000:fp32:train mace-mp-s:water:10000:bf16-mixed:ef mace-mp-s:water:10000:fp32:ef
-    profile profile_train mace-mp-s:water:10000:fp32:train:pallas \
+    profile profile_train 90 mace-mp-s:water:10000:fp32:train:pallas \
         mace-mp-s:water:10000:bf16-mixed:train:pallas ;;
   *) echo "CALL must be b, c, d or e" >&2; exit 2 ;;
 esac
-tar czf "$dest/$call.tgz" -C "$out" . && cp "$out/times.txt" "$dest/"
-grep -h -A20 "^model " "$out"/whole*.txt; tail -n 3 "$out/tests_gpu.txt" 2>/dev/null
-rm -rf "$out"
+finish

@@ -89,6 +89,19 @@ def loss_and_grad(model, *, second_order: bool):
     return jax.jit(jax.value_and_grad(loss, has_aux=True))
 
 
+def register_reference_plus(name: str, **methods) -> str:
+    """Registers the reference backend plus ``methods`` (e.g. one kernel of ``"pallas"``) as
+    ``name``: a model whose only Pallas code is that kernel. Returns ``name``."""
+    from mpnn_jax.nn import backends
+
+    cls = type(
+        "ReferencePlus", (backends.E3nnBackend,),
+        {"name": name, **{k: staticmethod(v) for k, v in methods.items()}},
+    )  # fmt: skip
+    backends.register_backend(name, cls())
+    return name
+
+
 def model_case(name: str, backend: str, *, second_order: bool, **overrides):
     """``(params, graph, {backend: model}, {backend: jitted loss-and-grad})`` of a tiny model of
     ``name`` (:data:`MODELS`, with ``overrides``) with the reference ``"e3nn"`` and ``backend``,

@@ -25,7 +25,7 @@ from mpnn_jax.nn.linear import Linear
 from mpnn_jax.precision import get_policy
 from mpnn_jax.precision.audit import audit
 
-from .backend_checks import check_model_matches_reference, model_case, rel
+from .backend_checks import check_model_matches_reference, model_case, register_reference_plus, rel
 
 
 def _operands(n, u, v, d, n_sets, dtype, seed=0):
@@ -189,16 +189,9 @@ def test_sixteen_bit_accumulation_keeps_the_dense_path():
     assert "mpnn_indexed_linear" not in str(jax.make_jaxpr(lin.apply)(params, x, idx))
 
 
-class _IndexedOnly(backends.E3nnBackend):
-    """The reference backend plus the kernel: a model whose only Pallas code is this kernel."""
-
-    name = "e3nn+indexed"
-    indexed_matmul = staticmethod(backends.PallasBackend.indexed_matmul)
-
-
 @pytest.fixture(scope="module")
 def mace16():
-    backends.register_backend("e3nn+indexed", _IndexedOnly())
+    register_reference_plus("e3nn+indexed", indexed_matmul=backends.PallasBackend.indexed_matmul)
     # 16 channels: the kernel's smallest tile; l <= 1 keeps the interpreted program small
     return model_case("mace", "e3nn+indexed", second_order=True, num_channels=16)
 

@@ -16,7 +16,7 @@ from mpnn_jax.nn import backends, radial
 from mpnn_jax.nn import pallas_radial as pr
 from mpnn_jax.precision import audit, get_policy
 
-from .backend_checks import check_model_matches_reference, model_case
+from .backend_checks import check_model_matches_reference, model_case, register_reference_plus
 
 PALLAS = backends.PallasBackend.radial_mlp
 
@@ -177,16 +177,9 @@ def test_audit_reads_each_kernel_as_one_fp32_contraction(monkeypatch):
     assert any("radial_dx_kernel" in m for m in report.check(policy))
 
 
-class _RadialOnly(backends.E3nnBackend):
-    """The reference backend plus the fused radial MLP: a model whose only Pallas code is it."""
-
-    name = "e3nn+radial"
-    radial_mlp = staticmethod(backends.PallasBackend.radial_mlp)
-
-
 @pytest.fixture(scope="module")
 def mace_radial():
-    backends.register_backend("e3nn+radial", _RadialOnly())
+    register_reference_plus("e3nn+radial", radial_mlp=PALLAS)
     # 16 channels x 2 paths = 32 path weights; hidden width 16: the kernels' smallest tiles
     return model_case(
         "mace", "e3nn+radial", second_order=True, num_channels=16, radial_features=(16, 16)
