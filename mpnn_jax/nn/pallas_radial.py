@@ -1,4 +1,4 @@
-"""The radial MLP as one Pallas kernel per direction (``"pallas"`` backend): no ``[rows, 64]``
+"""The radial MLP as fused Pallas kernels (``"pallas"`` backend, off by default): no ``[rows, 64]``
 activation in memory, and the ``[rows, n_weights]`` output written once, in its consumer's dtype.
 
 MACE MP-S's radial MLP maps 8 Bessel functions of each pair of edges to 512 path weights through
@@ -14,14 +14,16 @@ registers (one tensor-core product per layer, FP32 accumulators, the stage dtype
 and writes the output ``RADIAL_BLOCK_OUT`` columns at a time, cast to ``out_dtype`` (the messages
 stage's dtype: BF16 in ``bf16-mixed``, so the FP32 output never exists in memory).
 
-Derivative with respect to the input (the forces): a second kernel recomputes the activations of
-its rows, multiplies the cotangent (read in ``out_dtype`` and converted up exactly) by the last
-weights transposed, and walks back through the SiLUs' derivatives and the hidden layers:
-``[rows, n_in]`` out, nothing edge-sized but the cotangent read. With respect to the weights
-(training only; dead code, removed by XLA, in energy+forces) and all second derivatives: the
-reference's JAX expressions (:func:`reference`). So the function is differentiable to any order:
-:func:`radial_mlp` is a :func:`jax.custom_vjp` whose input derivative is itself a
-:func:`jax.custom_vjp` (kernel forward, reference derivative).
+Derivative with respect to the input (the forces): the cotangent (in ``out_dtype``, converted up
+exactly) times the last weights transposed, then a second kernel that recomputes the activations
+of its rows and walks back through the SiLUs' derivatives and the hidden layers: ``[rows, n_in]``
+out. The first product is one XLA GEMM by default (``RADIAL_DX_SPLIT``; in the kernel it was
+slower on an H100 at every tile setting tried). SiLU and its derivative are evaluated in FP32
+inside the kernels (Triton has no 16-bit division) and rounded to the stage dtype. With respect
+to the weights (training only; dead code, removed by XLA, in energy+forces) and all second
+derivatives: the reference's JAX expressions (:func:`reference`). So the function is
+differentiable to any order: :func:`radial_mlp` is a :func:`jax.custom_vjp` whose input
+derivative is itself a :func:`jax.custom_vjp` (kernel forward, reference derivative).
 
 The function is :func:`mpnn_jax.nn.radial.radial_mlp` with ``FOLD_SCALES`` (the constant factors in
 the weights, which the caller folds before this module sees them), to rounding: the same products
@@ -33,6 +35,12 @@ XLA's GEMMs on NVIDIA GPUs) and IEEE FP32 under ``highest`` (:func:`pallas_linea
 The audit reads each kernel as one contraction (``radial_kernel``, ``radial_dx_kernel``); the
 second reads the cotangent in the narrower dtype it wrote and converts it up in the kernel
 (``audit.UPCASTING_CALLS``).
+
+Measured (H100, MACE MP-S at 10,125 atoms, PERFORMANCE_LOG entry 26): E+F 12.46 -> 12.22 ms in
+fp32 and 9.10 -> 8.57 in bf16-mixed (1.37x -> 1.43x), but the training step 38.57 -> 40.70 ms in
+fp32 (its second derivatives, from the JAX expression, recompute what XLA's program shares). So
+the kernels are off by default (``RADIAL_FUSED = 0``); set it to 1 for energy-and-force programs
+(MD, inference) before they are traced.
 
 Shapes (:func:`usable`): up to 16 inputs, hidden widths powers of two from 16 up, and an output
 width that is a multiple of 16 (tiles of up to ``RADIAL_BLOCK_OUT`` columns). Others keep the
@@ -59,9 +67,9 @@ from mpnn_jax.nn.pallas_linear import _precision
 
 # Module settings, read when a function is traced. The defaults are the fastest of a sweep of
 # each kernel alone on an H100 (MACE MP-S's sizes, 273,582 rows, fp32 and bf16-mixed summed;
-# `experiments/perf/radial_kernels.py`, PERFORMANCE_LOG entry 26): forward 0.63 / 0.44 ms
+# `experiments/perf/radial_kernels.py`, PERFORMANCE_LOG entry 26): forward 0.78 / 0.44 ms
 # (fp32 / bf16-mixed) against XLA's 0.72 / 0.69 for the same function alone; derivative (XLA's
-# GEMM, then the kernel) 0.67 / 0.64 ms.
+# GEMM, then the kernel) 0.67 / 0.64 ms against XLA's forward and derivative 1.44 / 1.44.
 #: Rows (edges or pairs of edges) per program of the forward kernel and of its derivative (powers
 #: of two from 16: the tile's M).
 RADIAL_BLOCK_ROWS = 32
