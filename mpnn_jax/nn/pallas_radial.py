@@ -239,9 +239,8 @@ def _dx_kernel(
 
 
 def _kernel_kwargs(ws, act):
-    sizes = (ws[0].shape[0], *(w.shape[1] for w in ws))
-    acc = accumulator_of(*(jnp.zeros((), act),))
-    return sizes, acc
+    """The layer widths ``(n_in, *hidden, n_out)`` and the accumulator dtype."""
+    return (ws[0].shape[0], *(w.shape[1] for w in ws)), accumulator_of(jnp.zeros((), act))
 
 
 @functools.partial(jax.jit, static_argnames=("act", "out_dtype", "block", "warps", "bo", "stages"))

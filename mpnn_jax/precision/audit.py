@@ -236,14 +236,6 @@ def _walk(jaxpr: jex.Jaxpr, prefix: str, out: list[OpRecord], platform: str) -> 
         out.append(OpRecord(stage_of(ns), name, kind, ins, outs, accum, "transpose(" in ns, ns))
 
 
-_SHORT_BITS = {"f16": 16, "bf16": 16, "f32": 32, "f64": 64}
-
-
-def _narrower(short: str, than: str) -> bool:
-    """Whether the float dtype named ``short`` (``"bf16"``...) has fewer bits than ``than``."""
-    return _SHORT_BITS.get(short, 99) < _SHORT_BITS.get(than, 0)
-
-
 def _at_least(dtype: Any) -> set[str]:
     bits = jnp.finfo(dtype).bits
     wide = (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64)
@@ -346,7 +338,7 @@ class AuditReport:
             elif r.kind == "matmul":
                 ok_in = any_ok if r.backward else fwd_ok
                 if r.primitive in UPCASTING_CALLS:  # narrower operands converted up in the call
-                    ok_in = ok_in | {t for t in r.in_dtypes if _narrower(t, d)}
+                    ok_in = ok_in | (set(r.in_dtypes) - _at_least(policy.dtype(r.stage)))
                 if any(t not in ok_in for t in r.in_dtypes):
                     msgs.append(f"{loc} has operands {r.in_dtypes}, policy says {d}")
                 if r.accum not in any_ok:
