@@ -212,16 +212,16 @@ def _dx_kernel(
     rows = pl.program_id(0) * block + jnp.arange(block)
     src = jnp.minimum(rows, n_rows - 1)
     k, n_out = sizes[-2], sizes[-1]
-    c = jnp.arange(bo)[None, :]
-
-    def tile(j, d):  # d loss / d h_last [block, k] from output columns [j * bo, (j + 1) * bo)
-        g = g_ref[src[:, None] * n_out + j * bo + c].astype(act)  # [block, bo]
-        wt = _load_weight(wt_refs[-1], bo, k, n_out, k, row0=j * bo)  # [bo, k] of W_last^T
-        return d + jnp.dot(g, wt, preferred_element_type=acc, precision=precision)
-
     if split:  # g is already d loss / d h_last [rows, k] (XLA's GEMM g W_last^T)
         d = g_ref[src[:, None] * k + jnp.arange(k)[None, :]]
     else:  # the cotangent's product first, the activations after: fewer arrays live at once
+        c = jnp.arange(bo)[None, :]
+
+        def tile(j, d):  # d loss / d h_last [block, k] from output columns [j*bo, (j+1)*bo)
+            g = g_ref[src[:, None] * n_out + j * bo + c].astype(act)  # [block, bo]
+            wt = _load_weight(wt_refs[-1], bo, k, n_out, k, row0=j * bo)  # [bo, k] of W^T
+            return d + jnp.dot(g, wt, preferred_element_type=acc, precision=precision)
+
         d = lax.fori_loop(0, n_out // bo, tile, jnp.zeros((block, k), acc))
     x = _load_input(x_ref, src, sizes[0], act)
     if not recompute:
