@@ -1,5 +1,5 @@
-"""The radial MLP as fused Pallas kernels (``"pallas"`` backend, off by default): no ``[rows, 64]``
-activation in memory, and the ``[rows, n_weights]`` output written once, in its consumer's dtype.
+"""The radial MLP as fused Pallas kernels (``"pallas"`` backend, programs of energies and forces):
+no ``[rows, 64]`` activation in memory, and the ``[rows, n_weights]`` output written once, in its consumer's dtype.
 
 MACE MP-S's radial MLP maps 8 Bessel functions of each pair of edges to 512 path weights through
 three hidden layers of 64 (:func:`mpnn_jax.nn.radial.radial_mlp`). XLA runs it as one GEMM per
@@ -36,11 +36,13 @@ The audit reads each kernel as one contraction (``radial_kernel``, ``radial_dx_k
 second reads the cotangent in the narrower dtype it wrote and converts it up in the kernel
 (``audit.UPCASTING_CALLS``).
 
-Measured (H100, MACE MP-S at 10,125 atoms, PERFORMANCE_LOG entry 26): E+F 12.46 -> 12.22 ms in
-fp32 and 9.10 -> 8.57 in bf16-mixed (1.37x -> 1.43x), but the training step 38.57 -> 40.70 ms in
-fp32 (its second derivatives, from the JAX expression, recompute what XLA's program shares). So
-the kernels are off by default (``RADIAL_FUSED = 0``); set it to 1 for energy-and-force programs
-(MD, inference) before they are traced.
+Which programs use the kernels (``RADIAL_FUSED``): by default those that do not differentiate the
+weights (energies, forces, stress: MD and inference). Measured (H100, MACE MP-S at 10,125 atoms,
+PERFORMANCE_LOG entry 26): E+F 12.46 -> 12.22 ms in fp32 and 9.10 -> 8.57 in bf16-mixed (1.37x ->
+1.43x), but the training step 38.57 -> 40.70 ms in fp32 with the kernels in it (its second
+derivatives, from the JAX expression, recompute what XLA's program shares). So when a derivative
+perturbs the weights (``custom_vjp`` with ``symbolic_zeros`` tells the rules), the rules compute
+the value and every derivative with the JAX expression: a training step is XLA's program.
 
 Shapes (:func:`usable`): up to 16 inputs, hidden widths powers of two from 16 up, and an output
 width that is a multiple of 16 (tiles of up to ``RADIAL_BLOCK_OUT`` columns). Others keep the
@@ -60,6 +62,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.custom_derivatives import CustomVJPPrimal, SymbolicZero
 from jax.experimental import pallas as pl
 
 from mpnn_jax.nn.pallas_conv import accumulator_of, compiler_kwargs
@@ -93,12 +96,16 @@ RADIAL_DX_RECOMPUTE = 1
 #: result through the hidden layers (faster alone on the H100 at 128 rows x 8 warps: 0.67 / 0.64
 #: ms against 0.87 / 0.73 with the product in the kernel).
 RADIAL_DX_SPLIT = 1
-#: Use the kernels where :func:`usable` (0: XLA's GEMMs everywhere). Off: with the settings above
-#: MACE MP-S's E+F is faster on an H100 (10,125 atoms, fp32 12.46 -> 12.22 ms, bf16-mixed 9.10 ->
-#: 8.57, 1.37x -> 1.43x), but its training step is slower (fp32 38.57 -> 40.70 ms): the
-#: second derivatives, from the JAX expression, recompute what XLA's program shares
-#: (PERFORMANCE_LOG entry 26). Set it to 1 for energy-and-force programs (MD, inference).
-RADIAL_FUSED = 0
+#: Where the kernels run (only where :func:`usable`). 0: nowhere (XLA's GEMMs). 1 (default): in
+#: programs that do not differentiate the weights (energies, forces, stress: MD, inference);
+#: where the weights are differentiated (a training step), the rules run the JAX expression
+#: instead, so the program is XLA's own. The rules see which inputs a derivative perturbs
+#: (``symbolic_zeros``). 2: in every program, the training step's second derivatives then from
+#: the JAX expression. With the settings above, on an H100 (MACE MP-S, 10,125 atoms), E+F
+#: gains (fp32 12.46 -> 12.22 ms, bf16-mixed 9.10 -> 8.57, 1.37x -> 1.43x) but the training
+#: step loses under 2 (fp32 38.57 -> 40.70 ms): those second derivatives recompute what XLA's
+#: program shares (PERFORMANCE_LOG entry 26).
+RADIAL_FUSED = 1
 SETTINGS = (
     "RADIAL_BLOCK_ROWS",
     "RADIAL_DX_BLOCK_ROWS",
@@ -313,6 +320,19 @@ def reference(ws, x, act, out_dtype) -> jax.Array:
     return h.astype(out_dtype)
 
 
+def _values(args):
+    """The values of ``fwd``'s :class:`jax.custom_derivatives.CustomVJPPrimal` leaves, and
+    whether the kernels serve this derivative (``RADIAL_FUSED = 2``, or no weight perturbed)."""
+    leaves, tree = jax.tree.flatten(args, is_leaf=lambda a: isinstance(a, CustomVJPPrimal))
+    values = jax.tree.unflatten(tree, [a.value for a in leaves])
+    weights_perturbed = any(w.perturbed for w in args[1])  # args = (x, ws, ...)
+    return values, RADIAL_FUSED == 2 or not weights_perturbed
+
+
+def _dense_cotangent(g):
+    return jnp.zeros(g.shape, g.dtype) if isinstance(g, SymbolicZero) else g
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _mlp(x, ws, act, out_dtype):
     return radial_kernel(
@@ -322,12 +342,20 @@ def _mlp(x, ws, act, out_dtype):
 
 
 def _mlp_fwd(x, ws, act, out_dtype):
+    (x, ws), kernels = _values((x, ws))
+    if not kernels:  # the weights differentiated (training): XLA's program, shared by its rules
+        y, vjp = jax.vjp(lambda x, ws: reference(ws, x, act, out_dtype), x, ws)
+        return y, (vjp, None)
     # the value through the custom_vjp function itself, so that an outer derivative meets this
     # rule again rather than the kernel
-    return _mlp(x, ws, act, out_dtype), (x, ws)
+    return _mlp(x, ws, act, out_dtype), (None, (x, ws))
 
 
 def _mlp_bwd(act, out_dtype, res, g):
+    vjp, res = res
+    g = _dense_cotangent(g)
+    if vjp is not None:
+        return vjp(g)
     x, ws = res
     dx = _dx(x, ws, g, act)
     # the weights' cotangent from the reference (unused in energy+forces: XLA removes it)
@@ -336,7 +364,7 @@ def _mlp_bwd(act, out_dtype, res, g):
     return dx.astype(x.dtype), dws
 
 
-_mlp.defvjp(_mlp_fwd, _mlp_bwd)
+_mlp.defvjp(_mlp_fwd, _mlp_bwd, symbolic_zeros=True)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -354,16 +382,21 @@ def _reference_dx(x, ws, g, act):
 
 
 def _dx_fwd(x, ws, g, act):
-    return _dx(x, ws, g, act), (x, ws, g)
+    (x, ws, g), kernels = _values((x, ws, g))
+    if not kernels:
+        dx, vjp = jax.vjp(functools.partial(_reference_dx, act=act), x, ws, g)
+        return dx, (vjp, None)
+    return _dx(x, ws, g, act), (None, (x, ws, g))
 
 
 def _dx_bwd(act, res, u):
-    x, ws, g = res
-    _, vjp = jax.vjp(functools.partial(_reference_dx, act=act), x, ws, g)
-    return vjp(u)
+    vjp, res = res
+    if vjp is None:
+        _, vjp = jax.vjp(functools.partial(_reference_dx, act=act), *res)
+    return vjp(_dense_cotangent(u))
 
 
-_dx.defvjp(_dx_fwd, _dx_bwd)
+_dx.defvjp(_dx_fwd, _dx_bwd, symbolic_zeros=True)
 
 
 def radial_mlp(ws: Sequence[jax.Array], x: jax.Array, *, act_dtype, out_dtype) -> jax.Array:

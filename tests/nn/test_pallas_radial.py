@@ -5,6 +5,7 @@ these kernels. On CPU the kernels run in Pallas's interpreter."""
 
 from __future__ import annotations
 
+import functools
 import importlib
 
 import jax
@@ -23,8 +24,9 @@ PALLAS = backends.PallasBackend.radial_mlp
 
 @pytest.fixture(autouse=True)
 def kernels_on(monkeypatch):
-    """The kernels switched on (``RADIAL_FUSED`` is off by default until they pay)."""
-    monkeypatch.setattr(pr, "RADIAL_FUSED", 1)
+    """The kernels in every program, their own derivative rules included (``RADIAL_FUSED = 2``;
+    the default, 1, keeps them out of programs that differentiate the weights: tested below)."""
+    monkeypatch.setattr(pr, "RADIAL_FUSED", 2)
 
 
 AUDIT = importlib.import_module(
@@ -80,6 +82,47 @@ def test_fp64_values_and_derivatives_to_second_order(x64, sizes, rows):
             np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-11 * np.abs(b).max())
     jaxpr = str(jax.make_jaxpr(jax.grad(second(True), argnums=(0, 1)))(ws, x))
     assert "mpnn_radial_mlp_dx" in jaxpr and jaxpr.count("mpnn_radial_mlp") >= 2
+
+
+def test_default_keeps_the_kernels_out_of_programs_that_differentiate_the_weights(
+    x64, monkeypatch
+):
+    """``RADIAL_FUSED = 1``: energies and forces and a Hessian-vector product over the input (reverse
+    over reverse) run the kernels; a gradient over the weights (of the energy, or of a loss on the forces: the
+    training step) runs none, and equals the JAX MLP's in FP64, as do the forces."""
+    monkeypatch.setattr(pr, "RADIAL_FUSED", 1)
+    policy = get_policy("fp64")
+    sizes, rows = (8, 16, 32, 64), 21
+    ws = _weights(sizes, jnp.float64)
+    x = jax.random.normal(jax.random.PRNGKey(9), (rows, sizes[0]), jnp.float64)
+
+    def energy(fused):
+        return lambda ws, x: jnp.sum(jnp.sin(_mlp(ws, x, policy, fused)))
+
+    def loss(fused):  # forces and energy, as in the training step
+        def f(ws, x):
+            forces = -jax.grad(energy(fused), argnums=1)(ws, x)
+            return jnp.sum(forces**2) + energy(fused)(ws, x)
+
+        return f
+
+    def kernels(fn, *args):
+        return str(jax.make_jaxpr(fn)(*args)).count("mpnn_radial_mlp")
+
+    forces = {f: jax.grad(energy(f), argnums=1) for f in (True, False)}
+    assert kernels(functools.partial(forces[True], ws), x) >= 2  # forward and derivative
+    for f in (energy, loss):
+        grads = {k: jax.grad(f(k), argnums=(0, 1)) for k in (True, False)}
+        assert kernels(grads[True], ws, x) == 0
+        for a, b in zip(*(jax.tree.leaves(grads[k](ws, x)) for k in (True, False)), strict=True):
+            assert np.abs(np.asarray(b)).max() > 1e-3
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * np.abs(b).max())
+    np.testing.assert_allclose(forces[True](ws, x), forces[False](ws, x), rtol=1e-11, atol=1e-12)
+    hvp = {f: jax.grad(lambda x, f=f: jnp.sum(forces[f](ws, x) * x)) for f in (True, False)}
+    assert kernels(hvp[True], x) >= 2
+    np.testing.assert_allclose(hvp[True](x), hvp[False](x), rtol=1e-11, atol=1e-11)
+    monkeypatch.setattr(pr, "RADIAL_FUSED", 2)
+    assert kernels(jax.grad(loss(True)), ws, x) >= 2
 
 
 @pytest.mark.parametrize("setting", ["RADIAL_DX_SPLIT", "RADIAL_DX_RECOMPUTE"])
@@ -147,7 +190,9 @@ def test_where_the_kernels_run():
     try:
         pr.RADIAL_FUSED = 0
         assert not has_kernel((8, 16, 64))
-        pr.RADIAL_FUSED, radial.FOLD_SCALES = 1, False
+        pr.RADIAL_FUSED = 1
+        assert has_kernel((8, 16, 64))
+        pr.RADIAL_FUSED, radial.FOLD_SCALES = 2, False
         assert not has_kernel((8, 16, 64))
     finally:
         pr.RADIAL_FUSED, radial.FOLD_SCALES = old
