@@ -18,8 +18,9 @@ profile() {  # OUT-NAME LIMIT-S CASES...
       --out "$out/$name" --cases "$@" > "$out/$name.txt" 2>&1
   stamp "$name"
 }
-tests() {  # LIMIT-S TEST-FILE
-  timeout "$1" python3 -m pytest -q -m "" "$2" > "$out/tests_gpu.txt" 2>&1
+tests() {  # LIMIT-S TEST-FILE [PYTEST-ARGS...]
+  local limit=$1; shift
+  timeout "$limit" python3 -m pytest -q -m "" "$@" > "$out/tests_gpu.txt" 2>&1
   stamp tests
 }
 finish() {  # pack everything into one archive (the device tool brings back at most 8 files)

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Session 25's GPU calls on one H100 (PERFORMANCE_LOG entry 27): the radial kernels in programs
+# that do not differentiate the weights (RADIAL_FUSED=1, the new default) against XLA's radial
+# MLP (RADIAL_FUSED=0); median of 20, one process per step; everything packed into OUT/CALL.tgz
+# (experiments/perf/plan_lib.sh).
+#   source experiments/gpu_env.sh && bash experiments/perf/plan_s25.sh "$OUT" CALL
+# CALL:
+#   a  the radial tests compiled by Triton (the new default, the presets' dtypes, MACE);
+#      MACE MP-S at 10,125 atoms: E+F with XLA's radial MLP / the default / INDEXED_DX_ROWS=1,
+#      training with XLA's radial MLP / the default
+#   b  MACE MP-S E+F at 52,728 atoms and NequIP-M E+F at 10,125 atoms, XLA's radial MLP / the
+#      default; the E+F profile at 10k with the default
+dest=$1 call=$2
+source "$(dirname "$0")/plan_lib.sh"
+off=pallas:RADIAL_FUSED=0
+case $call in
+  a)
+    tests 80 tests/nn/test_pallas_radial.py -k "default or dtypes or mace"
+    whole whole_10k_ef 170 "$off pallas pallas:INDEXED_DX_ROWS=1" $ef
+    whole whole_10k_train 190 "$off pallas" $train ;;
+  b)
+    whole whole_53k 150 "$off pallas" mace-mp-s:water:50000:fp32:ef mace-mp-s:water:50000:bf16-mixed:ef
+    whole whole_nequip 150 "$off pallas" nequip-M:water:10000:fp32:ef nequip-M:water:10000:bf16-mixed:ef
+    profile profile_10k 120 mace-mp-s:water:10000:fp32:ef:pallas mace-mp-s:water:10000:bf16-mixed:ef:pallas ;;
+  *) echo "CALL must be a or b" >&2; exit 2 ;;
+esac
+finish
