@@ -17,7 +17,10 @@ A backend may also have ``indexed_matmul(x, w, indices)`` (species-indexed linea
 returns ``None`` or is absent. Likewise ``radial_mlp(scaled_weights, x, *, act_dtype,
 out_dtype)`` (the radial MLP fused, :func:`mpnn_jax.nn.radial.radial_mlp`; ``"pallas"`` has one,
 :mod:`mpnn_jax.nn.pallas_radial`): where a backend has it, the radial MLP returns its output in
-the messages stage's dtype (the cast the convolution makes anyway).
+the messages stage's dtype (the cast the convolution makes anyway). A backend may give a
+program that differentiates the weights other kernels than one that does not: the library's
+training step is traced inside :func:`training_program` (:func:`in_training_program`; the
+``"pallas"`` radial MLP keeps XLA's GEMMs there, PERFORMANCE_LOG entry 27).
 
 ``"auto"`` is not a backend of its own: :func:`get_backend` resolves it when a program is traced
 (:func:`resolve`), to ``"pallas"`` on NVIDIA GPUs of compute capability 8.0 or newer (the fused
@@ -45,11 +48,40 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import warnings
 from typing import Any, Protocol
 
 from mpnn_jax.nn.convolution import e3nn_convolution
+
+_TRAINING_PROGRAMS = 0  # training_program() blocks being traced (nested ones count)
+
+
+@contextlib.contextmanager
+def training_program():
+    """While a program that differentiates the weights is traced (the library's training step:
+    :func:`mpnn_jax.training.state.make_train_step`): backends may choose the kernels that pay
+    there. Read when the program is traced, like the kernels' module settings.
+
+    Example:
+        >>> with training_program():
+        ...     in_training_program()
+        True
+        >>> in_training_program()
+        False
+    """
+    global _TRAINING_PROGRAMS
+    _TRAINING_PROGRAMS += 1
+    try:
+        yield
+    finally:
+        _TRAINING_PROGRAMS -= 1
+
+
+def in_training_program() -> bool:
+    """Whether the program being traced is a training step (inside :func:`training_program`)."""
+    return _TRAINING_PROGRAMS > 0
 
 
 class Backend(Protocol):
@@ -126,11 +158,13 @@ class PallasBackend:
     def radial_mlp(ws: Any, x: Any, *, act_dtype: Any, out_dtype: Any) -> Any:
         """The radial MLP ``[rows, n_in] -> [rows, n_out]`` (scaled weights) by the fused kernels
         of :mod:`mpnn_jax.nn.pallas_radial`; ``None`` where they do not take the shapes
-        (:func:`~mpnn_jax.nn.pallas_radial.usable`) or are off."""
+        (:func:`~mpnn_jax.nn.pallas_radial.usable`) or are off: ``RADIAL_FUSED = 0``, or 1
+        inside a :func:`training_program` (there XLA's GEMMs are faster)."""
         from mpnn_jax.nn import pallas_radial as pr
 
         sizes = (ws[0].shape[0], *(w.shape[1] for w in ws))
-        if not (pr.RADIAL_FUSED and pr.usable(sizes)):
+        mode = pr.RADIAL_FUSED
+        if not (mode and pr.usable(sizes)) or (mode == 1 and in_training_program()):
             return None
         return pr.radial_mlp(ws, x, act_dtype=act_dtype, out_dtype=out_dtype)
 

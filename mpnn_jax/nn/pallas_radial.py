@@ -1,5 +1,6 @@
 """The radial MLP as fused Pallas kernels (``"pallas"`` backend, programs of energies and forces):
-no ``[rows, 64]`` activation in memory, and the ``[rows, n_weights]`` output written once, in its consumer's dtype.
+no ``[rows, 64]`` activation in memory, and the ``[rows, n_weights]`` output written once, in its
+consumer's dtype.
 
 MACE MP-S's radial MLP maps 8 Bessel functions of each pair of edges to 512 path weights through
 three hidden layers of 64 (:func:`mpnn_jax.nn.radial.radial_mlp`). XLA runs it as one GEMM per
@@ -38,11 +39,12 @@ second reads the cotangent in the narrower dtype it wrote and converts it up in 
 
 Which programs use the kernels (``RADIAL_FUSED``): by default those that do not differentiate the
 weights (energies, forces, stress: MD and inference). Measured (H100, MACE MP-S at 10,125 atoms,
-PERFORMANCE_LOG entry 26): E+F 12.46 -> 12.22 ms in fp32 and 9.10 -> 8.57 in bf16-mixed (1.37x ->
-1.43x), but the training step 38.57 -> 40.70 ms in fp32 with the kernels in it (its second
-derivatives, from the JAX expression, recompute what XLA's program shares). So when a derivative
-perturbs the weights (``custom_vjp`` with ``symbolic_zeros`` tells the rules), the rules compute
-the value and every derivative with the JAX expression: a training step is XLA's program.
+PERFORMANCE_LOG entries 26-27): E+F 11.22 -> 10.65 ms in fp32 and 8.19 -> 7.61 in bf16-mixed,
+but the training step 38.57 -> 40.70 ms in fp32 with the kernels in it (its second derivatives,
+from the JAX expression, recompute what XLA's program shares). So the library's training step
+(traced inside :func:`mpnn_jax.nn.backends.training_program`) keeps XLA's GEMMs, and elsewhere,
+when a derivative perturbs the weights (``custom_vjp`` with ``symbolic_zeros`` tells the rules),
+the rules compute the value and every derivative with the JAX expression.
 
 Shapes (:func:`usable`): up to 16 inputs, hidden widths powers of two from 16 up, and an output
 width that is a multiple of 16 (tiles of up to ``RADIAL_BLOCK_OUT`` columns). Others keep the
@@ -97,14 +99,15 @@ RADIAL_DX_RECOMPUTE = 1
 #: ms against 0.87 / 0.73 with the product in the kernel).
 RADIAL_DX_SPLIT = 1
 #: Where the kernels run (only where :func:`usable`). 0: nowhere (XLA's GEMMs). 1 (default): in
-#: programs that do not differentiate the weights (energies, forces, stress: MD, inference);
-#: where the weights are differentiated (a training step), the rules run the JAX expression
-#: instead, so the program is XLA's own. The rules see which inputs a derivative perturbs
-#: (``symbolic_zeros``). 2: in every program, the training step's second derivatives then from
-#: the JAX expression. With the settings above, on an H100 (MACE MP-S, 10,125 atoms), E+F
-#: gains (fp32 12.46 -> 12.22 ms, bf16-mixed 9.10 -> 8.57, 1.37x -> 1.43x) but the training
-#: step loses under 2 (fp32 38.57 -> 40.70 ms): those second derivatives recompute what XLA's
-#: program shares (PERFORMANCE_LOG entry 26).
+#: programs that do not differentiate the weights (energies, forces, stress: MD, inference). The
+#: library's training step declares itself (:func:`mpnn_jax.nn.backends.training_program`) and
+#: keeps XLA's GEMMs; in any other program where a derivative perturbs the weights (a training
+#: loop of one's own), the rules see it (``symbolic_zeros``) and compute the value and every
+#: derivative with the JAX expression (on an H100 3-4% slower than XLA's own program, entry 27).
+#: 2: in every program, the second derivatives from the JAX expression. With the settings
+#: above, on an H100 (MACE MP-S, 10,125 atoms), E+F gains (entry 27: fp32 11.22 -> 10.65 ms,
+#: bf16-mixed 8.19 -> 7.61) and the training step loses under 2 (entry 26: fp32 38.57 ->
+#: 40.70 ms): those second derivatives recompute what XLA's program shares.
 RADIAL_FUSED = 1
 SETTINGS = (
     "RADIAL_BLOCK_ROWS",

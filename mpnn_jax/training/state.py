@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import jraph
 import optax
 
+from mpnn_jax.nn.backends import training_program
 from mpnn_jax.precision import all_finite, select_tree
 from mpnn_jax.training.loss import LossFn
 from mpnn_jax.training.optim import ema_update
@@ -126,9 +127,10 @@ def make_train_step(
 
     def step(state: TrainState, graph: jraph.GraphsTuple) -> tuple[TrainState, dict]:
         rng, _ = jax.random.split(state.rng)
-        grads, (loss, terms) = jax.grad(scaled_loss, has_aux=True)(
-            state.params, state.loss_scale, graph
-        )
+        with training_program():  # backends' kernel choices for weight gradients
+            grads, (loss, terms) = jax.grad(scaled_loss, has_aux=True)(
+                state.params, state.loss_scale, graph
+            )
         grads = state.loss_scale.unscale(grads)
         finite = jnp.logical_and(all_finite(grads), jnp.isfinite(loss))
         extra = {"value": loss} if plateau else {}

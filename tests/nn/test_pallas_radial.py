@@ -84,12 +84,11 @@ def test_fp64_values_and_derivatives_to_second_order(x64, sizes, rows):
     assert "mpnn_radial_mlp_dx" in jaxpr and jaxpr.count("mpnn_radial_mlp") >= 2
 
 
-def test_default_keeps_the_kernels_out_of_programs_that_differentiate_the_weights(
-    x64, monkeypatch
-):
-    """``RADIAL_FUSED = 1``: energies and forces and a Hessian-vector product over the input (reverse
-    over reverse) run the kernels; a gradient over the weights (of the energy, or of a loss on the forces: the
-    training step) runs none, and equals the JAX MLP's in FP64, as do the forces."""
+def test_default_keeps_the_kernels_out_of_programs_that_differentiate_the_weights(x64, monkeypatch):
+    """``RADIAL_FUSED = 1``: energies and forces and a Hessian-vector product over the input
+    (reverse over reverse) run the kernels; a gradient over the weights (of the energy, or of a
+    loss on the forces: a training loop of one's own) runs none, and equals the JAX MLP's in
+    FP64, as do the forces."""
     monkeypatch.setattr(pr, "RADIAL_FUSED", 1)
     policy = get_policy("fp64")
     sizes, rows = (8, 16, 32, 64), 21
@@ -239,3 +238,31 @@ def test_mace_with_the_kernels_matches_reference(mace_radial):
     jaxpr = str(jax.make_jaxpr(fns["e3nn+radial"])(params, graph))
     assert "mpnn_radial_mlp_dx" in jaxpr and jaxpr.count("mpnn_radial_mlp") >= 4
     assert "mpnn_radial_mlp" not in str(jax.make_jaxpr(fns["e3nn"])(params, graph))
+
+
+def test_library_training_step_keeps_xla_radial_mlp(mace_radial, monkeypatch):
+    """``RADIAL_FUSED = 1``: the library's training step (traced inside
+    ``backends.training_program``) has no radial kernel and does not call them (XLA's radial MLP,
+    not the rules' fallback), while the same model's energy-and-force program has both; under 2
+    the training step runs them too."""
+    from mpnn_jax.benchmark.models import make_train_state_and_step
+    from mpnn_jax.potential import make_predictor
+
+    params, graph, mods, _ = mace_radial
+    model = mods["e3nn+radial"]
+    state, step = make_train_state_and_step(model, params)
+
+    def kernels(fn, *args):
+        return str(jax.make_jaxpr(fn)(*args)).count("mpnn_radial_mlp")
+
+    calls = []  # the kernels' function not even called: XLA's program, not the rules' fallback
+    monkeypatch.setattr(
+        pr, "radial_mlp", lambda *a, _f=pr.radial_mlp, **k: calls.append(1) or _f(*a, **k)
+    )
+    monkeypatch.setattr(pr, "RADIAL_FUSED", 1)
+    assert kernels(step, state, graph) == 0 and not calls
+    assert kernels(make_predictor(model), params, graph) >= 4 and calls  # forward, derivative
+    assert not backends.in_training_program()  # the block closed with the trace
+    monkeypatch.setattr(pr, "RADIAL_FUSED", 2)
+    state, step = make_train_state_and_step(model, params)  # a new function: traced anew
+    assert kernels(step, state, graph) >= 4
