@@ -8,7 +8,9 @@
 #   a  the radial tests compiled by Triton (the new default, the presets' dtypes, MACE);
 #      MACE MP-S at 10,125 atoms: E+F with XLA's radial MLP / the default / INDEXED_DX_ROWS=1,
 #      training with XLA's radial MLP / the default
-#   b  MACE MP-S E+F at 52,728 atoms and NequIP-M E+F at 10,125 atoms, XLA's radial MLP / the
+#      (call a ran at 8d4ba0e: training with the rules' fallback, before training_program)
+#   b  training at 10k again (the library's step now inside backends.training_program);
+#      MACE MP-S E+F at 52,728 atoms and NequIP-M E+F at 10,125 atoms, XLA's radial MLP / the
 #      default; the E+F profile at 10k with the default
 dest=$1 call=$2
 source "$(dirname "$0")/plan_lib.sh"
@@ -19,6 +21,7 @@ case $call in
     whole whole_10k_ef 170 "$off pallas pallas:INDEXED_DX_ROWS=1" $ef
     whole whole_10k_train 190 "$off pallas" $train ;;
   b)
+    whole whole_10k_train 190 "$off pallas" $train
     whole whole_53k 150 "$off pallas" mace-mp-s:water:50000:fp32:ef mace-mp-s:water:50000:bf16-mixed:ef
     whole whole_nequip 150 "$off pallas" nequip-M:water:10000:fp32:ef nequip-M:water:10000:bf16-mixed:ef
     profile profile_10k 120 mace-mp-s:water:10000:fp32:ef:pallas mace-mp-s:water:10000:bf16-mixed:ef:pallas ;;
