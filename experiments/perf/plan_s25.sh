@@ -8,7 +8,7 @@
 #   a  the radial tests compiled by Triton (the new default, the presets' dtypes, MACE);
 #      MACE MP-S at 10,125 atoms: E+F with XLA's radial MLP / the default / INDEXED_DX_ROWS=1,
 #      training with XLA's radial MLP / the default
-#      (call a ran at 8d4ba0e: training with the rules' fallback, before training_program)
+#      (call a ran at dc98b93: training with the rules' fallback, before training_program)
 #   b  training at 10k again (the library's step now inside backends.training_program);
 #      MACE MP-S E+F at 52,728 atoms and NequIP-M E+F at 10,125 atoms, XLA's radial MLP / the
 #      default; the E+F profile at 10k with the default
@@ -21,10 +21,10 @@ case $call in
     whole whole_10k_ef 170 "$off pallas pallas:INDEXED_DX_ROWS=1" $ef
     whole whole_10k_train 190 "$off pallas" $train ;;
   b)
-    whole whole_10k_train 190 "$off pallas" $train
-    whole whole_53k 150 "$off pallas" mace-mp-s:water:50000:fp32:ef mace-mp-s:water:50000:bf16-mixed:ef
-    whole whole_nequip 150 "$off pallas" nequip-M:water:10000:fp32:ef nequip-M:water:10000:bf16-mixed:ef
-    profile profile_10k 120 mace-mp-s:water:10000:fp32:ef:pallas mace-mp-s:water:10000:bf16-mixed:ef:pallas ;;
+    whole whole_10k_train 170 "$off pallas" $train
+    whole whole_53k 130 "$off pallas" mace-mp-s:water:50000:fp32:ef mace-mp-s:water:50000:bf16-mixed:ef
+    whole whole_nequip 120 "$off pallas" nequip-M:water:10000:fp32:ef nequip-M:water:10000:bf16-mixed:ef
+    profile profile_10k 110 mace-mp-s:water:10000:fp32:ef:pallas mace-mp-s:water:10000:bf16-mixed:ef:pallas ;;
   *) echo "CALL must be a or b" >&2; exit 2 ;;
 esac
 finish
