@@ -11,7 +11,7 @@
 #      (call a ran at dc98b93: training with the rules' fallback, before training_program)
 #   b  training at 10k again (the library's step now inside backends.training_program);
 #      MACE MP-S E+F at 52,728 atoms and NequIP-M E+F at 10,125 atoms, XLA's radial MLP / the
-#      default; the E+F profile at 10k with the default
+#      default; MACE MP-S E+F at 3,000 atoms (the size of cuEquivariance's example)
 dest=$1 call=$2
 source "$(dirname "$0")/plan_lib.sh"
 off=pallas:RADIAL_FUSED=0
@@ -24,7 +24,7 @@ case $call in
     whole whole_10k_train 170 "$off pallas" $train
     whole whole_53k 130 "$off pallas" mace-mp-s:water:50000:fp32:ef mace-mp-s:water:50000:bf16-mixed:ef
     whole whole_nequip 120 "$off pallas" nequip-M:water:10000:fp32:ef nequip-M:water:10000:bf16-mixed:ef
-    profile profile_10k 110 mace-mp-s:water:10000:fp32:ef:pallas mace-mp-s:water:10000:bf16-mixed:ef:pallas ;;
+    whole whole_3k 90 "$off pallas" mace-mp-s:water:3000:fp32:ef mace-mp-s:water:3000:bf16-mixed:ef ;;
   *) echo "CALL must be a or b" >&2; exit 2 ;;
 esac
 finish
