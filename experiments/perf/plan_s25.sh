@@ -12,6 +12,10 @@
 #   b  training at 10k again (the library's step now inside backends.training_program);
 #      MACE MP-S E+F at 52,728 atoms and NequIP-M E+F at 10,125 atoms, XLA's radial MLP / the
 #      default; MACE MP-S E+F at 3,000 atoms (the size of cuEquivariance's example)
+#      (the 120-s limit cut NequIP's last row, bf16-mixed with the default)
+#   c  training at 10k as default / XLA's radial MLP / default again (the same program, by
+#      its jaxpr: the order effect of one process's rows); NequIP-M bf16-mixed E+F, default /
+#      XLA's radial MLP
 dest=$1 call=$2
 source "$(dirname "$0")/plan_lib.sh"
 off=pallas:RADIAL_FUSED=0
@@ -25,6 +29,9 @@ case $call in
     whole whole_53k 130 "$off pallas" mace-mp-s:water:50000:fp32:ef mace-mp-s:water:50000:bf16-mixed:ef
     whole whole_nequip 120 "$off pallas" nequip-M:water:10000:fp32:ef nequip-M:water:10000:bf16-mixed:ef
     whole whole_3k 90 "$off pallas" mace-mp-s:water:3000:fp32:ef mace-mp-s:water:3000:bf16-mixed:ef ;;
-  *) echo "CALL must be a or b" >&2; exit 2 ;;
+  c)
+    whole whole_10k_train_aba 250 "pallas $off pallas" $train
+    whole whole_nequip_bf16 90 "pallas $off" nequip-M:water:10000:bf16-mixed:ef ;;
+  *) echo "CALL must be a, b or c" >&2; exit 2 ;;
 esac
 finish
