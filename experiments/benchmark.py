@@ -43,14 +43,19 @@ def _plot_title(info: dict) -> str:
 
 
 def _print_goals(p: argparse.ArgumentParser, paths: list[str]) -> int:
-    """The goals table of earlier result files (files without rows or largest are skipped)."""
+    """The goals table of earlier result files (files without model rows or largest are
+    skipped)."""
     results, names = [], []
     for path in paths:
         try:
             result = json.loads(Path(path).read_text())
         except (OSError, ValueError) as err:
             p.error(f"--goals {path}: not a readable JSON ({err})")
-        if isinstance(result, dict) and (result.get("rows") or result.get("largest")):
+        rows = result.get("rows") if isinstance(result, dict) else None
+        model_rows = isinstance(rows, list) and any(
+            isinstance(r, dict) and "model" in r and "preset" in r for r in rows
+        )  # not the perf scripts' other tables (kernels alone, registers)
+        if model_rows or (isinstance(result, dict) and result.get("largest")):
             results.append(result)
             names.append(path)
     if not results:

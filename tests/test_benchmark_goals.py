@@ -181,8 +181,14 @@ def test_goals_option_of_the_script(tmp_path, capsys):
     )
     empty = tmp_path / "empty.json"
     empty.write_text(json.dumps({"note": "no rows"}))
-    assert cli.main(["--goals", str(good), str(empty)]) == 0
+    kernels = tmp_path / "kernels.json"  # a perf script's table of kernels alone: not model rows
+    kernels.write_text(json.dumps({"device": "NVIDIA H100", "rows": [{"kernel": "fwd", "ms": 1}]}))
+    counts = tmp_path / "counts.json"
+    counts.write_text(json.dumps({"device": H100, "rows": 3}))
+    assert cli.main(["--goals", str(good), str(empty), str(kernels), str(counts)]) == 0
     out = capsys.readouterr().out
     assert "train_speedup" in out and "1.3x" in out and " met " in out
     with pytest.raises(SystemExit):
         cli.main(["--goals", str(empty)])
+    with pytest.raises(SystemExit):
+        cli.main(["--goals", str(kernels), str(counts)])
