@@ -16,6 +16,8 @@
 #   c  training at 10k as default / XLA's radial MLP / default again (the same program, by
 #      its jaxpr: the order effect of one process's rows); NequIP-M bf16-mixed E+F, default /
 #      XLA's radial MLP
+#   d  the defaults' training step and E+F at 10k, fp32 and bf16-mixed timed in interleaved
+#      rounds (experiments/perf/interleaved.py): the speed-up as the median of 60 rounds' ratios
 dest=$1 call=$2
 source "$(dirname "$0")/plan_lib.sh"
 off=pallas:RADIAL_FUSED=0
@@ -32,6 +34,13 @@ case $call in
   c)
     whole whole_10k_train_aba 250 "pallas $off pallas" $train
     whole whole_nequip_bf16 90 "pallas $off" nequip-M:water:10000:bf16-mixed:ef ;;
-  *) echo "CALL must be a, b or c" >&2; exit 2 ;;
+  d)
+    for mode in train ef; do
+      timeout $([ $mode = train ] && echo 140 || echo 70) python3 experiments/perf/interleaved.py \
+          --out "$out/interleaved_$mode.json" --case mace-mp-s:water:10000:$mode \
+          --programs pallas@fp32 pallas@bf16-mixed --repeats 60 > "$out/interleaved_$mode.txt" 2>&1
+      stamp interleaved_$mode
+    done ;;
+  *) echo "CALL must be a, b, c or d" >&2; exit 2 ;;
 esac
 finish

@@ -47,7 +47,7 @@ from mpnn_jax.benchmark.goals import (
     goal_figures,
     goal_summary,
 )
-from mpnn_jax.benchmark.harness import measure, run_benchmark
+from mpnn_jax.benchmark.harness import compile_program, measure, run_benchmark
 from mpnn_jax.benchmark.largest import bytes_per_atom, largest_system
 from mpnn_jax.benchmark.models import (
     MODEL_SIZES,
@@ -84,15 +84,12 @@ from mpnn_jax.benchmark.timing import (
     is_oom,
     peak_device_bytes,
     time_compiled,
+    time_interleaved,
 )
 
 __all__ = [
     "GOALS",
     "Goal",
-    "format_goals",
-    "goal_figures",
-    "goal_summary",
-    "device_of",
     "H100_CEILINGS",
     "MODEL_SIZES",
     "System",
@@ -102,13 +99,18 @@ __all__ = [
     "build_system",
     "bytes_per_atom",
     "ceiling_key",
+    "compile_program",
     "compiled_bytes",
     "cost_analysis",
     "cu_fcc",
     "device_ceilings",
     "device_info",
     "device_memory_budget",
+    "device_of",
+    "format_goals",
     "format_table",
+    "goal_figures",
+    "goal_summary",
     "init_for",
     "is_oom",
     "largest_system",
@@ -119,14 +121,15 @@ __all__ = [
     "peak_device_bytes",
     "perturbed_inputs",
     "plot_throughput",
-    "precision_bound",
-    "split_by_precision",
-    "stage_name",
     "policy_names",
+    "precision_bound",
     "roofline",
     "run_benchmark",
     "sort_edges",
+    "split_by_precision",
+    "stage_name",
     "time_compiled",
+    "time_interleaved",
     "to_device",
     "variant_name",
     "water_box",

@@ -40,6 +40,32 @@ from mpnn_jax.benchmark.timing import compiled_bytes, is_oom, peak_device_bytes,
 from mpnn_jax.precision import get_policy
 
 
+def compile_program(
+    model: Any, params: Any, graphs: Sequence[Any], *, mode: str, implementation: Any = None
+) -> tuple[Any, list[tuple], float]:
+    """The compiled E+F predictor (``mode="ef"``) or library training step (``"train"``) of
+    ``model``, its argument tuples (one per graph of ``graphs``) and the compile time (s).
+
+    Traced under the model's matmul precision and ``implementation`` (a context from
+    :func:`mpnn_jax.nn.ops.implementation`; ``None``: the defaults).
+    """
+    import contextlib
+
+    from mpnn_jax.potential import make_predictor
+
+    with implementation or contextlib.nullcontext(), get_policy(model.policy).matmul_context():
+        if mode == "ef":
+            fn, first = xla.jit(make_predictor(model), model=model), params
+        elif mode == "train":
+            first, step = make_train_state_and_step(model, params)
+            fn = xla.jit(step, model=model)
+        else:
+            raise ValueError(f"unknown mode {mode!r}; expected 'ef' or 'train'")
+        t0 = time.perf_counter()
+        compiled = fn.lower(first, graphs[0]).compile()
+        return compiled, [(first, g) for g in graphs], time.perf_counter() - t0
+
+
 def measure(
     *,
     size: str,
@@ -70,9 +96,7 @@ def measure(
     peak_bytes; an out-of-memory case returns ``{"oom": True}``.
     """
     from mpnn_jax.nn import ops
-    from mpnn_jax.potential import make_predictor
 
-    policy = get_policy(preset)
     model = make_model(
         size,
         policy=preset,
@@ -98,25 +122,12 @@ def measure(
     )
     try:
         impl = ops.implementation(take_rows=take_rows, sorted_edges=sorted_edges)
-        with impl, policy.matmul_context():
-            if mode == "ef":
-                fn = xla.jit(make_predictor(model), model=model)
-                t0 = time.perf_counter()
-                compiled = fn.lower(params, graphs[0]).compile()
-                row["compile_s"] = time.perf_counter() - t0
-                inputs = [(params, g) for g in graphs]
-            elif mode == "train":
-                state, step = make_train_state_and_step(model, params)
-                fn = xla.jit(step, model=model)
-                t0 = time.perf_counter()
-                compiled = fn.lower(state, graphs[0]).compile()
-                row["compile_s"] = time.perf_counter() - t0
-                inputs = [(state, g) for g in graphs]
-            else:
-                raise ValueError(f"unknown mode {mode!r}; expected 'ef' or 'train'")
-            row["compiled_bytes"] = compiled_bytes(compiled)
-            cost = cost_analysis(compiled)
-            row.update(time_compiled(compiled, inputs, warmup=warmup, repeats=repeats))
+        compiled, inputs, row["compile_s"] = compile_program(
+            model, params, graphs, mode=mode, implementation=impl
+        )
+        row["compiled_bytes"] = compiled_bytes(compiled)
+        cost = cost_analysis(compiled)
+        row.update(time_compiled(compiled, inputs, warmup=warmup, repeats=repeats))
     except Exception as err:  # noqa: BLE001 - OOM surfaces as several exception types
         if is_oom(err):
             row["oom"] = True

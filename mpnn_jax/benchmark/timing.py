@@ -17,7 +17,7 @@ import platform
 import statistics
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -117,11 +117,60 @@ def time_compiled(
         t0 = time.perf_counter()
         jax.block_until_ready(fn(*args))
         times.append((time.perf_counter() - t0) * 1e3)
+    return _stats(times)
+
+
+def _stats(times: Sequence[float]) -> dict[str, float]:
     return {
         "median_ms": statistics.median(times),
         "min_ms": min(times),
         "max_ms": max(times),
         "p10_ms": float(np.percentile(times, 10)),
         "p90_ms": float(np.percentile(times, 90)),
-        "repeats": repeats,
+        "repeats": len(times),
     }
+
+
+def time_interleaved(
+    programs: Mapping[str, tuple[Callable[..., Any], Sequence[tuple]]],
+    *,
+    warmup: int = 3,
+    repeats: int = 20,
+) -> dict[str, dict[str, float]]:
+    """:func:`time_compiled` of several programs in rounds: each round calls every program once
+    (synchronised; the order rotates from round to round), so slow drift of the device (clocks,
+    neighbours) falls on all of them alike. The rows of one process can move by 5% for the same
+    program when timed one after the other (PERFORMANCE_LOG entry 27).
+
+    Args:
+        programs: name -> ``(fn, inputs)``; round ``i`` calls ``fn(*inputs[i % len(inputs)])``.
+
+    Returns:
+        name -> ``{median_ms, min_ms, max_ms, p10_ms, p90_ms, repeats}``, plus, for each program
+        after the first, ``ratio_to_first`` (the median over rounds of the first program's time
+        over this one's, a speed-up) with ``ratio_p10`` and ``ratio_p90``.
+    """
+    names = list(programs)
+    if not names:
+        raise ValueError("time_interleaved needs at least one program")
+    for i in range(warmup):
+        for fn, inputs in programs.values():
+            jax.block_until_ready(fn(*inputs[i % len(inputs)]))
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for i in range(repeats):
+        for k in range(len(names)):
+            name = names[(i + k) % len(names)]
+            fn, inputs = programs[name]
+            args = inputs[i % len(inputs)]
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    out = {}
+    for name in names:
+        out[name] = _stats(times[name])
+        if name != names[0]:
+            ratios = [a / b for a, b in zip(times[names[0]], times[name], strict=True)]
+            out[name]["ratio_to_first"] = statistics.median(ratios)
+            out[name]["ratio_p10"] = float(np.percentile(ratios, 10))
+            out[name]["ratio_p90"] = float(np.percentile(ratios, 90))
+    return out

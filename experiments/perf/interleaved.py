@@ -1,0 +1,104 @@
+"""Whole-model programs timed in interleaved rounds on one device: each round calls every program
+once, so the drift that moves one program's median by up to 5% between rows of one process
+(PERFORMANCE_LOG entry 27) falls on all of them alike, and a speed-up is the median over rounds
+of the first program's time over each other's (:func:`mpnn_jax.benchmark.time_interleaved`).
+
+    source experiments/gpu_env.sh && python3 experiments/perf/interleaved.py --out F.json \\
+        --case mace-mp-s:water:10000:train --programs pallas@fp32 pallas@bf16-mixed
+
+A program is ``VARIANT@PRESET``: ``VARIANT`` as in ``pallas_conv.py`` (``e3nn``, ``pallas``,
+``pallas:KEY=V,...`` with the kernels' module settings), applied before that program is traced
+and compiled. The same weights for all. Prints a table; writes JSON (device, command, rows).
+No timing claim comes from a CPU: there the run only checks that the tool works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mpnn_jax import benchmark as bm
+from mpnn_jax.data import SpeciesTable
+from mpnn_jax.nn import ops
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pallas_conv import apply_variant  # noqa: E402 - the variants' grammar and settings
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="JSON file to write")
+    p.add_argument(
+        "--case", required=True, help="SIZE:SYSTEM:ATOMS:MODE, e.g. mace-mp-s:water:10000:ef"
+    )
+    p.add_argument(
+        "--programs", nargs="+", required=True, help="VARIANT@PRESET, the first the reference"
+    )
+    p.add_argument("--repeats", type=int, default=20, help="rounds")
+    p.add_argument("--inputs", type=int, default=3, help="perturbed input sets, used in turn")
+    args = p.parse_args(argv)
+    try:
+        size, kind, n_atoms, mode = args.case.split(":")
+        programs = [spec.rsplit("@", 1) for spec in args.programs]
+        if any(len(prog) != 2 for prog in programs):
+            raise ValueError("each program must be VARIANT@PRESET")
+    except ValueError as err:
+        p.error(f"{err} (case {args.case!r}, programs {args.programs})")
+
+    system = bm.build_system(
+        kind, int(n_atoms), cutoff=5.0, species_table=SpeciesTable((1, 6, 8, 29))
+    )
+    params = bm.init_for(size, system, cutoff=5.0)
+    graphs = [bm.to_device(g) for g in bm.perturbed_inputs(system.graph, args.inputs)]
+    out = {"device": bm.device_info(), "command": sys.argv, "case": args.case, "rows": []}
+    compiled = {}
+    for (variant, preset), spec in zip(programs, args.programs, strict=True):
+        backend, sorted_edges = apply_variant(variant)
+        if sorted_edges != "none":
+            p.error(f"{spec}: sorted edges are not supported here (pallas_conv.py times them)")
+        model = bm.make_model(
+            size, policy=preset, n_species=system.n_species, cutoff=5.0,
+            avg_num_neighbors=bm.avg_neighbours(system), backend=backend,
+        )  # fmt: skip
+        fn, inputs, compile_s = bm.compile_program(
+            model,
+            params,
+            graphs,
+            mode=mode,
+            implementation=ops.implementation(take_rows=ops.TAKE_ROWS, sorted_edges="none"),
+        )
+        compiled[spec] = (fn, inputs)
+        out["rows"].append(
+            dict(
+                model=size,
+                system=system.name,
+                n_atoms=system.n_atoms,
+                mode=mode,
+                preset=preset,
+                variant=variant,
+                backend=backend,
+                compile_s=compile_s,
+                compiled_bytes=bm.compiled_bytes(fn),
+            )  # fmt: skip
+        )
+        print(f"compiled {spec} in {compile_s:.1f} s", flush=True)
+    times = bm.time_interleaved(compiled, repeats=args.repeats)
+    for row, spec in zip(out["rows"], args.programs, strict=True):
+        row.update(times[spec], interleaved=True)
+    Path(args.out).write_text(json.dumps(out, indent=1))
+    print(f"{'program':45} {'ms':>8} {'p10-p90':>15} {'speed-up vs first (p10-p90)':>30}")
+    for row, spec in zip(out["rows"], args.programs, strict=True):
+        ratio = (
+            f"{row['ratio_to_first']:.3f}x ({row['ratio_p10']:.3f}-{row['ratio_p90']:.3f})"
+            if "ratio_to_first" in row
+            else ""
+        )
+        spread = f"{row['p10_ms']:.2f}-{row['p90_ms']:.2f}"
+        print(f"{spec:45} {row['median_ms']:8.2f} {spread:>15} {ratio:>30}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
