@@ -70,19 +70,9 @@ def main(argv=None) -> int:
             implementation=ops.implementation(take_rows=ops.TAKE_ROWS, sorted_edges="none"),
         )
         compiled[spec] = (fn, inputs)
-        out["rows"].append(
-            dict(
-                model=size,
-                system=system.name,
-                n_atoms=system.n_atoms,
-                mode=mode,
-                preset=preset,
-                variant=variant,
-                backend=backend,
-                compile_s=compile_s,
-                compiled_bytes=bm.compiled_bytes(fn),
-            )  # fmt: skip
-        )
+        row = bm.case_row(size, system, preset, mode, model, take_rows=ops.TAKE_ROWS)
+        row.update(variant=variant, compile_s=compile_s, compiled_bytes=bm.compiled_bytes(fn))
+        out["rows"].append(row)
         print(f"compiled {spec} in {compile_s:.1f} s", flush=True)
     times = bm.time_interleaved(compiled, repeats=args.repeats)
     for row, spec in zip(out["rows"], args.programs, strict=True):

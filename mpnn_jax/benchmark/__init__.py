@@ -47,7 +47,7 @@ from mpnn_jax.benchmark.goals import (
     goal_figures,
     goal_summary,
 )
-from mpnn_jax.benchmark.harness import compile_program, measure, run_benchmark
+from mpnn_jax.benchmark.harness import case_row, compile_program, measure, run_benchmark
 from mpnn_jax.benchmark.largest import bytes_per_atom, largest_system
 from mpnn_jax.benchmark.models import (
     MODEL_SIZES,
@@ -98,6 +98,7 @@ __all__ = [
     "backend_names",
     "build_system",
     "bytes_per_atom",
+    "case_row",
     "ceiling_key",
     "compile_program",
     "compiled_bytes",

@@ -66,6 +66,20 @@ def compile_program(
         return compiled, [(first, g) for g in graphs], time.perf_counter() - t0
 
 
+def case_row(
+    size: str, system: System, preset: str, mode: str, model: Any, *, take_rows: str = "take",
+    sorted_edges: str = "none",
+) -> dict[str, Any]:  # fmt: skip
+    """The fields that name a timed case (a result row's first columns): model size, system,
+    atoms, edges, atom order, preset, mode, implementation variant, backend (``model.backend``)
+    and the per-program XLA options (:mod:`mpnn_jax.xla`)."""
+    return dict(
+        model=size, system=system.name, n_atoms=system.n_atoms, n_edges=system.n_edges,
+        atom_order=system.atom_order, preset=preset, mode=mode, take_rows=take_rows,
+        sorted_edges=sorted_edges, backend=model.backend, xla_options=xla.options_for(model),
+    )  # fmt: skip
+
+
 def measure(
     *,
     size: str,
@@ -107,18 +121,8 @@ def measure(
     )
     graph = system.graph if sorted_edges == "none" else sort_edges(system.graph, by=sorted_edges)
     graphs = [to_device(g) for g in perturbed_inputs(graph, n_inputs)]
-    row: dict[str, Any] = dict(
-        model=size,
-        system=system.name,
-        n_atoms=system.n_atoms,
-        n_edges=system.n_edges,
-        atom_order=system.atom_order,
-        preset=preset,
-        mode=mode,
-        take_rows=take_rows,
-        sorted_edges=sorted_edges,
-        backend=backend,
-        xla_options=xla.options_for(model),  # per-program compiler options (mpnn_jax.xla)
+    row = case_row(
+        size, system, preset, mode, model, take_rows=take_rows, sorted_edges=sorted_edges
     )
     try:
         impl = ops.implementation(take_rows=take_rows, sorted_edges=sorted_edges)
