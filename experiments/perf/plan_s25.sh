@@ -36,7 +36,7 @@ case $call in
     whole whole_nequip_bf16 90 "pallas $off" nequip-M:water:10000:bf16-mixed:ef ;;
   d)
     for mode in train ef; do
-      timeout $([ $mode = train ] && echo 140 || echo 70) python3 experiments/perf/interleaved.py \
+      timeout $([ $mode = train ] && echo 150 || echo 20) python3 experiments/perf/interleaved.py \
           --out "$out/interleaved_$mode.json" --case mace-mp-s:water:10000:$mode \
           --programs pallas@fp32 pallas@bf16-mixed --repeats 60 > "$out/interleaved_$mode.txt" 2>&1
       stamp interleaved_$mode
