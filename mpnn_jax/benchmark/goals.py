@@ -71,11 +71,8 @@ FP32_SLACK = 1.05
 
 def device_of(result: dict[str, Any]) -> tuple[str, str]:
     """``(device name, platform)`` of a result file (``info`` from benchmark.py, ``device`` from
-    the perf scripts, or a bare device name: platform ``"?"``); ``("?", "?")`` if it records
-    neither."""
+    the perf scripts); ``("?", "?")`` if it records neither."""
     info = result.get("info") or result.get("device") or {}
-    if isinstance(info, str):
-        return info, "?"
     return str(info.get("device", "?")), str(info.get("platform", "?"))
 
 

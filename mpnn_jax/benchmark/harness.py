@@ -15,6 +15,7 @@ and symmetric contraction (:func:`mpnn_jax.nn.backends.available_backends`) are 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -49,8 +50,6 @@ def compile_program(
     Traced under the model's matmul precision and ``implementation`` (a context from
     :func:`mpnn_jax.nn.ops.implementation`; ``None``: the defaults).
     """
-    import contextlib
-
     from mpnn_jax.potential import make_predictor
 
     with implementation or contextlib.nullcontext(), get_policy(model.policy).matmul_context():

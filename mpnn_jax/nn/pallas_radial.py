@@ -346,7 +346,7 @@ def _mlp(x, ws, act, out_dtype):
 
 def _mlp_fwd(x, ws, act, out_dtype):
     (x, ws), kernels = _values((x, ws))
-    if not kernels:  # the weights differentiated (training): XLA's program, shared by its rules
+    if not kernels:  # weights differentiated (a training loop of one's own): the JAX expression
         y, vjp = jax.vjp(lambda x, ws: reference(ws, x, act, out_dtype), x, ws)
         return y, (vjp, None)
     # the value through the custom_vjp function itself, so that an outer derivative meets this
