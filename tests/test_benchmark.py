@@ -4,11 +4,11 @@ import importlib
 import importlib.util
 import json
 import pkgutil
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from repo_scripts import load_script
 
 from mpnn_jax import benchmark as bm
 from mpnn_jax.data import SpeciesTable
@@ -106,11 +106,7 @@ def test_build_system_atom_orders():
 def test_side_by_side_script_quick(tmp_path):
     """The side-by-side script's CPU smoke run: one row per variant, each padded as it says, and
     a table with each variant's speed-up over the first (no timing claims from the CPU)."""
-    spec = importlib.util.spec_from_file_location(
-        "side_by_side", Path(__file__).parents[1] / "experiments/perf/side_by_side.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("experiments/perf/side_by_side.py")
     out = tmp_path / "sbs.json"
     argv = ["--quick", "--settings", "edge_multiple", "--modes", "ef", "--presets", "fp32"]
     assert module.main([*argv, "--out", str(out)]) == 0
@@ -206,10 +202,7 @@ def test_backend_option_records_the_backend_and_rejects_unknown_ones(tmp_path, c
             backends=["no-such-backend"],
         )  # fails on the name, before building the (unknown) system or compiling anything
 
-    script = Path(__file__).resolve().parents[1] / "experiments" / "benchmark.py"
-    spec = importlib.util.spec_from_file_location("benchmark_script", script)
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = load_script("experiments/benchmark.py")
     out = tmp_path / "b.json"
     argv = ["--sizes", xs_size, "--systems", "ethanol:9", "--presets", "fp32", "--modes", "ef"]
     assert cli.main([*argv, "--repeats", "1", "--backends", "e3nn,", "--out", str(out)]) == 0

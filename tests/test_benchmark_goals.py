@@ -1,11 +1,11 @@
 """The performance goals read from result files: which rows pair up, which files count, and the
 committed results read back."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from repo_scripts import load_script
 
 from mpnn_jax import benchmark as bm
 
@@ -165,11 +165,7 @@ def test_session16_spilling_fp32_ratio_does_not_count():
 
 
 def test_goals_option_of_the_script(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location(
-        "benchmark_cli", ROOT / "experiments/benchmark.py"
-    )
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = load_script("experiments/benchmark.py")
     good = tmp_path / "good.json"
     good.write_text(
         json.dumps(

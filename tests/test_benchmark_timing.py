@@ -2,16 +2,13 @@
 their rotating order, the inputs used in turn and the per-round speed-ups; and the script that
 uses it (``experiments/perf/interleaved.py``) on a tiny case."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+from repo_scripts import load_script
 
 from mpnn_jax import benchmark as bm
 from mpnn_jax.benchmark import timing
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_interleaved_rounds_on_a_fake_clock(monkeypatch):
@@ -53,11 +50,7 @@ def test_interleaved_rounds_on_a_fake_clock(monkeypatch):
 
 
 def test_interleaved_script_on_a_tiny_case(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location(
-        "interleaved", ROOT / "experiments/perf/interleaved.py"
-    )
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = load_script("experiments/perf/interleaved.py")
     out = tmp_path / "il.json"
     args = ["--out", str(out), "--case", "nequip-S:water:24:ef", "--repeats", "2"]
     assert cli.main([*args, "--programs", "e3nn@fp32", "e3nn@bf16-mixed"]) == 0

@@ -2,18 +2,13 @@
 (the figures of PERFORMANCE_LOG entry 8 are sums over it) and the trace reader."""
 
 import gzip
-import importlib.util
 import json
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "perf" / "profile.py"
+from repo_scripts import load_script
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("perf_profile", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("experiments/perf/profile.py")
 
 
 def test_stage_of_names_module_stage_and_backward():

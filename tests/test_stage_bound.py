@@ -4,6 +4,7 @@ whose answers are worked out by hand."""
 import math
 
 import pytest
+from repo_scripts import load_script
 
 from mpnn_jax.benchmark.stage_bound import precision_bound, split_by_precision, stage_name
 
@@ -64,14 +65,9 @@ def test_with_the_low_precision_profile():
 def test_script_pairs_cases_of_one_file(tmp_path, capsys):
     """``experiments/perf/stage_bound.py`` pairs each fp32 case with the same program under
     another preset, in one file, and writes the bound of each pair."""
-    import importlib.util
     import json
-    from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "experiments" / "perf" / "stage_bound.py"
-    spec = importlib.util.spec_from_file_location("perf_stage_bound", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("experiments/perf/stage_bound.py")
     low = {k: v / 2 for k, v in FP32.items()}
     cases = [
         {"case": "mace-mp-s:water:100:fp32:ef:pallas", "by_stage": FP32},

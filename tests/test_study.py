@@ -1,7 +1,6 @@
 """The precision study (mpnn_jax.study, mpnn_jax.study_runs): errors against fp64, table, JSON,
 verdict rule, plots, and the helpers of the training comparison."""
 
-import importlib.util
 import json
 import math
 import os
@@ -13,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from repo_scripts import load_script
 
 from mpnn_jax import study, study_runs
 from mpnn_jax.precision import STAGES
@@ -308,10 +308,7 @@ def test_forbid_excess_precision_makes_bf16_ops_round(mode):
 
 def test_script_summary_and_table(rows, tmp_path, capsys):
     """``precision_study.py summary`` puts several studies side by side; ``table`` re-renders."""
-    path = Path(__file__).resolve().parents[1] / "experiments" / "precision_study.py"
-    spec = importlib.util.spec_from_file_location("precision_study_script", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("experiments/precision_study.py")
     meta = {"command": "test", "note": "", "source": {"model": {"name": "nequip"}}, "n_configs": 4}
     study.save_json(tmp_path / "a" / "stage_errors.json", rows, **meta)
     assert script.main(["table", str(tmp_path / "a" / "stage_errors.json")]) == 0

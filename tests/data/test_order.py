@@ -1,13 +1,12 @@
 """Atom orders (mpnn_jax.data.order): permutations, locality, and forces that come back to the
 input's order unchanged (float64)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from repo_scripts import load_script
 
 from mpnn_jax.benchmark import water_box
 from mpnn_jax.data import SpeciesTable, atoms_to_graph, neighbour_list, pad_graph
@@ -35,11 +34,7 @@ def test_species_order_groups_elements():
 
 def _locality_script():
     """``experiments/perf/atom_order_locality.py`` as a module."""
-    script = Path(__file__).resolve().parents[2] / "experiments/perf/atom_order_locality.py"
-    spec = importlib.util.spec_from_file_location("atom_order_locality", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("experiments/perf/atom_order_locality.py")
 
 
 def _distinct_senders_per_window(atoms, window=96):

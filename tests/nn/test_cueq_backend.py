@@ -10,10 +10,8 @@ rules are the ones the CUDA kernels use on GPUs. Skipped where ``cuequivariance_
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from functools import partial
-from pathlib import Path
 
 import e3nn_jax as e3nn
 import jax
@@ -22,6 +20,8 @@ import numpy as np
 import pytest
 
 pytest.importorskip("cuequivariance_jax")
+
+from repo_scripts import load_script  # noqa: E402
 
 from mpnn_jax.nn import available_backends, get_backend  # noqa: E402
 from mpnn_jax.nn import symmetric_contraction as sc  # noqa: E402
@@ -235,10 +235,7 @@ def test_mace_forces_match_fp64_finite_differences(models, x64):
 # --- the benchmark entry point ------------------------------------------------------------------
 @pytest.mark.slow
 def test_quick_benchmark_writes_rows(tmp_path):
-    script = Path(__file__).resolve().parents[2] / "experiments" / "perf" / "cueq_vs_xla.py"
-    spec = importlib.util.spec_from_file_location("cueq_vs_xla", script)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("experiments/perf/cueq_vs_xla.py")
     out = tmp_path / "cueq.json"
     assert bench.main(["--quick", "--presets", "fp32", "--modes", "ef", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
@@ -255,10 +252,7 @@ def test_quick_accuracy_check_agrees_with_e3nn(tmp_path):
     """experiments/perf/cueq_accuracy.py (run on the GPU for the CUDA kernels) keeps working: on
     CPU the cueq backend's fp32 forces equal e3nn's to FP32 rounding, both are equivariant, and the
     fp64 reference's finite difference matches its forces (the check's own floor)."""
-    script = Path(__file__).resolve().parents[2] / "experiments" / "perf" / "cueq_accuracy.py"
-    spec = importlib.util.spec_from_file_location("cueq_accuracy", script)
-    acc = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(acc)
+    acc = load_script("experiments/perf/cueq_accuracy.py")
     out = tmp_path / "acc.json"
     assert acc.main(["--quick", "--presets", "fp32", "--out", str(out)]) == 0
     rows = {(r["backend"], r["preset"]): r for r in json.loads(out.read_text())["rows"]}

@@ -10,25 +10,17 @@ registers needs the `triton` package (not a dependency): that test skips without
 
 from __future__ import annotations
 
-import importlib.util
 import re
-from pathlib import Path
 
 import pytest
+from repo_scripts import load_script
 
 import mpnn_jax  # noqa: F401  (before JAX's backends start: mpnn_jax.compat)
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def kr():
-    spec = importlib.util.spec_from_file_location(
-        "kernel_registers", ROOT / "experiments/perf/kernel_registers.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("experiments/perf/kernel_registers.py")
 
 
 def test_occupancy_by_hand(kr):
