@@ -24,29 +24,17 @@ import argparse
 import itertools
 import json
 import re
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from mpnn_jax import benchmark as bm  # noqa: E402
 from mpnn_jax.nn import pallas_radial as pr  # noqa: E402
 
 PRESETS = {"fp32": ("float32", "float32"), "bf16-mixed": ("float32", "bfloat16")}
-
-
-def timed(fn, args, repeats: int) -> float:
-    """Median milliseconds of ``fn(*args)`` (compiled and warmed up first)."""
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
 
 
 def main(argv=None) -> int:
@@ -102,7 +90,7 @@ def main(argv=None) -> int:
                 cases.append((f"dx {tag}-split", dxs, (x, ws, g)))
         for name, fn, a in cases:
             try:
-                ms = timed(fn, a, args.repeats)
+                ms = bm.time_compiled(fn, [a], warmup=1, repeats=args.repeats)["median_ms"]
             except Exception as err:  # noqa: BLE001 - a setting Triton rejects: recorded, skipped
                 print(f"{preset:10} {name:18} failed: {type(err).__name__}: {err}"[:300])
                 rows.append({"preset": preset, "case": name, "error": repr(err)[:500]})

@@ -326,8 +326,7 @@ def reference(ws, x, act, out_dtype) -> jax.Array:
 def _values(args):
     """The values of ``fwd``'s :class:`jax.custom_derivatives.CustomVJPPrimal` leaves, and
     whether the kernels serve this derivative (``RADIAL_FUSED = 2``, or no weight perturbed)."""
-    leaves, tree = jax.tree.flatten(args, is_leaf=lambda a: isinstance(a, CustomVJPPrimal))
-    values = jax.tree.unflatten(tree, [a.value for a in leaves])
+    values = jax.tree.map(lambda a: a.value, args, is_leaf=lambda a: isinstance(a, CustomVJPPrimal))
     weights_perturbed = any(w.perturbed for w in args[1])  # args = (x, ws, ...)
     return values, RADIAL_FUSED == 2 or not weights_perturbed
 
