@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Session 26's GPU calls on one H100 (PERFORMANCE_LOG entry 28): the goals' speed-ups measured in
+# interleaved rounds (experiments/perf/interleaved.py: every program once per round, the ratio the
+# median over rounds), so that the 5% drift of one program's median between rows of a process
+# (entry 27) cancels. Everything packed into OUT/CALL.tgz (experiments/perf/plan_lib.sh).
+#   source experiments/gpu_env.sh && bash experiments/perf/plan_s26.sh "$OUT" CALL
+# CALL:
+#   a  MACE MP-S at 10,125 atoms: training and E+F (E+F with XLA's radial MLP in bf16-mixed too);
+#      NequIP-M at 10,125 atoms: E+F and training; MACE MP-S E+F at 3,000 atoms
+dest=$1 call=$2
+source "$(dirname "$0")/plan_lib.sh"
+inter() {  # OUT-NAME LIMIT-S CASE PROGRAMS...
+  local name=$1 limit=$2 case=$3; shift 3
+  timeout "$limit" python3 experiments/perf/interleaved.py --out "$out/interleaved_$name.json" \
+      --case "$case" --programs "$@" --repeats 60 > "$out/interleaved_$name.txt" 2>&1
+  stamp "interleaved_$name"
+}
+case $call in
+  a)
+    inter mace_train 160 mace-mp-s:water:10000:train pallas@fp32 pallas@bf16-mixed
+    inter mace_ef 100 mace-mp-s:water:10000:ef pallas@fp32 pallas@bf16-mixed \
+        pallas:RADIAL_FUSED=0@bf16-mixed
+    inter nequip_ef 80 nequip-M:water:10000:ef pallas@fp32 pallas@bf16-mixed
+    inter nequip_train 120 nequip-M:water:10000:train pallas@fp32 pallas@bf16-mixed
+    inter mace_3k_ef 60 mace-mp-s:water:3000:ef pallas@fp32 pallas@bf16-mixed ;;
+  *) echo "CALL must be a" >&2; exit 2 ;;
+esac
+finish
