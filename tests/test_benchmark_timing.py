@@ -45,6 +45,10 @@ def test_interleaved_rounds_on_a_fake_clock(monkeypatch):
     assert out["bf16"]["ratio_to_first"] == pytest.approx(1.5)
     assert out["bf16"]["ratio_p10"] == pytest.approx(1.5) == out["bf16"]["ratio_p90"]
     assert out["tf32"]["ratio_to_first"] == pytest.approx(2.0)
+    # any two programs from their rounds: tf32 over bf16 in every round
+    assert out["tf32"]["round_ms"] == pytest.approx([1.5, 3.0, 1.5, 3.0])
+    between = bm.round_ratio(out["bf16"]["round_ms"], out["tf32"]["round_ms"])
+    assert between["median"] == pytest.approx(2.0 / 1.5) == between["p90"]
     with pytest.raises(ValueError, match="at least one"):
         bm.time_interleaved({})
 
@@ -53,10 +57,21 @@ def test_interleaved_script_on_a_tiny_case(tmp_path, capsys):
     cli = load_script("experiments/perf/interleaved.py")
     out = tmp_path / "il.json"
     args = ["--out", str(out), "--case", "nequip-S:water:24:ef", "--repeats", "2"]
-    assert cli.main([*args, "--programs", "e3nn@fp32", "e3nn@bf16-mixed"]) == 0
+    programs = ["e3nn@fp32", "e3nn@bf16-mixed", "e3nn@fp32@1024"]
+    assert cli.main([*args, "--programs", *programs]) == 0
     rows = json.loads(out.read_text())["rows"]
-    assert [r["preset"] for r in rows] == ["fp32", "bf16-mixed"]
+    assert [r["preset"] for r in rows] == ["fp32", "bf16-mixed", "fp32"]
     assert all(r["interleaved"] and r["median_ms"] > 0 and r["repeats"] == 2 for r in rows)
-    assert rows[1]["ratio_to_first"] > 0 and "speed-up vs first" in capsys.readouterr().out
+    assert all(len(r["round_ms"]) == 2 and isinstance(r["pad_copies"], dict) for r in rows)
+    # the third program: the same atoms and edges padded to a multiple of 1024
+    assert rows[2]["padded_edges"] % 1024 == 0 and rows[0]["padded_edges"] % 1024 != 0
+    assert rows[2]["n_edges"] == rows[0]["n_edges"] and rows[2]["n_atoms"] == rows[0]["n_atoms"]
+    printed = capsys.readouterr().out
+    assert rows[1]["ratio_to_first"] > 0 and "speed-up vs first" in printed
+    assert (
+        "column's program over the row's" in printed and "pad copies of e3nn@fp32@1024" in printed
+    )
     with pytest.raises(SystemExit):
         cli.main([*args, "--programs", "e3nn-fp32"])
+    with pytest.raises(SystemExit):
+        cli.main([*args, "--programs", "e3nn@fp32@x"])

@@ -6,16 +6,22 @@ of the first program's time over each other's (:func:`mpnn_jax.benchmark.time_in
     source experiments/gpu_env.sh && python3 experiments/perf/interleaved.py --out F.json \\
         --case mace-mp-s:water:10000:train --programs pallas@fp32 pallas@bf16-mixed
 
-A program is ``VARIANT@PRESET``: ``VARIANT`` as in ``pallas_conv.py`` (``e3nn``, ``pallas``,
-``pallas:KEY=V,...`` with the kernels' module settings), applied before that program is traced
-and compiled. The same weights for all. Prints a table; writes JSON (device, command, rows).
-No timing claim comes from a CPU: there the run only checks that the tool works.
+A program is ``VARIANT@PRESET`` or ``VARIANT@PRESET@EDGES``: ``VARIANT`` as in
+``pallas_conv.py`` (``e3nn``, ``pallas``, ``pallas:KEY=V,...`` with the kernels' module
+settings), applied before that program is traced and compiled; ``EDGES`` pads the edges of its
+system to that multiple instead of :func:`mpnn_jax.data.buckets.edge_multiple`'s (the same atoms
+and edges, another padded shape). The same weights for all. Prints a table, each program's pad
+copies (XLA's ``pad`` fusions in the compiled program, by shape) and the speed-ups between every
+two programs; writes JSON (device, command, rows with every round's time). No timing claim comes
+from a CPU: there the run only checks that the tool works.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -41,26 +47,38 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         size, kind, n_atoms, mode = args.case.split(":")
-        programs = [spec.rsplit("@", 1) for spec in args.programs]
-        if any(len(prog) != 2 for prog in programs):
-            raise ValueError("each program must be VARIANT@PRESET")
+        programs = [spec.split("@") for spec in args.programs]
+        if any(len(prog) not in (2, 3) for prog in programs):
+            raise ValueError("each program must be VARIANT@PRESET or VARIANT@PRESET@EDGES")
+        multiples = [int(prog[2]) if len(prog) == 3 else None for prog in programs]
     except ValueError as err:
         p.error(f"{err} (case {args.case!r}, programs {args.programs})")
 
-    system = bm.build_system(
-        kind, int(n_atoms), cutoff=5.0, species_table=SpeciesTable((1, 6, 8, 29))
-    )
-    params = bm.init_for(size, system, cutoff=5.0)
-    graphs = [bm.to_device(g) for g in bm.perturbed_inputs(system.graph, args.inputs)]
+    systems = {
+        m: bm.build_system(
+            kind,
+            int(n_atoms),
+            cutoff=5.0,
+            species_table=SpeciesTable((1, 6, 8, 29)),
+            edge_multiple=m,
+        )  # fmt: skip
+        for m in dict.fromkeys(multiples)
+    }
+    first = systems[multiples[0]]
+    params = bm.init_for(size, first, cutoff=5.0)
     out = {"device": bm.device_info(), "command": sys.argv, "case": args.case, "rows": []}
     compiled = {}
-    for (variant, preset), spec in zip(programs, args.programs, strict=True):
+    for (variant, preset, *_), multiple, spec in zip(
+        programs, multiples, args.programs, strict=True
+    ):
         backend, sorted_edges = apply_variant(variant)
         if sorted_edges != "none":
             p.error(f"{spec}: sorted edges are not supported here (pallas_conv.py times them)")
+        system = systems[multiple]
+        graphs = [bm.to_device(g) for g in bm.perturbed_inputs(system.graph, args.inputs)]
         model = bm.make_model(
             size, policy=preset, n_species=system.n_species, cutoff=5.0,
-            avg_num_neighbors=bm.avg_neighbours(system), backend=backend,
+            avg_num_neighbors=bm.avg_neighbours(first), backend=backend,
         )  # fmt: skip
         fn, inputs, compile_s = bm.compile_program(
             model,
@@ -71,7 +89,10 @@ def main(argv=None) -> int:
         )
         compiled[spec] = (fn, inputs)
         row = bm.case_row(size, system, preset, mode, model, take_rows=ops.TAKE_ROWS)
-        row.update(variant=variant, compile_s=compile_s, compiled_bytes=bm.compiled_bytes(fn))
+        row.update(
+            variant=variant, compile_s=compile_s, compiled_bytes=bm.compiled_bytes(fn),
+            padded_edges=int(system.graph.senders.shape[0]), pad_copies=pad_copies(fn),
+        )  # fmt: skip
         out["rows"].append(row)
         print(f"compiled {spec} in {compile_s:.1f} s", flush=True)
     times = bm.time_interleaved(compiled, repeats=args.repeats)
@@ -87,7 +108,24 @@ def main(argv=None) -> int:
         )
         spread = f"{row['p10_ms']:.2f}-{row['p90_ms']:.2f}"
         print(f"{spec:45} {row['median_ms']:8.2f} {spread:>15} {ratio:>30}")
+    for row, spec in zip(out["rows"], args.programs, strict=True):
+        copies = ", ".join(f"{n} x {shape}" for shape, n in row["pad_copies"].items()) or "none"
+        print(f"pad copies of {spec} ({row['padded_edges']} padded edges): {copies}")
+    if len(out["rows"]) > 2:
+        print("speed-up of the column's program over the row's (median over rounds):")
+        print(" " * 4 + "".join(f"{j:>9}" for j in range(len(out["rows"]))))
+        for i, a in enumerate(out["rows"]):
+            cells = [bm.round_ratio(a["round_ms"], b["round_ms"])["median"] for b in out["rows"]]
+            print(f"{i:>4}" + "".join(f"{c:9.3f}" for c in cells) + f"  {args.programs[i]}")
     return 0
+
+
+def pad_copies(compiled) -> dict[str, int]:
+    """XLA's pad fusions in a compiled program by output shape (e.g. the copies that pad a
+    dot's reduction dimension before XLA splits it): ``{"f32[274432,64]": 20, ...}``."""
+    text = compiled.as_text()
+    shapes = re.findall(r"^\s*%\S*pad\S*fusion\S* = (\w+\[[\d,]*\])", text, re.M)
+    return dict(collections.Counter(shapes).most_common())
 
 
 if __name__ == "__main__":

@@ -7,6 +7,10 @@
 # CALL:
 #   a  MACE MP-S at 10,125 atoms: training and E+F (E+F with XLA's radial MLP in bf16-mixed too);
 #      NequIP-M at 10,125 atoms: E+F and training; MACE MP-S E+F at 3,000 atoms
+#      (ran at 88cd9aa; the limits cut the last three: setup and compiles took longer)
+#   b  the edge budgets in multiples of 8192 (the pairs of 4096, entry 28) against 1024, MACE MP-S
+#      at 10,125 atoms, training and E+F, fp32 and bf16-mixed in one set of rounds each; then
+#      NequIP-M E+F at 10,125 atoms and MACE MP-S E+F at 3,000 atoms, with longer limits
 dest=$1 call=$2
 source "$(dirname "$0")/plan_lib.sh"
 inter() {  # OUT-NAME LIMIT-S CASE PROGRAMS...
@@ -23,6 +27,12 @@ case $call in
     inter nequip_ef 80 nequip-M:water:10000:ef pallas@fp32 pallas@bf16-mixed
     inter nequip_train 120 nequip-M:water:10000:train pallas@fp32 pallas@bf16-mixed
     inter mace_3k_ef 60 mace-mp-s:water:3000:ef pallas@fp32 pallas@bf16-mixed ;;
-  *) echo "CALL must be a" >&2; exit 2 ;;
+  b)
+    both="pallas@fp32@1024 pallas@fp32 pallas@bf16-mixed@1024 pallas@bf16-mixed"
+    inter mace_train_pad 210 mace-mp-s:water:10000:train $both
+    inter mace_ef_pad 140 mace-mp-s:water:10000:ef $both
+    inter nequip_ef 120 nequip-M:water:10000:ef pallas@fp32 pallas@bf16-mixed
+    inter mace_3k_ef 70 mace-mp-s:water:3000:ef pallas@fp32 pallas@bf16-mixed ;;
+  *) echo "CALL must be a or b" >&2; exit 2 ;;
 esac
 finish

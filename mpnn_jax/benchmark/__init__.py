@@ -83,6 +83,7 @@ from mpnn_jax.benchmark.timing import (
     device_memory_budget,
     is_oom,
     peak_device_bytes,
+    round_ratio,
     time_compiled,
     time_interleaved,
 )
@@ -130,6 +131,7 @@ __all__ = [
     "split_by_precision",
     "stage_name",
     "time_compiled",
+    "round_ratio",
     "time_interleaved",
     "to_device",
     "variant_name",

@@ -146,9 +146,10 @@ def time_interleaved(
         programs: name -> ``(fn, inputs)``; round ``i`` calls ``fn(*inputs[i % len(inputs)])``.
 
     Returns:
-        name -> ``{median_ms, min_ms, max_ms, p10_ms, p90_ms, repeats}``, plus, for each program
-        after the first, ``ratio_to_first`` (the median over rounds of the first program's time
-        over this one's, a speed-up) with ``ratio_p10`` and ``ratio_p90``.
+        name -> ``{median_ms, min_ms, max_ms, p10_ms, p90_ms, repeats, round_ms}`` (``round_ms``:
+        the time of each round, for :func:`round_ratio`), plus, for each program after the first,
+        ``ratio_to_first`` (the median over rounds of the first program's time over this one's,
+        a speed-up) with ``ratio_p10`` and ``ratio_p90``.
     """
     names = list(programs)
     if not names:
@@ -167,10 +168,26 @@ def time_interleaved(
             times[name].append((time.perf_counter() - t0) * 1e3)
     out = {}
     for name in names:
-        out[name] = _stats(times[name])
+        out[name] = {**_stats(times[name]), "round_ms": times[name]}
         if name != names[0]:
-            ratios = [a / b for a, b in zip(times[names[0]], times[name], strict=True)]
-            out[name]["ratio_to_first"] = statistics.median(ratios)
-            out[name]["ratio_p10"] = float(np.percentile(ratios, 10))
-            out[name]["ratio_p90"] = float(np.percentile(ratios, 90))
+            ratio = round_ratio(times[names[0]], times[name])
+            out[name].update(ratio_to_first=ratio["median"], ratio_p10=ratio["p10"])
+            out[name]["ratio_p90"] = ratio["p90"]
     return out
+
+
+def round_ratio(reference: Sequence[float], other: Sequence[float]) -> dict[str, float]:
+    """The speed-up of ``other`` over ``reference`` from paired rounds of
+    :func:`time_interleaved` (their ``round_ms``): median, p10 and p90 over rounds of
+    ``reference[i] / other[i]``.
+
+    Example:
+        >>> round_ratio([2.0, 4.0, 3.0], [1.0, 2.0, 3.0])["median"]
+        2.0
+    """
+    ratios = [a / b for a, b in zip(reference, other, strict=True)]
+    return {
+        "median": statistics.median(ratios),
+        "p10": float(np.percentile(ratios, 10)),
+        "p90": float(np.percentile(ratios, 90)),
+    }

@@ -1,8 +1,8 @@
 """Padding buckets: a small set of static batch shapes so each shape compiles once.
 
 Every batch holds at most ``batch_size`` real graphs and is padded to one bucket
-``(n_node, n_edge, n_graph)`` with n_node a multiple of 8, n_edge a multiple of 64 (of 1024 from
-65,536 edges on: :func:`edge_budget`) and
+``(n_node, n_edge, n_graph)`` with n_node a multiple of 8, n_edge a multiple of 64 (of a larger
+power of two for large budgets, at most 1/64 of the budget: :func:`edge_multiple`) and
 n_graph = batch_size + 1 (one padding graph, jraph convention). The largest bucket holds the
 worst case (the ``batch_size`` largest graphs together), so every batch of every shuffled epoch
 fits; smaller buckets sit at quantiles of the batch sizes seen in simulated shuffled epochs, so
@@ -21,13 +21,17 @@ import numpy as np
 
 NODE_MULTIPLE = 8
 EDGE_MULTIPLE = 64
-#: Edge budgets of at least this many edges are padded to a multiple of LARGE_EDGE_MULTIPLE:
-#: XLA pads the edge dimension of the radial MLP's weight-gradient dots to split their reduction
-#: (a profile at 547,200 edges, a multiple of 64 and 128), and at multiples of 1024 training steps
-#: ran 1.5-4.0% faster (H200, 547k edges; E+F unchanged; PERFORMANCE_LOG entry 11). At most 1.6%
-#: more edges.
-LARGE_EDGE_BUDGET = 65_536
-LARGE_EDGE_MULTIPLE = 1024
+#: The largest multiple an edge budget is rounded to (:func:`edge_multiple`).
+#:
+#: Why large multiples: XLA splits the reduction of a weight-gradient dot over the edges (the
+#: radial MLP's, in a training step) into blocks and pads the edge dimension to a multiple of
+#: ``split * block`` first, a copy of the whole operand per dot. At 547,200 edges (a multiple of
+#: 64 and 128) that cost 1.5-4.0% of a training step, removed by multiples of 1024 (H200;
+#: PERFORMANCE_LOG entry 11). Since the radial MLP runs once per pair of reverse edges (entry 20)
+#: the dots reduce over ``n_edge / 2`` rows: 273,920 pairs were padded to 274,432 = 67 x 4096,
+#: twenty ``[pairs, 64]`` copies and 1.1 ms of a 10k-atom MACE training step (H100, entry 28),
+#: hence edge budgets of 547k edges in multiples of 8192.
+MAX_EDGE_MULTIPLE = 16_384
 
 
 def round_up(x: int, multiple: int) -> int:
@@ -36,13 +40,18 @@ def round_up(x: int, multiple: int) -> int:
 
 
 def edge_multiple(n_edge: int) -> int:
-    """The multiple an edge budget of ``n_edge`` edges is rounded to: 64, or 1024 for large ones.
+    """The multiple an edge budget of ``n_edge`` edges is rounded to: the largest power of two
+    that is at most ``n_edge / 64``, between :data:`EDGE_MULTIPLE` (64) and
+    :data:`MAX_EDGE_MULTIPLE`; so a budget holds at most 1/64 (1.6%) more edges than needed.
 
     Example:
-        >>> edge_multiple(5_000), edge_multiple(547_164)
-        (64, 1024)
+        >>> edge_multiple(5_000), edge_multiple(70_000), edge_multiple(547_164)
+        (64, 1024, 8192)
     """
-    return LARGE_EDGE_MULTIPLE if n_edge >= LARGE_EDGE_BUDGET else EDGE_MULTIPLE
+    multiple = EDGE_MULTIPLE
+    while multiple < MAX_EDGE_MULTIPLE and 2 * multiple * 64 <= n_edge:
+        multiple *= 2
+    return multiple
 
 
 def edge_budget(n_edge: int) -> int:
@@ -50,7 +59,7 @@ def edge_budget(n_edge: int) -> int:
 
     Example:
         >>> edge_budget(100), edge_budget(547_164)
-        (128, 547840)
+        (128, 548864)
     """
     return round_up(n_edge, edge_multiple(n_edge))
 

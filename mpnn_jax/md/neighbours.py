@@ -53,8 +53,8 @@ def bucket_size(n: int, *, multiple: int, growth: float = GROWTH, minimum: int =
 
 def edge_capacity(n_edges: int, *, minimum: int = 0) -> int:
     """Padded edge budget of an MD neighbour list: :func:`bucket_size` in multiples of
-    :data:`EDGE_MULTIPLE`, rounded up by :func:`mpnn_jax.data.buckets.edge_budget` (to 1024 from
-    65,536 edges on, which XLA's split weight-gradient dots of the training step like better).
+    :data:`EDGE_MULTIPLE`, rounded up by :func:`mpnn_jax.data.buckets.edge_budget` (to a power
+    of two of at most 1/64 of the budget, which XLA's split weight-gradient dots like better).
 
     Example:
         >>> edge_capacity(100), edge_capacity(70_000)

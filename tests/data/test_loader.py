@@ -34,18 +34,23 @@ def cluster_graphs(n_graphs=60, seed=0, max_atoms=30):
     return graphs
 
 
-def test_edge_budget_rounds_large_batches_to_1024():
-    """Small budgets in multiples of 64, from LARGE_EDGE_BUDGET on multiples of 1024; never less
-    than the edges, never more than one multiple above them; monotone, so buckets stay sorted."""
-    from mpnn_jax.data.buckets import LARGE_EDGE_BUDGET, edge_budget
+def test_edge_budget_multiples_grow_with_the_budget():
+    """Budgets are multiples of a power of two between 64 and MAX_EDGE_MULTIPLE, at most 1/64 of
+    the edges; never less than the edges, never a whole multiple above them; monotone, so buckets
+    stay sorted; the benchmark water box's pairs are a multiple of 4096 (PERFORMANCE_LOG 28)."""
+    from mpnn_jax.data.buckets import MAX_EDGE_MULTIPLE, edge_budget, edge_multiple
 
-    for n in (1, 64, 65, 5_000, LARGE_EDGE_BUDGET - 1):
-        assert edge_budget(n) % 64 == 0 and n <= edge_budget(n) < n + 64
-    for n in (LARGE_EDGE_BUDGET, LARGE_EDGE_BUDGET + 1, 547_164):
-        assert edge_budget(n) % 1024 == 0 and n <= edge_budget(n) < n + 1024
-    assert edge_budget(547_164) == 547_840  # the benchmark water box (PERFORMANCE_LOG 11)
-    ns = np.arange(LARGE_EDGE_BUDGET - 3000, LARGE_EDGE_BUDGET + 3000)
-    assert np.all(np.diff([edge_budget(int(n)) for n in ns]) >= 0)
+    for n in (1, 64, 65, 5_000, 8_191, 8_192, 65_535, 65_536, 547_164, 2_000_000):
+        m = edge_multiple(n)
+        assert m & (m - 1) == 0 and 64 <= m <= MAX_EDGE_MULTIPLE
+        assert m == 64 or m <= n / 64, (n, m)
+        assert 2 * m > n / 64 or m == MAX_EDGE_MULTIPLE, (n, m)  # the largest such power
+        assert edge_budget(n) % m == 0 and n <= edge_budget(n) < n + m
+    assert edge_multiple(5_000) == 64 and edge_multiple(65_536) == 1024  # as before entry 28
+    assert edge_budget(547_164) == 548_864 and (548_864 // 2) % 4096 == 0  # the water box
+    for boundary in (8_192, 65_536, 524_288, 1_048_576):
+        ns = np.arange(boundary - 3000, boundary + 3000)
+        assert np.all(np.diff([edge_budget(int(n)) for n in ns]) >= 0)
 
 
 def test_plan_is_rounded_and_bounded():
