@@ -83,6 +83,13 @@ def test_build_system_edge_padding():
     assert padded.graph.senders.shape[0] == -(-n_edges // 1000) * 1000
     with pytest.raises(ValueError, match="edge_multiple"):
         bm.build_system("water", 100, cutoff=5.0, species_table=table, edge_multiple=-1)
+    nodes = bm.build_system("water", 100, cutoff=5.0, species_table=table, node_multiple=100)
+    n_atoms = default.n_atoms
+    assert default.graph.nodes["species"].shape[0] == -(-(n_atoms + 1) // 8) * 8
+    assert nodes.graph.nodes["species"].shape[0] == -(-(n_atoms + 1) // 100) * 100
+    assert nodes.n_atoms == n_atoms and nodes.graph.senders.shape == default.graph.senders.shape
+    with pytest.raises(ValueError, match="node_multiple"):
+        bm.build_system("water", 100, cutoff=5.0, species_table=table, node_multiple=0)
 
 
 def test_build_system_atom_orders():

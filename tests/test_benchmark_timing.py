@@ -57,7 +57,7 @@ def test_interleaved_script_on_a_tiny_case(tmp_path, capsys):
     cli = load_script("experiments/perf/interleaved.py")
     out = tmp_path / "il.json"
     args = ["--out", str(out), "--case", "nequip-S:water:24:ef", "--repeats", "2"]
-    programs = ["e3nn@fp32", "e3nn@bf16-mixed", "e3nn@fp32@1024"]
+    programs = ["e3nn@fp32", "e3nn@bf16-mixed", "e3nn@fp32@edges=1024,nodes=64"]
     assert cli.main([*args, "--programs", *programs]) == 0
     rows = json.loads(out.read_text())["rows"]
     assert [r["preset"] for r in rows] == ["fp32", "bf16-mixed", "fp32"]
@@ -65,13 +65,17 @@ def test_interleaved_script_on_a_tiny_case(tmp_path, capsys):
     assert all(len(r["round_ms"]) == 2 and isinstance(r["pad_copies"], dict) for r in rows)
     # the third program: the same atoms and edges padded to a multiple of 1024
     assert rows[2]["padded_edges"] % 1024 == 0 and rows[0]["padded_edges"] % 1024 != 0
+    assert rows[2]["padded_nodes"] == 64 and rows[0]["padded_nodes"] % 64 != 0
     assert rows[2]["n_edges"] == rows[0]["n_edges"] and rows[2]["n_atoms"] == rows[0]["n_atoms"]
     printed = capsys.readouterr().out
     assert rows[1]["ratio_to_first"] > 0 and "speed-up vs first" in printed
     assert (
-        "column's program over the row's" in printed and "pad copies of e3nn@fp32@1024" in printed
+        "column's program over the row's" in printed
+        and "pad copies of e3nn@fp32@edges=1024" in printed
     )
     with pytest.raises(SystemExit):
         cli.main([*args, "--programs", "e3nn-fp32"])
     with pytest.raises(SystemExit):
-        cli.main([*args, "--programs", "e3nn@fp32@x"])
+        cli.main([*args, "--programs", "e3nn@fp32@edges=x"])
+    with pytest.raises(SystemExit):
+        cli.main([*args, "--programs", "e3nn@fp32@faces=8"])

@@ -6,11 +6,12 @@ of the first program's time over each other's (:func:`mpnn_jax.benchmark.time_in
     source experiments/gpu_env.sh && python3 experiments/perf/interleaved.py --out F.json \\
         --case mace-mp-s:water:10000:train --programs pallas@fp32 pallas@bf16-mixed
 
-A program is ``VARIANT@PRESET`` or ``VARIANT@PRESET@EDGES``: ``VARIANT`` as in
+A program is ``VARIANT@PRESET`` or ``VARIANT@PRESET@PADDING``: ``VARIANT`` as in
 ``pallas_conv.py`` (``e3nn``, ``pallas``, ``pallas:KEY=V,...`` with the kernels' module
-settings), applied before that program is traced and compiled; ``EDGES`` pads the edges of its
-system to that multiple instead of :func:`mpnn_jax.data.buckets.edge_multiple`'s (the same atoms
-and edges, another padded shape). The same weights for all. Prints a table, each program's pad
+settings), applied before that program is traced and compiled; ``PADDING`` (``edges=1024``,
+``nodes=8`` or both, comma-separated) pads the edges or nodes of its system to that multiple
+instead of the training buckets' (:mod:`mpnn_jax.data.buckets`): the same atoms and edges,
+another padded shape. The same weights for all. Prints a table, each program's pad
 copies (XLA's ``pad`` fusions in the compiled program, by shape) and the speed-ups between every
 two programs; writes JSON (device, command, rows with every round's time). No timing claim comes
 from a CPU: there the run only checks that the tool works.
@@ -49,18 +50,20 @@ def main(argv=None) -> int:
         size, kind, n_atoms, mode = args.case.split(":")
         programs = [spec.split("@") for spec in args.programs]
         if any(len(prog) not in (2, 3) for prog in programs):
-            raise ValueError("each program must be VARIANT@PRESET or VARIANT@PRESET@EDGES")
-        multiples = [int(prog[2]) if len(prog) == 3 else None for prog in programs]
+            raise ValueError("each program must be VARIANT@PRESET or VARIANT@PRESET@PADDING")
+        multiples = [padding(prog[2] if len(prog) == 3 else "") for prog in programs]
     except ValueError as err:
         p.error(f"{err} (case {args.case!r}, programs {args.programs})")
 
+    table = SpeciesTable((1, 6, 8, 29))
     systems = {
         m: bm.build_system(
             kind,
             int(n_atoms),
             cutoff=5.0,
-            species_table=SpeciesTable((1, 6, 8, 29)),
-            edge_multiple=m,
+            species_table=table,
+            edge_multiple=m[0],
+            node_multiple=m[1],
         )  # fmt: skip
         for m in dict.fromkeys(multiples)
     }
@@ -92,6 +95,7 @@ def main(argv=None) -> int:
         row.update(
             variant=variant, compile_s=compile_s, compiled_bytes=bm.compiled_bytes(fn),
             padded_edges=int(system.graph.senders.shape[0]), pad_copies=pad_copies(fn),
+            padded_nodes=int(system.graph.nodes["species"].shape[0]),
         )  # fmt: skip
         out["rows"].append(row)
         print(f"compiled {spec} in {compile_s:.1f} s", flush=True)
@@ -110,7 +114,8 @@ def main(argv=None) -> int:
         print(f"{spec:45} {row['median_ms']:8.2f} {spread:>15} {ratio:>30}")
     for row, spec in zip(out["rows"], args.programs, strict=True):
         copies = ", ".join(f"{n} x {shape}" for shape, n in row["pad_copies"].items()) or "none"
-        print(f"pad copies of {spec} ({row['padded_edges']} padded edges): {copies}")
+        padded = f"{row['padded_nodes']} nodes, {row['padded_edges']} edges"
+        print(f"pad copies of {spec} ({padded} padded): {copies}")
     if len(out["rows"]) > 2:
         print("speed-up of the column's program over the row's (median over rounds):")
         print(" " * 4 + "".join(f"{j:>9}" for j in range(len(out["rows"]))))
@@ -118,6 +123,18 @@ def main(argv=None) -> int:
             cells = [bm.round_ratio(a["round_ms"], b["round_ms"])["median"] for b in out["rows"]]
             print(f"{i:>4}" + "".join(f"{c:9.3f}" for c in cells) + f"  {args.programs[i]}")
     return 0
+
+
+def padding(text: str) -> tuple[int | None, int | None]:
+    """``"edges=1024,nodes=8"`` -> ``(1024, 8)``; a missing key (or ``""``) is ``None``: the
+    training buckets' multiple."""
+    values = {"edges": None, "nodes": None}
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        if key not in values or not value.isdigit() or int(value) < 1:
+            raise ValueError(f"padding must be edges=N and/or nodes=N, got {text!r}")
+        values[key] = int(value)
+    return values["edges"], values["nodes"]
 
 
 def pad_copies(compiled) -> dict[str, int]:

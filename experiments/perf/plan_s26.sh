@@ -11,6 +11,10 @@
 #   b  the edge budgets in multiples of 8192 (the pairs of 4096, entry 28) against 1024, MACE MP-S
 #      at 10,125 atoms, training and E+F, fp32 and bf16-mixed in one set of rounds each; then
 #      NequIP-M E+F at 10,125 atoms and MACE MP-S E+F at 3,000 atoms, with longer limits
+#      (ran at 79db1a3)
+#   c  node budgets in multiples of 128 (10,240 nodes: the default since entry 28) against 8,
+#      MACE MP-S at 10,125 atoms, training and E+F as in b (edges at the new default); NequIP-M
+#      training at 10,125 atoms
 dest=$1 call=$2
 source "$(dirname "$0")/plan_lib.sh"
 inter() {  # OUT-NAME LIMIT-S CASE PROGRAMS...
@@ -33,6 +37,11 @@ case $call in
     inter mace_ef_pad 140 mace-mp-s:water:10000:ef $both
     inter nequip_ef 120 nequip-M:water:10000:ef pallas@fp32 pallas@bf16-mixed
     inter mace_3k_ef 70 mace-mp-s:water:3000:ef pallas@fp32 pallas@bf16-mixed ;;
-  *) echo "CALL must be a or b" >&2; exit 2 ;;
+  c)
+    both="pallas@fp32@nodes=8 pallas@fp32 pallas@bf16-mixed@nodes=8 pallas@bf16-mixed"
+    inter mace_train_nodes 200 mace-mp-s:water:10000:train $both
+    inter mace_ef_nodes 130 mace-mp-s:water:10000:ef $both
+    inter nequip_train 160 nequip-M:water:10000:train pallas@fp32 pallas@bf16-mixed ;;
+  *) echo "CALL must be a, b or c" >&2; exit 2 ;;
 esac
 finish

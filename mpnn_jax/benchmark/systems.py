@@ -88,24 +88,26 @@ def build_system(
     species_table,
     seed: int = 0,
     edge_multiple: int | None = None,
+    node_multiple: int | None = None,
     atom_order: str = "input",
 ):
     """One padded benchmark graph of ``kind`` in {"cu", "water", "ethanol", "aspirin"}.
 
     ``atom_order`` (:data:`mpnn_jax.data.order.ATOM_ORDERS`) reorders a periodic cell's atoms
     before the neighbour list (``"input"``: as built, molecule by molecule on a grid); molecule
-    batches keep the input order. Nodes are padded to a multiple of 8 (with at least one padding
-    node), edges to a multiple of ``edge_multiple`` (default: the training buckets'
+    batches keep the input order. Nodes are padded to a multiple of ``node_multiple`` (with at
+    least one padding node), edges to a multiple of ``edge_multiple`` (defaults: the training
+    buckets', :func:`mpnn_jax.data.buckets.node_budget` and
     :func:`mpnn_jax.data.buckets.edge_budget`).
     """
     from mpnn_jax.data import atoms_to_graph, batch_graphs, pad_graph
-    from mpnn_jax.data.buckets import NODE_MULTIPLE, round_up
-    from mpnn_jax.data.buckets import edge_multiple as default_multiple
+    from mpnn_jax.data.buckets import edge_budget, node_budget, round_up
     from mpnn_jax.data.order import ATOM_ORDERS, reorder
     from mpnn_jax.data.xyz import atoms_to_configuration
 
-    if edge_multiple is not None and edge_multiple < 1:
-        raise ValueError(f"edge_multiple must be >= 1, got {edge_multiple}")
+    for name, multiple in (("edge_multiple", edge_multiple), ("node_multiple", node_multiple)):
+        if multiple is not None and multiple < 1:
+            raise ValueError(f"{name} must be >= 1, got {multiple}")
     if atom_order not in ATOM_ORDERS:
         raise ValueError(f"unknown atom order {atom_order!r}; expected one of {list(ATOM_ORDERS)}")
     if kind in ("cu", "water"):
@@ -132,8 +134,8 @@ def build_system(
     n_edge = int(graph.n_edge.sum())
     padded = pad_graph(
         graph,
-        n_node=round_up(n_node + 1, NODE_MULTIPLE),
-        n_edge=round_up(n_edge, edge_multiple or default_multiple(n_edge)),
+        n_node=round_up(n_node + 1, node_multiple) if node_multiple else node_budget(n_node),
+        n_edge=round_up(n_edge, edge_multiple) if edge_multiple else edge_budget(n_edge),
         n_graph=len(graphs) + 1,
     )
     return System(
