@@ -13,8 +13,7 @@
 #      NequIP-M E+F at 10,125 atoms and MACE MP-S E+F at 3,000 atoms, with longer limits
 #      (ran at 79db1a3)
 #   c  node budgets in multiples of 128 (10,240 nodes: the default since entry 28) against 8,
-#      MACE MP-S at 10,125 atoms, training and E+F as in b (edges at the new default); NequIP-M
-#      training at 10,125 atoms
+#      MACE MP-S at 10,125 atoms, training and E+F as in b (edges at the new default)
 dest=$1 call=$2
 source "$(dirname "$0")/plan_lib.sh"
 inter() {  # OUT-NAME LIMIT-S CASE PROGRAMS...
@@ -40,8 +39,7 @@ case $call in
   c)
     both="pallas@fp32@nodes=8 pallas@fp32 pallas@bf16-mixed@nodes=8 pallas@bf16-mixed"
     inter mace_train_nodes 200 mace-mp-s:water:10000:train $both
-    inter mace_ef_nodes 130 mace-mp-s:water:10000:ef $both
-    inter nequip_train 160 nequip-M:water:10000:train pallas@fp32 pallas@bf16-mixed ;;
+    inter mace_ef_nodes 130 mace-mp-s:water:10000:ef $both ;;
   *) echo "CALL must be a, b or c" >&2; exit 2 ;;
 esac
 finish
