@@ -58,11 +58,12 @@ def test_interleaved_script_on_a_tiny_case(tmp_path, capsys):
     out = tmp_path / "il.json"
     args = ["--out", str(out), "--case", "nequip-S:water:24:ef", "--repeats", "2"]
     programs = ["e3nn@fp32", "e3nn@bf16-mixed", "e3nn@fp32@edges=1024,nodes=64"]
-    assert cli.main([*args, "--programs", *programs]) == 0
+    assert cli.main([*args, "--programs", *programs, "--consecutive", "2"]) == 0
     rows = json.loads(out.read_text())["rows"]
     assert [r["preset"] for r in rows] == ["fp32", "bf16-mixed", "fp32"]
     assert all(r["interleaved"] and r["median_ms"] > 0 and r["repeats"] == 2 for r in rows)
     assert all(len(r["round_ms"]) == 2 and isinstance(r["pad_copies"], dict) for r in rows)
+    assert all(r["consecutive"]["median_ms"] > 0 for r in rows)
     # the third program: the same atoms and edges padded to a multiple of 1024
     assert rows[2]["padded_edges"] % 1024 == 0 and rows[0]["padded_edges"] % 1024 != 0
     assert rows[2]["padded_nodes"] == 64 and rows[0]["padded_nodes"] % 64 != 0

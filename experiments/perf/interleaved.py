@@ -45,6 +45,12 @@ def main(argv=None) -> int:
     )
     p.add_argument("--repeats", type=int, default=20, help="rounds")
     p.add_argument("--inputs", type=int, default=3, help="perturbed input sets, used in turn")
+    p.add_argument(
+        "--consecutive",
+        type=int,
+        default=0,
+        help="then time each program this many times in a row too (time_compiled), to compare",
+    )
     args = p.parse_args(argv)
     try:
         size, kind, n_atoms, mode = args.case.split(":")
@@ -102,6 +108,10 @@ def main(argv=None) -> int:
     times = bm.time_interleaved(compiled, repeats=args.repeats)
     for row, spec in zip(out["rows"], args.programs, strict=True):
         row.update(times[spec], interleaved=True)
+    if args.consecutive:  # the same programs one after the other, as pallas_conv.py's rows
+        for row, spec in zip(out["rows"], args.programs, strict=True):
+            alone = bm.time_compiled(*compiled[spec], repeats=args.consecutive)
+            row["consecutive"] = {k: alone[k] for k in ("median_ms", "p10_ms", "p90_ms")}
     Path(args.out).write_text(json.dumps(out, indent=1))
     print(f"{'program':45} {'ms':>8} {'p10-p90':>15} {'speed-up vs first (p10-p90)':>30}")
     for row, spec in zip(out["rows"], args.programs, strict=True):
@@ -111,7 +121,9 @@ def main(argv=None) -> int:
             else ""
         )
         spread = f"{row['p10_ms']:.2f}-{row['p90_ms']:.2f}"
-        print(f"{spec:45} {row['median_ms']:8.2f} {spread:>15} {ratio:>30}")
+        alone = row.get("consecutive")
+        alone = f"  consecutive {alone['median_ms']:.2f} ms" if alone else ""
+        print(f"{spec:45} {row['median_ms']:8.2f} {spread:>15} {ratio:>30}{alone}")
     for row, spec in zip(out["rows"], args.programs, strict=True):
         copies = ", ".join(f"{n} x {shape}" for shape, n in row["pad_copies"].items()) or "none"
         padded = f"{row['padded_nodes']} nodes, {row['padded_edges']} edges"

@@ -13,13 +13,15 @@
 #      NequIP-M E+F at 10,125 atoms and MACE MP-S E+F at 3,000 atoms, with longer limits
 #      (ran at 79db1a3)
 #   c  node budgets in multiples of 128 (10,240 nodes: the default since entry 28) against 8,
-#      MACE MP-S at 10,125 atoms, training and E+F as in b (edges at the new default)
+#      MACE MP-S at 10,125 atoms, training and E+F as in b (edges at the new default); each
+#      program also timed 20 times in a row after the rounds (interleaved E+F medians were 11%
+#      above session 25's consecutive rows on another machine)
 dest=$1 call=$2
 source "$(dirname "$0")/plan_lib.sh"
 inter() {  # OUT-NAME LIMIT-S CASE PROGRAMS...
   local name=$1 limit=$2 case=$3; shift 3
   timeout "$limit" python3 experiments/perf/interleaved.py --out "$out/interleaved_$name.json" \
-      --case "$case" --programs "$@" --repeats 60 > "$out/interleaved_$name.txt" 2>&1
+      --case "$case" --programs "$@" --repeats 60 ${CONSECUTIVE:+--consecutive $CONSECUTIVE} > "$out/interleaved_$name.txt" 2>&1
   stamp "interleaved_$name"
 }
 case $call in
@@ -37,6 +39,7 @@ case $call in
     inter nequip_ef 120 nequip-M:water:10000:ef pallas@fp32 pallas@bf16-mixed
     inter mace_3k_ef 70 mace-mp-s:water:3000:ef pallas@fp32 pallas@bf16-mixed ;;
   c)
+    export CONSECUTIVE=20
     both="pallas@fp32@nodes=8 pallas@fp32 pallas@bf16-mixed@nodes=8 pallas@bf16-mixed"
     inter mace_train_nodes 200 mace-mp-s:water:10000:train $both
     inter mace_ef_nodes 130 mace-mp-s:water:10000:ef $both ;;
