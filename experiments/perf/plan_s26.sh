@@ -13,7 +13,8 @@
 #      NequIP-M E+F at 10,125 atoms and MACE MP-S E+F at 3,000 atoms, with longer limits
 #      (ran at 79db1a3)
 #   c  node budgets in multiples of 128 (10,240 nodes: the default since entry 28) against 8,
-#      MACE MP-S at 10,125 atoms, training and E+F as in b (edges at the new default); each
+#      MACE MP-S at 10,125 atoms, training as in b (edges at the new default; device time left
+#      for no E+F rows); each
 #      program also timed 20 times in a row after the rounds (interleaved E+F medians were 11%
 #      above session 25's consecutive rows on another machine)
 dest=$1 call=$2
@@ -41,8 +42,7 @@ case $call in
   c)
     export CONSECUTIVE=20
     both="pallas@fp32@nodes=8 pallas@fp32 pallas@bf16-mixed@nodes=8 pallas@bf16-mixed"
-    inter mace_train_nodes 200 mace-mp-s:water:10000:train $both
-    inter mace_ef_nodes 130 mace-mp-s:water:10000:ef $both ;;
+    inter mace_train_nodes 200 mace-mp-s:water:10000:train $both ;;
   *) echo "CALL must be a, b or c" >&2; exit 2 ;;
 esac
 finish
