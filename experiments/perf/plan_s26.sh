@@ -13,10 +13,9 @@
 #      NequIP-M E+F at 10,125 atoms and MACE MP-S E+F at 3,000 atoms, with longer limits
 #      (ran at 79db1a3)
 #   c  node budgets in multiples of 128 (10,240 nodes: the default since entry 28) against 8,
-#      MACE MP-S at 10,125 atoms, training as in b (edges at the new default; device time left
-#      for no E+F rows); each
-#      program also timed 20 times in a row after the rounds (interleaved E+F medians were 11%
-#      above session 25's consecutive rows on another machine)
+#      MACE MP-S at 10,125 atoms, training as in b (edges at the new default); then E+F with the
+#      defaults; each program also timed 20 times in a row after the rounds (call a's interleaved
+#      E+F medians were 11% above session 25's consecutive rows on another machine)
 dest=$1 call=$2
 source "$(dirname "$0")/plan_lib.sh"
 inter() {  # OUT-NAME LIMIT-S CASE PROGRAMS...
@@ -42,7 +41,8 @@ case $call in
   c)
     export CONSECUTIVE=20
     both="pallas@fp32@nodes=8 pallas@fp32 pallas@bf16-mixed@nodes=8 pallas@bf16-mixed"
-    inter mace_train_nodes 200 mace-mp-s:water:10000:train $both ;;
+    inter mace_train_nodes 180 mace-mp-s:water:10000:train $both
+    inter mace_ef_consecutive 70 mace-mp-s:water:10000:ef pallas@fp32 pallas@bf16-mixed ;;
   *) echo "CALL must be a, b or c" >&2; exit 2 ;;
 esac
 finish
