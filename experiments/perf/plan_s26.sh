@@ -11,11 +11,13 @@
 #   b  the edge budgets in multiples of 8192 (the pairs of 4096, entry 28) against 1024, MACE MP-S
 #      at 10,125 atoms, training and E+F, fp32 and bf16-mixed in one set of rounds each; then
 #      NequIP-M E+F at 10,125 atoms and MACE MP-S E+F at 3,000 atoms, with longer limits
-#      (ran at 79db1a3)
-#   c  node budgets in multiples of 128 (10,240 nodes: the default since entry 28) against 8,
-#      MACE MP-S at 10,125 atoms, training as in b (edges at the new default); then E+F with the
-#      defaults; each program also timed 20 times in a row after the rounds (call a's interleaved
-#      E+F medians were 11% above session 25's consecutive rows on another machine)
+#      (ran at 79db1a3, whose grammar wrote the padding `@1024`)
+#   c  (not run: no machine started, then too little device time) node budgets in multiples of
+#      512 (10,240 nodes) against the buckets' 8 (10,128), MACE MP-S at 10,125 atoms, training
+#      as in b (edges at the new default): XLA pads ~50 node-sized copies for its split dots
+#      (entry 28); then E+F with the defaults; each program also timed 20 times in a row after
+#      the rounds (call a's interleaved E+F medians were 11% above session 25's consecutive rows
+#      on another machine)
 dest=$1 call=$2
 source "$(dirname "$0")/plan_lib.sh"
 inter() {  # OUT-NAME LIMIT-S CASE PROGRAMS...
@@ -33,14 +35,14 @@ case $call in
     inter nequip_train 120 nequip-M:water:10000:train pallas@fp32 pallas@bf16-mixed
     inter mace_3k_ef 60 mace-mp-s:water:3000:ef pallas@fp32 pallas@bf16-mixed ;;
   b)
-    both="pallas@fp32@1024 pallas@fp32 pallas@bf16-mixed@1024 pallas@bf16-mixed"
+    both="pallas@fp32@edges=1024 pallas@fp32 pallas@bf16-mixed@edges=1024 pallas@bf16-mixed"
     inter mace_train_pad 210 mace-mp-s:water:10000:train $both
     inter mace_ef_pad 140 mace-mp-s:water:10000:ef $both
     inter nequip_ef 120 nequip-M:water:10000:ef pallas@fp32 pallas@bf16-mixed
     inter mace_3k_ef 70 mace-mp-s:water:3000:ef pallas@fp32 pallas@bf16-mixed ;;
   c)
     export CONSECUTIVE=20
-    both="pallas@fp32@nodes=8 pallas@fp32 pallas@bf16-mixed@nodes=8 pallas@bf16-mixed"
+    both="pallas@fp32 pallas@fp32@nodes=512 pallas@bf16-mixed pallas@bf16-mixed@nodes=512"
     inter mace_train_nodes 180 mace-mp-s:water:10000:train $both
     inter mace_ef_consecutive 70 mace-mp-s:water:10000:ef pallas@fp32 pallas@bf16-mixed ;;
   *) echo "CALL must be a, b or c" >&2; exit 2 ;;

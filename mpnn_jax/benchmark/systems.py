@@ -95,13 +95,12 @@ def build_system(
 
     ``atom_order`` (:data:`mpnn_jax.data.order.ATOM_ORDERS`) reorders a periodic cell's atoms
     before the neighbour list (``"input"``: as built, molecule by molecule on a grid); molecule
-    batches keep the input order. Nodes are padded to a multiple of ``node_multiple`` (with at
-    least one padding node), edges to a multiple of ``edge_multiple`` (defaults: the training
-    buckets', :func:`mpnn_jax.data.buckets.node_budget` and
-    :func:`mpnn_jax.data.buckets.edge_budget`).
+    batches keep the input order. Nodes are padded to a multiple of ``node_multiple`` (default:
+    the training buckets' 8), with at least one padding node; edges to a multiple of
+    ``edge_multiple`` (default: the training buckets' :func:`mpnn_jax.data.buckets.edge_budget`).
     """
     from mpnn_jax.data import atoms_to_graph, batch_graphs, pad_graph
-    from mpnn_jax.data.buckets import edge_budget, node_budget, round_up
+    from mpnn_jax.data.buckets import NODE_MULTIPLE, edge_budget, round_up
     from mpnn_jax.data.order import ATOM_ORDERS, reorder
     from mpnn_jax.data.xyz import atoms_to_configuration
 
@@ -134,7 +133,7 @@ def build_system(
     n_edge = int(graph.n_edge.sum())
     padded = pad_graph(
         graph,
-        n_node=round_up(n_node + 1, node_multiple) if node_multiple else node_budget(n_node),
+        n_node=round_up(n_node + 1, node_multiple or NODE_MULTIPLE),
         n_edge=round_up(n_edge, edge_multiple) if edge_multiple else edge_budget(n_edge),
         n_graph=len(graphs) + 1,
     )

@@ -1,9 +1,8 @@
 """Padding buckets: a small set of static batch shapes so each shape compiles once.
 
 Every batch holds at most ``batch_size`` real graphs and is padded to one bucket
-``(n_node, n_edge, n_graph)`` with n_node a multiple of 8 and n_edge a multiple of 64 (each of a
-larger power of two for large budgets, at most 1/64 of the budget: :func:`node_multiple`,
-:func:`edge_multiple`) and
+``(n_node, n_edge, n_graph)`` with n_node a multiple of 8, n_edge a multiple of 64 (of a larger
+power of two for large budgets, at most 1/64 of the budget: :func:`edge_multiple`) and
 n_graph = batch_size + 1 (one padding graph, jraph convention). The largest bucket holds the
 worst case (the ``batch_size`` largest graphs together), so every batch of every shuffled epoch
 fits; smaller buckets sit at quantiles of the batch sizes seen in simulated shuffled epochs, so
@@ -33,47 +32,11 @@ EDGE_MULTIPLE = 64
 #: twenty ``[pairs, 64]`` copies and 1.1 ms of a 10k-atom MACE training step (H100, entry 28),
 #: hence edge budgets of 547k edges in multiples of 8192.
 MAX_EDGE_MULTIPLE = 16_384
-#: The largest multiple a node budget is rounded to (:func:`node_multiple`): XLA pads the node
-#: dimension of the training step's weight-gradient dots over the nodes to a multiple of 256-512
-#: likewise (10,128 nodes to 10,240, and 3, 5 and 7 times that for the ``l = 1, 2, 3`` blocks:
-#: about 60 copies, 0.5-0.6 ms of a 10k-atom MACE training step; PERFORMANCE_LOG entry 28).
-MAX_NODE_MULTIPLE = 512
 
 
 def round_up(x: int, multiple: int) -> int:
     """Smallest multiple of ``multiple`` that is >= x (and >= multiple)."""
     return max(multiple, -(-int(x) // multiple) * multiple)
-
-
-def _power_multiple(n: int, smallest: int, largest: int) -> int:
-    """The largest power of two between ``smallest`` and ``largest`` that is <= ``n / 64``."""
-    multiple = smallest
-    while multiple < largest and 2 * multiple * 64 <= n:
-        multiple *= 2
-    return multiple
-
-
-def node_multiple(n_node: int) -> int:
-    """The multiple a node budget of ``n_node`` nodes (padding included) is rounded to: the
-    largest power of two that is at most ``n_node / 64``, between :data:`NODE_MULTIPLE` (8) and
-    :data:`MAX_NODE_MULTIPLE`; at most 1/64 (1.6%) more nodes than needed.
-
-    Example:
-        >>> node_multiple(300), node_multiple(10_126), node_multiple(52_729)
-        (8, 128, 512)
-    """
-    return _power_multiple(n_node, NODE_MULTIPLE, MAX_NODE_MULTIPLE)
-
-
-def node_budget(n_node: int) -> int:
-    """The padded node count of a batch of ``n_node`` real nodes: at least one padding node,
-    rounded up to :func:`node_multiple`.
-
-    Example:
-        >>> node_budget(9), node_budget(10_125)
-        (16, 10240)
-    """
-    return round_up(n_node + 1, node_multiple(n_node + 1))
 
 
 def edge_multiple(n_edge: int) -> int:
@@ -85,7 +48,10 @@ def edge_multiple(n_edge: int) -> int:
         >>> edge_multiple(5_000), edge_multiple(70_000), edge_multiple(547_164)
         (64, 1024, 8192)
     """
-    return _power_multiple(n_edge, EDGE_MULTIPLE, MAX_EDGE_MULTIPLE)
+    multiple = EDGE_MULTIPLE
+    while multiple < MAX_EDGE_MULTIPLE and 2 * multiple * 64 <= n_edge:
+        multiple *= 2
+    return multiple
 
 
 def edge_budget(n_edge: int) -> int:
@@ -114,7 +80,7 @@ class Bucket:
 def bucket_for(n_node: int, n_edge: int, n_graph: int) -> Bucket:
     """The tightest rounded bucket holding a batch with these real totals."""
     return Bucket(
-        n_node=node_budget(n_node),
+        n_node=round_up(n_node + 1, NODE_MULTIPLE),
         n_edge=edge_budget(n_edge),
         n_graph=n_graph + 1,
     )

@@ -53,23 +53,6 @@ def test_edge_budget_multiples_grow_with_the_budget():
         assert np.all(np.diff([edge_budget(int(n)) for n in ns]) >= 0)
 
 
-def test_node_budget_multiples_grow_with_the_budget():
-    """At least one padding node; multiples of a power of two between 8 and MAX_NODE_MULTIPLE, at
-    most 1/64 of the nodes; monotone; the benchmark water box at 10,125 atoms gets 10,240 nodes,
-    a multiple of 512, so XLA's split dots over nodes pad no copy (PERFORMANCE_LOG 28)."""
-    from mpnn_jax.data.buckets import MAX_NODE_MULTIPLE, node_budget, node_multiple
-
-    for n in (1, 9, 300, 511, 512, 10_125, 52_728, 400_000):
-        m = node_multiple(n + 1)
-        assert m & (m - 1) == 0 and 8 <= m <= MAX_NODE_MULTIPLE
-        assert m == 8 or m <= (n + 1) / 64, (n, m)
-        assert node_budget(n) % m == 0 and n + 1 <= node_budget(n) < n + 1 + m
-    assert node_budget(9) == 16 and node_budget(10_125) == 10_240 and node_budget(52_728) % 512 == 0
-    for boundary in (1_024, 8_192, 32_768):
-        ns = np.arange(boundary - 600, boundary + 600)
-        assert np.all(np.diff([node_budget(int(n)) for n in ns]) >= 0)
-
-
 def test_plan_is_rounded_and_bounded():
     graphs = cluster_graphs()
     plan = plan_buckets(graphs, batch_size=7, max_buckets=3)
