@@ -91,6 +91,40 @@ def test_summary_prefers_a_met_figure_then_the_named_device():
     assert bm.goal_summary([h200_high, h100_low, h100_met]) == [h100_met]
 
 
+def test_interleaved_rounds_give_the_ratio_and_win_the_summary():
+    """A speed-up from interleaved rounds is the median of the rounds' ratios (not the ratio of
+    the medians), pairs rows of one padding only, is compared with the fastest FP32 program timed
+    the same way, and on an H100 outranks any single-row ratio, even one that meets the goal."""
+
+    def rounds(preset, times, **kw):
+        return _row(preset, sorted(times)[len(times) // 2], mode="train", interleaved=True,
+                    round_ms=times, **kw)  # fmt: skip
+
+    # the medians' ratio is 2.0, the rounds' ratios 1.25, 2.0 and 1.25
+    fp32, bf16 = [10.0, 20.0, 30.0], [8.0, 10.0, 24.0]
+    other = [t * 1.02 for t in fp32]  # the same atoms, padded otherwise
+    result = {"info": H100, "rows": [
+        rounds("fp32", fp32, padded_edges=1024), rounds("bf16-mixed", bf16, padded_edges=1024),
+        rounds("fp32", other, padded_edges=2048), rounds("bf16-mixed", fp32, padded_edges=2048),
+    ]}  # fmt: skip
+    figs = bm.goal_figures([result], ["rounds"])
+    assert len(figs) == 2 and all(f["interleaved"] for f in figs)
+    assert sorted(f["value"] for f in figs) == pytest.approx([1.02, 1.25])
+    assert all(f["counts"] and f["fastest_fp32_ms"] == 20.0 for f in figs)
+    # a single-row figure that meets the goal, its FP32 program 25% faster than the rounds'
+    single = {"info": H100, "rows": [_row("fp32", 12.0, mode="train"),
+                                     _row("bf16-mixed", 9.0, mode="train")]}  # fmt: skip
+    both = bm.goal_figures([single, result], ["single", "rounds"])
+    assert all(f["counts"] for f in both)  # each against the fastest FP32 of its own timing
+    (best,) = bm.goal_summary(both)
+    assert best["interleaved"] and best["value"] == pytest.approx(1.25) and not best["met"]
+    assert "interleaved rounds: water-10125" in bm.format_goals(both)
+    # rounds on another card do not outrank the H100's single rows
+    h200 = dict(result, info={"device": "NVIDIA H200", "platform": "gpu"})
+    (best,) = bm.goal_summary(bm.goal_figures([single, h200], ["single", "h200"]))
+    assert best["source"] == "single" and best["met"]
+
+
 def test_committed_h100_results_read_back():
     """The session-15 H100 files: each figure is the ratio of the file's own two rows."""
     path = ROOT / "experiments/results/benchmarks/h100_s15/seed_mace.json"
