@@ -12,12 +12,14 @@
 #      at 10,125 atoms, training and E+F, fp32 and bf16-mixed in one set of rounds each; then
 #      NequIP-M E+F at 10,125 atoms and MACE MP-S E+F at 3,000 atoms, with longer limits
 #      (ran at 79db1a3, whose grammar wrote the padding `@1024`)
-#   c  (not run: no machine started, then too little device time) node budgets in multiples of
-#      512 (10,240 nodes) against the buckets' 8 (10,128), MACE MP-S at 10,125 atoms, training
-#      as in b (edges at the new default): XLA pads ~50 node-sized copies for its split dots
-#      (entry 28); then E+F with the defaults; each program also timed 20 times in a row after
-#      the rounds (call a's interleaved E+F medians were 11% above session 25's consecutive rows
-#      on another machine)
+#   c  (not run: no machine started, then too little device time; for the next session) two
+#      changes built on the CPU, each against the defaults in one set of rounds, MACE MP-S at
+#      10,125 atoms, training then E+F: node budgets in multiples of 512 (10,240 nodes) against
+#      the buckets' 8 (10,128): XLA pads ~50 node-sized copies for its split dots; and
+#      pallas_symmetric.SPARSE_STAGE_OUTPUT=1 (the forms' derivatives store BF16: four
+#      [n, 16, 128] conversions fewer per training step) in bf16-mixed. Each program is also timed
+#      20 times in a row after the rounds (call a's interleaved E+F medians were 11% above
+#      session 25's consecutive rows on another machine). Entry 28.
 dest=$1 call=$2
 source "$(dirname "$0")/plan_lib.sh"
 inter() {  # OUT-NAME LIMIT-S CASE PROGRAMS...
@@ -42,9 +44,10 @@ case $call in
     inter mace_3k_ef 70 mace-mp-s:water:3000:ef pallas@fp32 pallas@bf16-mixed ;;
   c)
     export CONSECUTIVE=20
-    both="pallas@fp32 pallas@fp32@nodes=512 pallas@bf16-mixed pallas@bf16-mixed@nodes=512"
-    inter mace_train_nodes 180 mace-mp-s:water:10000:train $both
-    inter mace_ef_consecutive 70 mace-mp-s:water:10000:ef pallas@fp32 pallas@bf16-mixed ;;
+    progs="pallas@fp32 pallas@bf16-mixed pallas:SPARSE_STAGE_OUTPUT=1@bf16-mixed
+           pallas@fp32@nodes=512 pallas@bf16-mixed@nodes=512"
+    inter mace_train_c 220 mace-mp-s:water:10000:train $progs
+    inter mace_ef_c 120 mace-mp-s:water:10000:ef $progs ;;
   *) echo "CALL must be a, b or c" >&2; exit 2 ;;
 esac
 finish

@@ -29,8 +29,11 @@ only node-sized arrays. Bases of more than :data:`SPARSE_MAX_TERMS` terms keep t
 
 Precision: the operands stay in their stage dtype in memory (bf16 in ``bf16-mixed``); products and
 sums are in ``policy.accum("update")`` and the forms return that dtype (the caller casts to the
-stage dtype, as :meth:`Policy.einsum` does). ``U`` enters as FP32 constants (the reference rounds
-it to the stage dtype). The audit reads each form as one contraction (``sparse_form``).
+stage dtype, as :meth:`Policy.einsum` does); with :data:`SPARSE_STAGE_OUTPUT` a derivative's
+kernel stores its operand's dtype, the cast that followed (the same rounding, with no FP32 array
+and no conversion pass). ``U``
+enters as FP32 constants (the reference rounds it to the stage dtype). The audit reads each form
+as one contraction (``sparse_form``).
 
 Layout: component-major, ``[n_nodes, n_components, channels]``. On CPU the kernels run in
 Pallas's interpreter (tests; :data:`mpnn_jax.nn.pallas_conv.INTERPRET`); on GPUs they compile
@@ -77,10 +80,18 @@ SPARSE_ORDER3 = True
 #: (1,686, MACE-M: E+F 7.60 -> 5.11 ms fp32 with it, compiles no slower); ``2e`` (3,764, MACE-L)
 #: and ``3o`` are not.
 SPARSE_MAX_TERMS = 2000
+#: Whether a form's derivative writes each cotangent in its operand's dtype (the cast that
+#: follows it) rather than the accumulator's: the same rounding, in the kernel, so neither the
+#: FP32 array nor XLA's conversion pass exists. In bf16-mixed training it removes four
+#: ``[n, 16, C]`` FP32->BF16 conversions per step (0.16 ms at 10k atoms in session 23's profile;
+#: log entry 28). The forward value stays in the accumulator dtype: stored in BF16, its cotangent
+#: would be BF16 too, and the second derivative would sum three contributions in BF16 that now
+#: sum in FP32. Built and tested (bit-identical), not timed on a GPU: off.
+SPARSE_STAGE_OUTPUT = False
 #: Names of the settings above (for experiments that vary them).
 SETTINGS = (
     "SPARSE_BLOCK_NODES", "SPARSE_CHANNEL_BLOCK", "SPARSE_WARPS", "SPARSE_ORDER3",
-    "SPARSE_MAX_TERMS",
+    "SPARSE_MAX_TERMS", "SPARSE_STAGE_OUTPUT",
 )  # fmt: skip
 #: Entries of ``U`` below this are structural zeros (the basis is exact to ~1e-15).
 _ZERO = 1e-12
@@ -179,11 +190,13 @@ def _warps(block: int, cb: int) -> int:
 
 
 @functools.partial(
-    jax.jit, static_argnames=("spec", "form", "acc_dtype", "block", "channel_block", "warps")
+    jax.jit,
+    static_argnames=("spec", "form", "acc_dtype", "block", "channel_block", "warps", "out_dtype"),
 )
 def sparse_form(
-    a, b, c, *, spec: FormSpec, form: str, acc_dtype, block: int, channel_block: int, warps: int
-) -> jax.Array:
+    a, b, c, *, spec: FormSpec, form: str, acc_dtype, block: int, channel_block: int, warps: int,
+    out_dtype=None,
+) -> jax.Array:  # fmt: skip
     """One form, ``H(a, b, c)`` or ``G(a, b, c)``, as a kernel (the audit's one contraction).
 
     Args:
@@ -193,10 +206,12 @@ def sparse_form(
         acc_dtype: the accumulator and output dtype.
         block, channel_block, warps: nodes and channels per program, Triton warps (0: from the
             tile size).
+        out_dtype: the dtype the kernel stores its sums in (rounded once; default ``acc_dtype``).
 
     Returns:
-        ``[n, Q or d, C]`` in ``acc_dtype``.
+        ``[n, Q or d, C]`` in ``out_dtype``.
     """
+    out_dtype = jnp.dtype(acc_dtype if out_dtype is None else out_dtype)
     n, _, channels = a.shape
     n_out = spec.n_q if form == "H" else spec.d
     cb = min(channels, channel_block)
@@ -208,7 +223,7 @@ def sparse_form(
     )  # fmt: skip
     out = pl.pallas_call(
         kernel,
-        out_shape=jax.ShapeDtypeStruct((n_pad * n_out * channels,), acc_dtype),
+        out_shape=jax.ShapeDtypeStruct((n_pad * n_out * channels,), out_dtype),
         grid=(n_pad // block, channels // cb),
         name=f"mpnn_sparse_{form}",
         **compiler_kwargs(warps or _warps(block, cb)),
@@ -216,67 +231,76 @@ def sparse_form(
     return out.reshape(n_pad, n_out, channels)[:n]
 
 
-def _form(a, b, c, spec: FormSpec, form: str) -> jax.Array:
+def _form(a, b, c, spec: FormSpec, form: str, out_dtype=None) -> jax.Array:
     """:func:`sparse_form` with the module settings as they are when traced."""
     return sparse_form(
         a, b, c, spec=spec, form=form, acc_dtype=accumulator_of(a, b, c), block=SPARSE_BLOCK_NODES,
-        channel_block=SPARSE_CHANNEL_BLOCK, warps=SPARSE_WARPS,
+        channel_block=SPARSE_CHANNEL_BLOCK, warps=SPARSE_WARPS, out_dtype=out_dtype,
     )  # fmt: skip
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def form_h(x, y, z, spec: FormSpec) -> jax.Array:
+def _stored(dtype):
+    """The dtype a derivative's kernel stores: its operand's under :data:`SPARSE_STAGE_OUTPUT`
+    (the cast that follows is then a no-op), else the accumulator's (``None``)."""
+    return jnp.dtype(dtype) if SPARSE_STAGE_OUTPUT else None
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def form_h(x, y, z, spec: FormSpec, out_dtype=None) -> jax.Array:
     """``H(x, y, z)_q = sum_{abj} U[a, b, j, q] x_a y_b z_j``.
 
     Args:
         x, y, z: ``[n, d, C]`` (component-major node features, any float dtype).
         spec: the basis.
+        out_dtype: the dtype the sums are stored in (default: the accumulator's).
 
     Returns:
-        ``[n, Q, C]`` in the accumulator dtype (FP32; FP64 for FP64 operands).
+        ``[n, Q, C]`` in ``out_dtype``, by default the accumulator dtype (FP32; FP64 for FP64
+        operands).
     """
-    return _form(x, y, z, spec, "H")
+    return _form(x, y, z, spec, "H", out_dtype)
 
 
 def _keeping_operands(form):
     """The forward rule of a form: its value, and its three operands as the residuals (every
     cotangent is a form of two of them and the incoming cotangent)."""
 
-    def fwd(a, b, c, spec):
-        return form(a, b, c, spec), (a, b, c)
+    def fwd(a, b, c, spec, out_dtype):
+        return form(a, b, c, spec, out_dtype), (a, b, c)
 
     return fwd
 
 
-def _h_bwd(spec, res, h):
+def _h_bwd(spec, out_dtype, res, h):
     x, y, z = res
     return (
-        form_g(y, z, h, spec).astype(x.dtype),
-        form_g(x, z, h, spec).astype(y.dtype),
-        form_g(x, y, h, spec).astype(z.dtype),
+        form_g(y, z, h, spec, _stored(x.dtype)).astype(x.dtype),
+        form_g(x, z, h, spec, _stored(y.dtype)).astype(y.dtype),
+        form_g(x, y, h, spec, _stored(z.dtype)).astype(z.dtype),
     )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def form_g(y, z, h, spec: FormSpec) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def form_g(y, z, h, spec: FormSpec, out_dtype=None) -> jax.Array:
     """``G(y, z, h)_a = sum_{b, j, q} U[a, b, j, q] y_b z_j h_q``.
 
     Args:
         y, z: ``[n, d, C]``; h: ``[n, Q, C]``.
         spec: the basis.
+        out_dtype: the dtype the sums are stored in (default: the accumulator's).
 
     Returns:
-        ``[n, d, C]`` in the accumulator dtype.
+        ``[n, d, C]`` in ``out_dtype``, by default the accumulator dtype.
     """
-    return _form(y, z, h, spec, "G")
+    return _form(y, z, h, spec, "G", out_dtype)
 
 
-def _g_bwd(spec, res, g):
+def _g_bwd(spec, out_dtype, res, g):
     y, z, h = res
     return (
-        form_g(g, z, h, spec).astype(y.dtype),
-        form_g(g, y, h, spec).astype(z.dtype),
-        form_h(g, y, z, spec).astype(h.dtype),
+        form_g(g, z, h, spec, _stored(y.dtype)).astype(y.dtype),
+        form_g(g, y, h, spec, _stored(z.dtype)).astype(z.dtype),
+        form_h(g, y, z, spec, _stored(h.dtype)).astype(h.dtype),
     )
 
 

@@ -169,6 +169,14 @@ def _subjaxprs(eqn: Any, platform: str) -> Iterator[jex.Jaxpr]:
                 yield v
 
 
+def _equations(jaxpr: jex.Jaxpr, platform: str) -> Iterator[Any]:
+    """Every equation of ``jaxpr`` and of its sub-jaxprs (kernel bodies included)."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for sub in _subjaxprs(eqn, platform):
+            yield from _equations(sub, platform)
+
+
 def _is_contraction_call(eqn: Any) -> bool:
     return eqn.primitive.name in ("jit", "pjit") and eqn.params.get("name") in CONTRACTION_CALLS
 
@@ -194,12 +202,14 @@ def _walk(jaxpr: jex.Jaxpr, prefix: str, out: list[OpRecord], platform: str) -> 
         if _is_contraction_call(eqn):
             ins = tuple(dtype_short(v.aval.dtype) for v in eqn.invars if _is_float(v.aval.dtype))
             outs = tuple(dtype_short(v.aval.dtype) for v in eqn.outvars)
-            inner = eqn.params["jaxpr"].jaxpr.eqns  # accumulator: its widest arithmetic
+            # accumulator: its widest arithmetic, a Pallas kernel's body included (a kernel
+            # may sum in FP32 and store BF16)
             wide = max(
-                (v.aval.dtype for e in inner for v in e.outvars if _is_float(v.aval.dtype)),
+                (v.aval.dtype for e in _equations(eqn.params["jaxpr"].jaxpr, platform)
+                 for v in e.outvars if _is_float(v.aval.dtype)),
                 key=lambda d: jnp.finfo(d).bits,
                 default=eqn.outvars[0].aval.dtype,
-            )
+            )  # fmt: skip
             accum = dtype_short(wide)
             rec = OpRecord(
                 stage_of(ns), eqn.params["name"], "matmul", ins, outs, accum, "transpose(" in ns, ns

@@ -137,6 +137,61 @@ def test_bf16_mixed_error_no_larger_than_the_dense_path():
     assert 0 < err["forms"] <= 1.1 * err["dense"] and err["forms"] < 1e-2
 
 
+def _stage_output_programs(monkeypatch, setting):
+    """bf16-mixed contraction: its value, the gradient of a loss and a second derivative (the
+    gradient of the gradient's norm, as a force loss differentiates forces), traced with
+    SPARSE_STAGE_OUTPUT set to ``setting``; and the dtypes the forms' kernels store."""
+    monkeypatch.setattr(ps, "SPARSE_STAGE_OUTPUT", setting)
+    x, species, weights = _contraction_case(n=16)
+    p = get_policy("bf16-mixed")
+
+    def energy(xa, w):
+        xs = e3nn.IrrepsArray(x.irreps, xa)
+        return jnp.sum(jnp.sin(_contract(xs, species, w, p, ps.order3_term).astype(jnp.float32)))
+
+    def force_loss(xa, w):
+        return jnp.sum(jax.grad(energy)(xa, w) ** 2)
+
+    xa = x.array.astype(jnp.bfloat16)
+    values = (energy(xa, weights), jax.grad(energy)(xa, weights))
+    values += (jax.grad(force_loss, argnums=(0, 1))(xa, weights),)
+    jaxpr = jax.make_jaxpr(jax.grad(force_loss, argnums=(0, 1)))(xa, weights)
+    stored = [
+        str(e.outvars[0].aval.dtype)
+        for e in _equations(jaxpr.jaxpr)
+        if e.primitive.name == "pallas_call" and "mpnn_sparse" in str(e.params.get("name", ""))
+    ]
+    return jax.tree_util.tree_leaves(values), stored
+
+
+def _equations(jaxpr):
+    for e in jaxpr.eqns:
+        yield e
+        for v in e.params.values():
+            for sub in v if isinstance(v, tuple | list) else (v,):
+                if isinstance(sub, jax.extend.core.ClosedJaxpr):
+                    yield from _equations(sub.jaxpr)
+                elif isinstance(sub, jax.extend.core.Jaxpr):
+                    yield from _equations(sub)
+
+
+def test_stage_output_stores_bf16_with_bit_identical_values(monkeypatch):
+    """SPARSE_STAGE_OUTPUT: a derivative's kernel rounds its FP32 sums to its operand's BF16 as
+    it stores, the rounding the cast after it did: the value, the gradient and a second
+    derivative are bit-identical; the derivatives of BF16 operands store BF16 (without the
+    setting every form stores FP32), the forward value and the cotangents of its FP32 output
+    still FP32."""
+    off, stored_off = _stage_output_programs(monkeypatch, False)
+    on, stored_on = _stage_output_programs(monkeypatch, True)
+    assert len(stored_on) == len(stored_off) >= 10  # H, its G derivatives, theirs
+    assert set(stored_off) == {"float32"} and set(stored_on) == {"bfloat16", "float32"}
+    assert stored_on.count("bfloat16") >= len(stored_on) // 2
+    assert len(on) == len(off) and all(np.isfinite(np.asarray(a, np.float32)).all() for a in on)
+    for a, b in zip(on, off, strict=True):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+
+
 def test_audit_reads_each_form_as_one_bf16_contraction_with_fp32_sums():
     x, species, weights = _contraction_case()
     p = get_policy("bf16-mixed")
@@ -152,6 +207,12 @@ def test_audit_reads_each_form_as_one_bf16_contraction_with_fp32_sums():
     assert all(set(r.in_dtypes) <= {"bf16", "f32"} for r in forms)
     assert any(r.in_dtypes == ("bf16", "bf16", "bf16") for r in forms if not r.backward)
     assert report.check(p) == []
+    # a form that reads and stores BF16 (SPARSE_STAGE_OUTPUT's derivatives): the audit reads the
+    # FP32 sums inside the kernel, not the stored dtype
+    xb = jnp.swapaxes(x.array, 1, 2).astype(jnp.bfloat16)  # [n, d, c]
+    spec = ps.FormSpec("0e+1o", "0e")
+    (rec,) = audit(lambda a: ps.form_h(a, a, a, spec, jnp.bfloat16), xb).records
+    assert rec.in_dtypes == ("bf16",) * 3 and rec.out_dtypes == ("bf16",) and rec.accum == "f32"
 
 
 # --- a correlation-3 MACE through the pallas backend ------------------------------------------
