@@ -31,9 +31,8 @@ Precision: the operands stay in their stage dtype in memory (bf16 in ``bf16-mixe
 sums are in ``policy.accum("update")`` and the forms return that dtype (the caller casts to the
 stage dtype, as :meth:`Policy.einsum` does); with :data:`SPARSE_STAGE_OUTPUT` a derivative's
 kernel stores its operand's dtype, the cast that followed (the same rounding, with no FP32 array
-and no conversion pass). ``U``
-enters as FP32 constants (the reference rounds it to the stage dtype). The audit reads each form
-as one contraction (``sparse_form``).
+and no conversion pass). ``U`` enters as FP32 constants (the reference rounds it to the stage
+dtype). The audit reads each form as one contraction (``sparse_form``).
 
 Layout: component-major, ``[n_nodes, n_components, channels]``. On CPU the kernels run in
 Pallas's interpreter (tests; :data:`mpnn_jax.nn.pallas_conv.INTERPRET`); on GPUs they compile
@@ -203,7 +202,7 @@ def sparse_form(
         a, b, c: ``[n, n_components, C]`` operands (``H``: three ``[n, d, C]``; ``G``: two
             ``[n, d, C]`` and ``h [n, Q, C]``), each in its own dtype.
         spec, form: the basis and ``"H"`` or ``"G"``.
-        acc_dtype: the accumulator and output dtype.
+        acc_dtype: the accumulator dtype (and, by default, the output's).
         block, channel_block, warps: nodes and channels per program, Triton warps (0: from the
             tile size).
         out_dtype: the dtype the kernel stores its sums in (rounded once; default ``acc_dtype``).
