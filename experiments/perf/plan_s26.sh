@@ -16,8 +16,9 @@
 #      changes built on the CPU, each against the defaults in one set of rounds, MACE MP-S at
 #      10,125 atoms, training then E+F: node budgets in multiples of 512 (10,240 nodes) against
 #      the buckets' 8 (10,128): XLA pads ~50 node-sized copies for its split dots; and
-#      pallas_symmetric.SPARSE_STAGE_OUTPUT=1 (the forms' derivatives store BF16: four
-#      [n, 16, 128] conversions fewer per training step) in bf16-mixed. Each program is also timed
+#      the kernels storing their caller's BF16 in bf16-mixed (pallas_symmetric.SPARSE_STAGE_OUTPUT
+#      and pallas_conv.DX_STAGE_OUTPUT: eight [n, 16, 128] conversions fewer per training step,
+#      bit-identical values). Each program is also timed
 #      20 times in a row after the rounds (call a's interleaved E+F medians were 11% above
 #      session 25's consecutive rows on another machine). Entry 28.
 dest=$1 call=$2
@@ -44,7 +45,7 @@ case $call in
     inter mace_3k_ef 70 mace-mp-s:water:3000:ef pallas@fp32 pallas@bf16-mixed ;;
   c)
     export CONSECUTIVE=20
-    progs="pallas@fp32 pallas@bf16-mixed pallas:SPARSE_STAGE_OUTPUT=1@bf16-mixed
+    progs="pallas@fp32 pallas@bf16-mixed pallas:SPARSE_STAGE_OUTPUT=1,DX_STAGE_OUTPUT=1@bf16-mixed
            pallas@fp32@nodes=512 pallas@bf16-mixed@nodes=512"
     inter mace_train_c 220 mace-mp-s:water:10000:train $progs
     inter mace_ef_c 120 mace-mp-s:water:10000:ef $progs ;;

@@ -125,11 +125,19 @@ EDGE_SH_TILES = False
 #: in bf16-mixed at 10k atoms; MACE MP-S E+F at 52,728 atoms 5.8% faster in fp32 and 0.9% in
 #: bf16-mixed, at 10k atoms -4% to +4% by case. Off: it does not pay across sizes and presets.
 EDGE_STREAM = 0
+#: The node-feature cotangent of the convolution (the transposed kernel's sum over each node's
+#: outgoing edges, FP32 by the aggregation stage) is stored by the kernel in the features' own
+#: dtype, the cast that followed it: the same rounding, with no FP32 ``[n, n_in, C]`` array and
+#: no conversion pass (in bf16-mixed MACE MP-S training, four ``[n, 16, 128]`` conversions per
+#: step, 0.17 ms at 10k atoms in session 23's profile; log entry 28). Where two such sums are
+#: added (the convolution's second derivative) they stay FP32. Built and tested
+#: (bit-identical), not timed on a GPU: off.
+DX_STAGE_OUTPUT = False
 #: Names of the settings above (for experiments that vary them).
 SETTINGS = (
     "BLOCK_NODES", "BLOCK_EDGES", "NUM_WARPS", "NUM_STAGES", "NODE_GROUPS", "EDGE_SPLIT",
     "NBR_IN_ORDER", "BLOCK_NODES_T", "NUM_WARPS_T", "EDGE_WARPS", "PREFETCH", "MASK_WEIGHTS",
-    "EDGE_IN_TARGET_ORDER", "EDGE_SH_TILES", "EDGE_STREAM",
+    "EDGE_IN_TARGET_ORDER", "EDGE_SH_TILES", "EDGE_STREAM", "DX_STAGE_OUTPUT",
 )  # fmt: skip
 
 
@@ -641,9 +649,10 @@ def _reverse(graph):
     return (start_s, perm_s, tgt, start_t, perm_t, nbr, live, pairs)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _fused(plan: Plan, scale: float, policy: Policy, x, w, sh, graph):
-    """The convolution ``[n_src, n_in, C] -> [n_tgt, n_out, C]`` (aggregation dtype).
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _fused(plan: Plan, scale: float, policy: Policy, out_dtype, x, w, sh, graph):
+    """The convolution ``[n_src, n_in, C] -> [n_tgt, n_out, C]``, stored in ``out_dtype``
+    (``None``: the aggregation stage's dtype; the sums are in the messages stage's accumulator).
 
     ``graph = (start_t, perm_t, nbr, start_s, perm_s, tgt, live, pairs)``: CSR of the live edges
     over their targets (used here) and over their sources (used by the derivative), the bool mask
@@ -656,18 +665,20 @@ def _fused(plan: Plan, scale: float, policy: Policy, x, w, sh, graph):
     wrow = None if pairs is None else pairs.of_edge
     return _gather_sum(
         x, w, sh, start_t, perm_t, nbr, wrow, plan=plan, scale=scale,
-        acc=policy.accum("messages"), out_dtype=policy.dtype("aggregation"),
+        acc=policy.accum("messages"), out_dtype=out_dtype or policy.dtype("aggregation"),
     )  # fmt: skip
 
 
-def _fused_fwd(plan, scale, policy, x, w, sh, graph):
-    return _fused(plan, scale, policy, x, w, sh, graph), (x, w, sh, graph)
+def _fused_fwd(plan, scale, policy, out_dtype, x, w, sh, graph):
+    return _fused(plan, scale, policy, out_dtype, x, w, sh, graph), (x, w, sh, graph)
 
 
-def _fused_bwd(plan, scale, policy, res, g):
+def _fused_bwd(plan, scale, policy, out_dtype, res, g):
     x, w, sh, graph = res
     g = policy.cast("messages", g)
-    dx = _fused(plan.transposed(), scale, policy, g, w, sh, _reverse(graph)).astype(x.dtype)
+    stored = jnp.dtype(x.dtype) if DX_STAGE_OUTPUT else None  # else the aggregation dtype
+    dx = _fused(plan.transposed(), scale, policy, stored, g, w, sh, _reverse(graph))
+    dx = dx.astype(x.dtype)
     dw, dsh = _edges(plan, scale, policy, x, w, sh, g, graph)
     return dx, dw, dsh, (None,) * len(graph)
 
@@ -704,8 +715,12 @@ def _edges_bwd(plan, scale, policy, res, cts):
     a, b = (policy.cast("messages", ct) for ct in cts)
     acc = policy.accum("messages")
     rev, tp = _reverse(graph), plan.transposed()
-    dx = _fused(tp, scale, policy, g, a, sh, rev) + _fused(tp, scale, policy, g, w, b, rev)
-    dg = _fused(plan, scale, policy, x, a, sh, graph) + _fused(plan, scale, policy, x, w, b, graph)
+    dx = _fused(tp, scale, policy, None, g, a, sh, rev) + _fused(
+        tp, scale, policy, None, g, w, b, rev
+    )
+    dg = _fused(plan, scale, policy, None, x, a, sh, graph) + _fused(
+        plan, scale, policy, None, x, w, b, graph
+    )
     kw = dict(plan=plan, scale=scale, acc=acc, **_edge_kw(graph))
     dw = _edge_contract(x, w, b, g, nbr, tgt, live, want=("dw",), **kw)["dw"]
     dsh = _edge_contract(x, a, sh, g, nbr, tgt, live, want=("dsh",), **kw)["dsh"]
@@ -786,7 +801,7 @@ def pallas_convolution(
         start_s, perm_s = _csr_of(senders, n_nodes, ops.SORTED_EDGES == "senders", live)
         graph = (start_r, perm_r, senders.astype(jnp.int32), start_s, perm_s,
                  receivers.astype(jnp.int32), live, pairs)  # fmt: skip
-        out = _fused(plan, 1.0 / avg_num_neighbors, policy, x, w, y, graph)  # [N, n_out, C]
+        out = _fused(plan, 1.0 / avg_num_neighbors, policy, None, x, w, y, graph)  # [N, n_out, C]
     with Policy.scope("aggregation"):
         chunks = _from_blocks(out, irreps, c)  # [n_nodes, mul, d_out] each
         agg = e3nn.from_chunks(irreps, chunks, (n_nodes,), policy.dtype("aggregation"))
