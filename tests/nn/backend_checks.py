@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import e3nn_jax as e3nn
 import jax
+import jax.extend as jex
 import jax.numpy as jnp
 import numpy as np
 
@@ -100,6 +101,22 @@ def register_reference_plus(name: str, **methods) -> str:
     )  # fmt: skip
     backends.register_backend(name, cls())
     return name
+
+
+def kernel_stores(jaxpr, kernel: str) -> list[str]:
+    """The dtypes the Pallas kernels whose name contains ``kernel`` store, in ``jaxpr`` and its
+    sub-jaxprs (custom derivative rules, jits), one per call."""
+    stores = []
+    for e in jaxpr.eqns:
+        if e.primitive.name == "pallas_call" and kernel in str(e.params.get("name", "")):
+            stores.append(str(e.outvars[0].aval.dtype))
+        for v in e.params.values():
+            for sub in v if isinstance(v, tuple | list) else (v,):
+                if isinstance(sub, jex.core.ClosedJaxpr):
+                    stores += kernel_stores(sub.jaxpr, kernel)
+                elif isinstance(sub, jex.core.Jaxpr):
+                    stores += kernel_stores(sub, kernel)
+    return stores
 
 
 def model_case(name: str, backend: str, *, second_order: bool, **overrides):

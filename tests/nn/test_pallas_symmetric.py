@@ -24,6 +24,7 @@ from .backend_checks import (
     check_equivariance,
     check_fp64_finite_differences,
     check_model_matches_reference,
+    kernel_stores,
     model_case,
 )
 
@@ -156,23 +157,7 @@ def _stage_output_programs(monkeypatch, setting):
     values = (energy(xa, weights), jax.grad(energy)(xa, weights))
     values += (jax.grad(force_loss, argnums=(0, 1))(xa, weights),)
     jaxpr = jax.make_jaxpr(jax.grad(force_loss, argnums=(0, 1)))(xa, weights)
-    stored = [
-        str(e.outvars[0].aval.dtype)
-        for e in _equations(jaxpr.jaxpr)
-        if e.primitive.name == "pallas_call" and "mpnn_sparse" in str(e.params.get("name", ""))
-    ]
-    return jax.tree_util.tree_leaves(values), stored
-
-
-def _equations(jaxpr):
-    for e in jaxpr.eqns:
-        yield e
-        for v in e.params.values():
-            for sub in v if isinstance(v, tuple | list) else (v,):
-                if isinstance(sub, jax.extend.core.ClosedJaxpr):
-                    yield from _equations(sub.jaxpr)
-                elif isinstance(sub, jax.extend.core.Jaxpr):
-                    yield from _equations(sub)
+    return jax.tree_util.tree_leaves(values), kernel_stores(jaxpr.jaxpr, "mpnn_sparse")
 
 
 def test_stage_output_stores_bf16_with_bit_identical_values(monkeypatch):

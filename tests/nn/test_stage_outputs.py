@@ -13,18 +13,7 @@ import pytest
 from mpnn_jax import testing
 from mpnn_jax.nn import pallas_conv, pallas_symmetric
 
-from .backend_checks import MODELS, loss_and_grad
-
-
-def _equations(jaxpr):
-    for e in jaxpr.eqns:
-        yield e
-        for v in e.params.values():
-            for sub in v if isinstance(v, tuple | list) else (v,):
-                if isinstance(sub, jax.extend.core.ClosedJaxpr):
-                    yield from _equations(sub.jaxpr)
-                elif isinstance(sub, jax.extend.core.Jaxpr):
-                    yield from _equations(sub)
+from .backend_checks import MODELS, kernel_stores, loss_and_grad
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +44,7 @@ def test_stage_output_is_bit_identical_and_stores_bf16(bf16_mace, monkeypatch, m
         step = loss_and_grad(model, second_order=True)  # traced anew under this setting
         results[value] = jax.tree_util.tree_leaves(step(params, graph))
         jaxpr = jax.make_jaxpr(step)(params, graph).jaxpr
-        stores[value] = [
-            str(e.outvars[0].aval.dtype)
-            for e in _equations(jaxpr)
-            if e.primitive.name == "pallas_call" and kernel in str(e.params.get("name", ""))
-        ]
+        stores[value] = kernel_stores(jaxpr, kernel)
     assert len(stores[True]) == len(stores[False]) > 0
     assert stores[False].count("bfloat16") < stores[True].count("bfloat16")
     leaves = [np.asarray(v, np.float32) for v in results[False]]
