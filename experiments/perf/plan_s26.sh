@@ -21,6 +21,8 @@
 #      bit-identical values). Each program is also timed
 #      20 times in a row after the rounds (call a's interleaved E+F medians were 11% above
 #      session 25's consecutive rows on another machine). Entry 28.
+#   d  (not run; for the next session) NequIP-M training at 10,125 atoms in interleaved rounds
+#      (call a's limit cut it), fp32 against bf16-mixed
 dest=$1 call=$2
 source "$(dirname "$0")/plan_lib.sh"
 inter() {  # OUT-NAME LIMIT-S CASE PROGRAMS...
@@ -49,6 +51,8 @@ case $call in
            pallas@fp32@nodes=512 pallas@bf16-mixed@nodes=512"
     inter mace_train_c 220 mace-mp-s:water:10000:train $progs
     inter mace_ef_c 120 mace-mp-s:water:10000:ef $progs ;;
-  *) echo "CALL must be a, b or c" >&2; exit 2 ;;
+  d)
+    inter nequip_train 240 nequip-M:water:10000:train pallas@fp32 pallas@bf16-mixed ;;
+  *) echo "CALL must be a, b, c or d" >&2; exit 2 ;;
 esac
 finish
