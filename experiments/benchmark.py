@@ -10,6 +10,8 @@
     python experiments/benchmark.py --replot h100.json --plot h100.png   # plot earlier runs
     python experiments/benchmark.py --backends e3nn,cueq --sizes mace-mp-s --systems water:3000 \
         --presets fp32 bf16-mixed --out backends.json
+    python experiments/benchmark.py --sizes mace-mp-s --systems water:10000 --backends pallas \
+        --interleaved --out rounds.json   # each case's presets timed in interleaved rounds
     python experiments/benchmark.py --goals experiments/results/benchmarks/*.json \
         experiments/results/benchmarks/*/*.json          # where the issue's goals stand
 
@@ -18,7 +20,9 @@ ceilings measured with ``--ceilings``, else the H100 defaults). ``--variants`` a
 ``take_rows/sorted_edges`` implementation variants (:func:`mpnn_jax.nn.ops.implementation`).
 ``--backends`` (comma- or space-separated) runs every case once per backend of the convolution and
 symmetric contraction (:func:`mpnn_jax.nn.backends.available_backends`); each row records its
-``backend``.
+``backend``. ``--interleaved`` compiles every preset of a case first and times them in rounds
+(each round calls each preset once): the speed-ups are then the median of the rounds' ratios,
+which the drift of one program between rows of a process does not move (PERFORMANCE_LOG 27-28).
 The JSON file is rewritten after every row, so a run cut short keeps what it measured. A GPU run
 ends with the goals table of its own rows (:mod:`mpnn_jax.benchmark.goals`); ``--goals`` prints
 that table for earlier result files (this script's or ``experiments/perf/pallas_conv.py``'s).
@@ -97,6 +101,12 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--cutoff", type=float, default=5.0)
     p.add_argument("--quick", action="store_true", help="tiny CPU smoke run of the harness")
+    p.add_argument(
+        "--interleaved",
+        action="store_true",
+        help="compile all presets of a case, then time them in rounds (each round calls each "
+        "preset once): speed-ups as the median of the rounds' ratios, robust to drift",
+    )
     p.add_argument("--ceilings", action="store_true", help="also measure matmul/copy ceilings")
     p.add_argument(
         "--ceilings-n",
@@ -225,6 +235,7 @@ def main(argv=None) -> int:
             backends=args.backends,
             ceilings=ceilings,
             progress=progress,
+            interleaved=args.interleaved,
         )
         print(bm.format_table(rows))
     largest: list[dict] = []

@@ -73,6 +73,36 @@ def test_periodic_systems_have_realistic_density(kind):
     assert 20 < bm.avg_neighbours(system) < 90
 
 
+def test_interleaved_benchmark_rows_read_as_goal_figures(xs_size, monkeypatch):
+    """--interleaved: every preset of a case compiled, then timed in rounds; the rows carry every
+    round's time and the goals tool takes their speed-up from the rounds."""
+    rounds = []
+    real = bm.harness.time_interleaved
+
+    def spy(programs, **kw):
+        rounds.append(list(programs))
+        return real(programs, **kw)
+
+    monkeypatch.setattr(bm.harness, "time_interleaved", spy)
+    rows = bm.run_benchmark(
+        sizes=[xs_size], systems=[("ethanol", 18)], presets=["fp32", "bf16-mixed"],
+        modes=["ef"], repeats=3, n_inputs=2, warmup=1, interleaved=True,
+    )  # fmt: skip
+    assert rounds == [["fp32", "bf16-mixed"]]  # one case, both presets in the same rounds
+    assert [r["preset"] for r in rows] == ["fp32", "bf16-mixed"]
+    for r in rows:
+        assert r["interleaved"] and len(r["round_ms"]) == 3 and r["atom_steps_per_s"] > 0
+        assert r["median_ms"] == pytest.approx(float(np.median(r["round_ms"])))
+    big = [{**r, "n_atoms": 10_125} for r in rows]  # the speed-up goals need >= 10k atoms
+    (fig,) = bm.goal_figures([{"info": {"device": "H100", "platform": "gpu"}, "rows": big}])
+    ratio = bm.round_ratio(rows[0]["round_ms"], rows[1]["round_ms"])["median"]
+    assert fig["interleaved"] and fig["value"] == pytest.approx(ratio, abs=1e-3)
+    # the table's speed-up is the rounds' too: medians 20 / 10 ms, rounds' ratios 1.25, 2, 1.25
+    rows[0].update(median_ms=20.0, round_ms=[10.0, 20.0, 30.0])
+    rows[1].update(median_ms=10.0, round_ms=[8.0, 10.0, 24.0])
+    assert " 1.25x " in bm.format_table(rows) and " 2.00x " not in bm.format_table(rows)
+
+
 def test_build_system_edge_padding():
     table = SpeciesTable((1, 6, 8, 29))
     default = bm.build_system("water", 100, cutoff=5.0, species_table=table)

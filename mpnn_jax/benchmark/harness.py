@@ -37,7 +37,13 @@ from mpnn_jax.benchmark.systems import (
     sort_edges,
     to_device,
 )
-from mpnn_jax.benchmark.timing import compiled_bytes, is_oom, peak_device_bytes, time_compiled
+from mpnn_jax.benchmark.timing import (
+    compiled_bytes,
+    is_oom,
+    peak_device_bytes,
+    time_compiled,
+    time_interleaved,
+)
 from mpnn_jax.precision import get_policy
 
 
@@ -108,6 +114,29 @@ def measure(
     atom_steps_per_s, compiled_bytes, the roofline entries and, where the device reports it,
     peak_bytes; an out-of-memory case returns ``{"oom": True}``.
     """
+    case = _prepare(
+        size=size, system=system, preset=preset, mode=mode, params=params,
+        avg_num_neighbors=avg_num_neighbors, cutoff=cutoff, n_inputs=n_inputs,
+        take_rows=take_rows, sorted_edges=sorted_edges, backend=backend,
+    )  # fmt: skip
+    row, compiled, inputs, cost = case
+    if compiled is None:
+        return row
+    try:
+        times = time_compiled(compiled, inputs, warmup=warmup, repeats=repeats)
+    except Exception as err:  # noqa: BLE001 - OOM surfaces as several exception types
+        if is_oom(err):
+            return {**row, "oom": True}
+        raise
+    return _finish(row, times, system, cost, preset, ceilings, peak_bytes=peak_device_bytes())
+
+
+def _prepare(
+    *, size, system, preset, mode, params, avg_num_neighbors, cutoff, n_inputs, take_rows,
+    sorted_edges, backend,
+) -> tuple[dict[str, Any], Any, list[tuple] | None, Any]:  # fmt: skip
+    """The case's row with its compile fields, its compiled program, argument tuples and cost
+    analysis; ``(row with oom, None, None, None)`` where it does not fit."""
     from mpnn_jax.nn import ops
 
     model = make_model(
@@ -129,15 +158,19 @@ def measure(
             model, params, graphs, mode=mode, implementation=impl
         )
         row["compiled_bytes"] = compiled_bytes(compiled)
-        cost = cost_analysis(compiled)
-        row.update(time_compiled(compiled, inputs, warmup=warmup, repeats=repeats))
+        return row, compiled, inputs, cost_analysis(compiled)
     except Exception as err:  # noqa: BLE001 - OOM surfaces as several exception types
         if is_oom(err):
             row["oom"] = True
-            return row
+            return row, None, None, None
         raise
+
+
+def _finish(row, times, system, cost, preset, ceilings, *, peak_bytes) -> dict[str, Any]:
+    """The row with its timing, throughput, peak memory and roofline columns."""
+    row = {**row, **times}
     row["atom_steps_per_s"] = system.n_atoms / (row["median_ms"] * 1e-3)
-    row["peak_bytes"] = peak_device_bytes()
+    row["peak_bytes"] = peak_bytes
     row.update(roofline(cost, preset=preset, median_ms=row["median_ms"], ceilings=ceilings))
     return row
 
@@ -156,6 +189,7 @@ def run_benchmark(
     backends: Sequence[str] = ("e3nn",),
     ceilings: dict[str, float] | None = None,
     progress: Callable[[dict], None] | None = None,
+    interleaved: bool = False,
 ) -> list[dict[str, Any]]:
     """Every (size, system, mode, preset, variant, backend) case, side by side, same weights.
 
@@ -173,6 +207,12 @@ def run_benchmark(
         ceilings: :func:`device_ceilings` of this device for the roofline columns (None: the
             H100 defaults).
         progress: called with each finished row (e.g. to print it).
+        interleaved: compile every preset of a (size, system, mode, variant, backend) case first,
+            then time them in rounds (:func:`~mpnn_jax.benchmark.timing.time_interleaved`: each
+            round calls each preset once), so that a speed-up is the median of the rounds'
+            ratios, which the drift of one program between rows of a process (up to 5.6%,
+            PERFORMANCE_LOG entry 27) does not move. Rows get ``interleaved`` and ``round_ms``;
+            their ``peak_bytes`` is the process's peak over all the presets of the case.
 
     Returns:
         The rows (see :func:`measure`).
@@ -194,19 +234,28 @@ def run_benchmark(
         for size in sizes:
             params = init_for(size, system, cutoff=cutoff)
             for mode in modes:
+                common = dict(
+                    size=size, system=system, mode=mode, params=params,
+                    avg_num_neighbors=avg_neighbours(system), cutoff=cutoff, n_inputs=n_inputs,
+                )  # fmt: skip
+                if interleaved:
+                    for take_rows, sorted_edges in variants:
+                        for backend in backends:
+                            impl = dict(take_rows=take_rows, sorted_edges=sorted_edges)
+                            for row in _interleaved_case(
+                                presets, common, impl, backend, repeats, warmup, ceilings
+                            ):
+                                rows.append(row)
+                                if progress is not None:
+                                    progress(row)
+                    continue
                 for preset in presets:
                     for take_rows, sorted_edges in variants:
                         for backend in backends:
                             row = measure(
-                                size=size,
-                                system=system,
+                                **common,
                                 preset=preset,
-                                mode=mode,
-                                params=params,
-                                avg_num_neighbors=avg_neighbours(system),
-                                cutoff=cutoff,
                                 repeats=repeats,
-                                n_inputs=n_inputs,
                                 warmup=warmup,
                                 take_rows=take_rows,
                                 sorted_edges=sorted_edges,
@@ -216,4 +265,25 @@ def run_benchmark(
                             rows.append(row)
                             if progress is not None:
                                 progress(row)
+    return rows
+
+
+def _interleaved_case(presets, common, impl, backend, repeats, warmup, ceilings) -> list[dict]:
+    """Every preset of one case compiled, then timed in interleaved rounds (one row each; a
+    preset that does not fit is an ``oom`` row and sits out the rounds)."""
+    prepared = {
+        preset: _prepare(**common, preset=preset, backend=backend, **impl) for preset in presets
+    }
+    programs = {p: (c[1], c[2]) for p, c in prepared.items() if c[1] is not None}
+    times = time_interleaved(programs, warmup=warmup, repeats=repeats) if programs else {}
+    peak = peak_device_bytes()
+    rows = []
+    for preset, (row, _, _, cost) in prepared.items():
+        if preset not in times:
+            rows.append(row)
+            continue
+        done = _finish(
+            row, times[preset], common["system"], cost, preset, ceilings, peak_bytes=peak
+        )
+        rows.append({**done, "interleaved": True})
     return rows
