@@ -132,7 +132,7 @@ def main(argv=None) -> int:
         print("speed-up of the column's program over the row's (median over rounds):")
         print(" " * 4 + "".join(f"{j:>9}" for j in range(len(out["rows"]))))
         for i, a in enumerate(out["rows"]):
-            cells = [bm.round_ratio(a["round_ms"], b["round_ms"])["median"] for b in out["rows"]]
+            cells = [bm.speed_up(a, b) for b in out["rows"]]
             print(f"{i:>4}" + "".join(f"{c:9.3f}" for c in cells) + f"  {args.programs[i]}")
     return 0
 

@@ -84,8 +84,10 @@ from mpnn_jax.benchmark.timing import (
     is_oom,
     peak_device_bytes,
     round_ratio,
+    speed_up,
     time_compiled,
     time_interleaved,
+    timed_in_rounds,
 )
 
 __all__ = [
@@ -130,9 +132,11 @@ __all__ = [
     "sort_edges",
     "split_by_precision",
     "stage_name",
-    "time_compiled",
     "round_ratio",
+    "speed_up",
+    "time_compiled",
     "time_interleaved",
+    "timed_in_rounds",
     "to_device",
     "variant_name",
     "water_box",

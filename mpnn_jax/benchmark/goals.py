@@ -12,7 +12,7 @@ to a user whose FP32 program runs faster elsewhere (log entries 15 and 18 found 
 
 Rows timed in interleaved rounds (``experiments/perf/interleaved.py``: ``interleaved`` and every
 round's time in ``round_ms``) give a speed-up as the median of the rounds' ratios
-(:func:`mpnn_jax.benchmark.timing.round_ratio`), which the drift of one program between rows of a
+(:func:`mpnn_jax.benchmark.timing.speed_up`), which the drift of one program between rows of a
 process (up to 5.6%, log entry 27) does not move. Such a figure is compared with the fastest FP32
 program timed the same way, and for a speed-up goal on the device it names it is preferred to
 any ratio of single rows (:func:`goal_summary`); rows differing in their padding
@@ -42,7 +42,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mpnn_jax.benchmark.report import backend_name, variant_name
-from mpnn_jax.benchmark.timing import round_ratio
+from mpnn_jax.benchmark.timing import speed_up, timed_in_rounds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,10 +100,6 @@ def _case(row: dict[str, Any]) -> tuple:
     )
 
 
-def _interleaved(row: dict[str, Any]) -> bool:
-    return bool(row.get("interleaved") and row.get("round_ms"))
-
-
 def _figure(
     goal: Goal, value: float, device: str, source: str, counts: bool = True, **what: Any
 ) -> dict[str, Any]:
@@ -144,7 +140,7 @@ def _fastest_fp32(results: Sequence[dict[str, Any]]) -> dict[tuple, float]:
             continue
         for r in result.get("rows", []):
             if r.get("preset") == "fp32" and r.get("median_ms") and not r.get("oom"):
-                key = (device, r["model"], _structure(r), r["mode"], _interleaved(r))
+                key = (device, r["model"], _structure(r), r["mode"], timed_in_rounds(r))
                 best[key] = min(best.get(key, float("inf")), r["median_ms"])
     return best
 
@@ -185,17 +181,11 @@ def goal_figures(
             what = dict(model=model, system=system, backend=case[4], variant=case[5] or case[3])
             if fp32 and bf16 and fp32["n_atoms"] >= MIN_ATOMS and mode in ("ef", "train"):
                 goal = GOALS["ef_speedup" if mode == "ef" else "train_speedup"]
-                rounds = _interleaved(fp32) and _interleaved(bf16)
-                ratio = (
-                    round_ratio(fp32["round_ms"], bf16["round_ms"])["median"]
-                    if rounds
-                    else fp32["median_ms"] / bf16["median_ms"]
-                )
-                best = fastest[(device, model, _structure(fp32), mode, _interleaved(fp32))]
+                best = fastest[(device, model, _structure(fp32), mode, timed_in_rounds(fp32))]
                 out.append(
                     _figure(
                         goal,
-                        ratio,
+                        speed_up(fp32, bf16),
                         device,
                         source,
                         counts=fp32["median_ms"] <= FP32_SLACK * best,
@@ -203,7 +193,7 @@ def goal_figures(
                         fp32_ms=fp32["median_ms"],
                         bf16_ms=bf16["median_ms"],
                         fastest_fp32_ms=best,
-                        interleaved=rounds,
+                        interleaved=timed_in_rounds(fp32) and timed_in_rounds(bf16),
                     )
                 )
             lo, hi = MP_S_ATOMS

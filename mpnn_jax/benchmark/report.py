@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from mpnn_jax.benchmark.timing import speed_up
+
 
 def variant_name(row: dict[str, Any]) -> str:
     """``"take_rows/sorted_edges"`` of a row, e.g. ``"onehot/none"`` (the default)."""
@@ -29,20 +31,11 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """A fixed-width table of benchmark rows: each preset's speed-up over fp32 (same variant and
     backend; for rows timed in interleaved rounds the median of the rounds' ratios), the roofline
     lower bound (ms), the bound that sets it and measured / lower bound."""
-    from mpnn_jax.benchmark.timing import round_ratio
 
     def key(r):
         return (r["model"], r["system"], r["mode"], variant_name(r), backend_name(r))
 
     base = {key(r): r for r in rows if r["preset"] == "fp32" and not r.get("oom")}
-
-    def speed_up(r) -> str:
-        ref = base.get(key(r))
-        if ref is None:
-            return "-"
-        if ref.get("round_ms") and r.get("round_ms"):
-            return f"{round_ratio(ref['round_ms'], r['round_ms'])['median']:.2f}x"
-        return f"{ref['median_ms'] / r['median_ms']:.2f}x"
 
     head = (
         f"{'model':10} {'system':16} {'mode':5} {'preset':13} {'variant':16} {'backend':8} "
@@ -58,7 +51,8 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
         if r.get("oom"):
             lines.append(f"{lead}  out of memory")
             continue
-        speed = speed_up(r)
+        ref = base.get(key(r))
+        speed = f"{speed_up(ref, r):.2f}x" if ref else "-"
         mib = (r.get("compiled_bytes") or 0) / 2**20
         gflop = (r.get("flops") or 0) / 1e9
         gb = (r.get("bytes_accessed") or 0) / 1e9

@@ -171,8 +171,9 @@ def time_interleaved(
         out[name] = {**_stats(times[name]), "round_ms": times[name]}
         if name != names[0]:
             ratio = round_ratio(times[names[0]], times[name])
-            out[name].update(ratio_to_first=ratio["median"], ratio_p10=ratio["p10"])
-            out[name]["ratio_p90"] = ratio["p90"]
+            out[name].update(
+                ratio_to_first=ratio["median"], ratio_p10=ratio["p10"], ratio_p90=ratio["p90"]
+            )
     return out
 
 
@@ -191,3 +192,26 @@ def round_ratio(reference: Sequence[float], other: Sequence[float]) -> dict[str,
         "p10": float(np.percentile(ratios, 10)),
         "p90": float(np.percentile(ratios, 90)),
     }
+
+
+def timed_in_rounds(row: dict[str, Any]) -> bool:
+    """Whether a result row was timed in interleaved rounds (and carries every round's time)."""
+    return bool(row.get("interleaved") and row.get("round_ms"))
+
+
+def speed_up(reference: dict[str, Any], row: dict[str, Any]) -> float:
+    """``row``'s speed-up over ``reference`` (two result rows): the median of the rounds' ratios
+    (:func:`round_ratio`) where both were timed in interleaved rounds, else the ratio of their
+    medians.
+
+    Example:
+        >>> speed_up({"median_ms": 4.0}, {"median_ms": 2.0})
+        2.0
+        >>> rounds = {"interleaved": True}
+        >>> speed_up({**rounds, "median_ms": 20.0, "round_ms": [10.0, 20.0, 30.0]},
+        ...          {**rounds, "median_ms": 10.0, "round_ms": [8.0, 10.0, 24.0]})
+        1.25
+    """
+    if timed_in_rounds(reference) and timed_in_rounds(row):
+        return round_ratio(reference["round_ms"], row["round_ms"])["median"]
+    return reference["median_ms"] / row["median_ms"]
