@@ -5,7 +5,8 @@
 
 (without that flag XLA runs the program as one CUDA graph and the trace shows one event).
 
-For each case ``size:kind:atoms:preset:mode[:backend]`` (backend ``e3nn`` unless named) the
+For each case ``size:kind:atoms:preset:mode[:backend[:KEY=V,...]]`` (backend ``e3nn`` unless
+named; settings as in ``pallas_conv.py``'s variants, the others at their defaults) the
 program is compiled and warmed up, three calls are traced, and the GPU kernels are summed by HLO
 op (``<out>/profile.json``, with each op's ``op_name`` metadata from the compiled HLO) and by
 module and precision stage (``by_stage``, from ``op_name``: see :func:`stage_of`); the HLO
@@ -35,6 +36,9 @@ from mpnn_jax.data import SpeciesTable
 from mpnn_jax.potential import make_predictor
 from mpnn_jax.precision import get_policy
 from mpnn_jax.precision.policy import STAGES
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pallas_conv import apply_variant  # noqa: E402 - the variants' grammar and settings
 
 
 def compile_case(size, system, preset, mode, params, backend="e3nn"):
@@ -132,7 +136,9 @@ def main(argv=None) -> int:
     systems, params_cache, results, hlo_texts = {}, {}, [], {}
     for i, case in enumerate(args.cases):
         size, kind, n, preset, mode, *rest = case.split(":")
-        backend = rest[0] if rest else "e3nn"
+        # a backend may carry module settings (pallas_conv.py's grammar), set before tracing:
+        # "mace-mp-s:water:10000:bf16-mixed:ef:pallas:DX_STAGE_OUTPUT=1"
+        backend, _ = apply_variant(":".join(rest) if rest else "e3nn")
         key = (kind, int(n))
         if key not in systems:
             systems[key] = bm.build_system(kind, int(n), cutoff=5.0, species_table=table)

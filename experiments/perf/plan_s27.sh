@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Session 27's GPU calls on one H100 (PERFORMANCE_LOG entry 29). Everything packed into
+# OUT/CALL.tgz (experiments/perf/plan_lib.sh).
+#   source experiments/gpu_env.sh && bash experiments/perf/plan_s27.sh "$OUT" CALL
+# CALL:
+#   c  (session 26's plan_s26.sh c, run first this session: the two stage-output settings
+#      together made bf16-mixed E+F 8% slower and training 1% faster)
+#   a  which of the two stage-output settings slows E+F: MACE MP-S E+F at 10,125 atoms,
+#      bf16-mixed with each setting alone and both, in one set of rounds; per-kernel profiles
+#      of bf16-mixed E+F with both off and both on; and the 3,000-atom E+F profiles (fp32 and
+#      bf16-mixed) that entry 28's two-size fit asked for
+#   d  NequIP-M training at 10,125 atoms in interleaved rounds, fp32 against bf16-mixed
+#      (plan_s26.sh d)
+dest=$1 call=$2
+source "$(dirname "$0")/plan_lib.sh"
+inter() {  # OUT-NAME LIMIT-S CASE PROGRAMS...
+  local name=$1 limit=$2 case=$3; shift 3
+  timeout "$limit" python3 experiments/perf/interleaved.py --out "$out/interleaved_$name.json" \
+      --case "$case" --programs "$@" --repeats 60 ${CONSECUTIVE:+--consecutive $CONSECUTIVE} > "$out/interleaved_$name.txt" 2>&1
+  stamp "interleaved_$name"
+}
+case $call in
+  a)
+    inter mace_ef_stage 150 mace-mp-s:water:10000:ef pallas@bf16-mixed \
+        pallas:SPARSE_STAGE_OUTPUT=1@bf16-mixed pallas:DX_STAGE_OUTPUT=1@bf16-mixed \
+        pallas:SPARSE_STAGE_OUTPUT=1,DX_STAGE_OUTPUT=1@bf16-mixed
+    profile profile_stage 120 mace-mp-s:water:10000:bf16-mixed:ef:pallas \
+        mace-mp-s:water:10000:bf16-mixed:ef:pallas:SPARSE_STAGE_OUTPUT=1,DX_STAGE_OUTPUT=1
+    profile profile_3k 100 mace-mp-s:water:3000:fp32:ef:pallas mace-mp-s:water:3000:bf16-mixed:ef:pallas
+    tail -n 40 "$out"/profile_*.txt ;;
+  d)
+    inter nequip_train 240 nequip-M:water:10000:train pallas@fp32 pallas@bf16-mixed ;;
+  *) echo "CALL must be a or d" >&2; exit 2 ;;
+esac
+finish
