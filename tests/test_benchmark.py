@@ -103,6 +103,37 @@ def test_interleaved_benchmark_rows_read_as_goal_figures(xs_size, monkeypatch):
     assert " 1.25x " in bm.format_table(rows) and " 2.00x " not in bm.format_table(rows)
 
 
+def test_interleaved_benchmark_drops_a_program_that_runs_out_of_memory(xs_size, monkeypatch):
+    """A preset that compiles but runs out of device memory on its first call is an ``oom`` row
+    and sits out the rounds; the others are still timed (and an error of another kind is
+    raised, not swallowed)."""
+    real = bm.harness.compile_program
+
+    def compile_program(model, *args, **kw):
+        fn, inputs, seconds = real(model, *args, **kw)
+        if model.policy.name != "bf16-mixed":
+            return fn, inputs, seconds
+
+        def fails(*a):
+            raise RuntimeError(f"{message}: while allocating 1.2 GiB")
+
+        return fails, inputs, seconds
+
+    monkeypatch.setattr(bm.harness, "compile_program", compile_program)
+    common = dict(
+        sizes=[xs_size], systems=[("ethanol", 18)], presets=["fp32", "bf16-mixed"],
+        modes=["ef"], repeats=2, n_inputs=1, warmup=1, interleaved=True,
+    )  # fmt: skip
+    message = "RESOURCE_EXHAUSTED: Out of memory"
+    fp32, bf16 = bm.run_benchmark(**common)
+    assert bf16["oom"] and "median_ms" not in bf16
+    assert not fp32.get("oom") and len(fp32["round_ms"]) == 2 and fp32["median_ms"] > 0
+    assert "out of memory" in bm.format_table([fp32, bf16])
+    message = "INVALID_ARGUMENT: shapes"
+    with pytest.raises(RuntimeError, match="INVALID_ARGUMENT"):
+        bm.run_benchmark(**common)
+
+
 def test_build_system_edge_padding():
     table = SpeciesTable((1, 6, 8, 29))
     default = bm.build_system("water", 100, cutoff=5.0, species_table=table)
