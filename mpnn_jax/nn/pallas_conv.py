@@ -414,8 +414,10 @@ def _gather_sum(
             start, start if perm is None else perm, nbr, nbr if wrow is None else wrow,
             x.reshape(-1), w.reshape(-1), sh.reshape(-1),
         )  # fmt: skip
-        outs.append(out.reshape(n_pad, len(outputs), c)[:n_tgt])
-    return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
+        with Policy.scope("aggregation"):  # the kernel's sums, in their stage's dtype
+            outs.append(out.reshape(n_pad, len(outputs), c)[:n_tgt])
+    with Policy.scope("aggregation"):
+        return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
 
 
 def _output_groups(plan: Plan, n_groups: int) -> list[tuple[int, ...]]:

@@ -100,6 +100,10 @@ CONTRACTION_CALLS = (
     "radial_kernel",
     "radial_dx_kernel",
 )
+#: the name prefix of our Pallas kernels (``pallas_call(..., name="mpnn_gather_sum")``): a kernel
+#: called directly, not through one of :data:`CONTRACTION_CALLS`, is read as one contraction
+#: too (its operands, its widest arithmetic as the accumulator), not as the ops of its body
+KERNEL_PREFIX = "mpnn_"
 #: contraction calls that read an operand narrower than their stage's dtype and convert it up,
 #: exactly, before any arithmetic (the radial MLP's derivative reads the cotangent of an output
 #: it wrote in the messages stage's dtype): such operands are accepted, the accumulator is checked
@@ -178,7 +182,18 @@ def _equations(jaxpr: jex.Jaxpr, platform: str) -> Iterator[Any]:
 
 
 def _is_contraction_call(eqn: Any) -> bool:
+    if eqn.primitive.name == "pallas_call":  # a kernel of ours not wrapped in a named call
+        return str(eqn.params.get("name", "")).startswith(KERNEL_PREFIX)
     return eqn.primitive.name in ("jit", "pjit") and eqn.params.get("name") in CONTRACTION_CALLS
+
+
+def _call_name(eqn: Any) -> str:
+    return str(eqn.params["name"])
+
+
+def _call_body(eqn: Any) -> jex.Jaxpr:
+    body = eqn.params["jaxpr"]
+    return body if isinstance(body, jex.Jaxpr) else body.jaxpr
 
 
 def _vars(atoms: list[Any]) -> list[Any]:
@@ -194,8 +209,10 @@ def _walk(jaxpr: jex.Jaxpr, prefix: str, out: list[OpRecord], platform: str) -> 
     for eqn in jaxpr.eqns:
         name = eqn.primitive.name
         if name in _PLACEHOLDER_PRIMITIVES or (
-            name == "broadcast_in_dim" and any(v in placeholders for v in _vars(eqn.invars))
-        ):
+            name == "broadcast_in_dim"
+            and (any(v in placeholders for v in _vars(eqn.invars)) or not _vars(eqn.invars))
+        ):  # an uninitialised slot, or a constant fill (the zeros of a residual another branch
+            # of a differentiated cond would have made): nothing is computed
             placeholders.update(eqn.outvars)
             continue
         ns = _join(prefix, str(eqn.source_info.name_stack))
@@ -205,14 +222,14 @@ def _walk(jaxpr: jex.Jaxpr, prefix: str, out: list[OpRecord], platform: str) -> 
             # accumulator: its widest arithmetic, a Pallas kernel's body included (a kernel
             # may sum in FP32 and store BF16)
             wide = max(
-                (v.aval.dtype for e in _equations(eqn.params["jaxpr"].jaxpr, platform)
+                (v.aval.dtype for e in _equations(_call_body(eqn), platform)
                  for v in e.outvars if _is_float(v.aval.dtype)),
                 key=lambda d: jnp.finfo(d).bits,
                 default=eqn.outvars[0].aval.dtype,
             )  # fmt: skip
             accum = dtype_short(wide)
             rec = OpRecord(
-                stage_of(ns), eqn.params["name"], "matmul", ins, outs, accum, "transpose(" in ns, ns
+                stage_of(ns), _call_name(eqn), "matmul", ins, outs, accum, "transpose(" in ns, ns
             )
             out.append(rec)
             continue

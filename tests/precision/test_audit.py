@@ -188,7 +188,8 @@ def test_nested_jaxprs_are_walked_and_attributed():
         with Policy.scope("aggregation"):
             return jax.ops.segment_sum(x, jnp.array([0, 1, 1]), 2)
 
-    assert audit(g, jnp.ones(3)).op_dtypes("aggregation") == {"f32": 2}  # zeros + scatter-add
+    # the scatter-add alone: the zeros it adds into are a constant fill, no arithmetic
+    assert audit(g, jnp.ones(3)).op_dtypes("aggregation") == {"f32": 1}
 
 
 def test_table_and_json():
@@ -320,3 +321,66 @@ def test_16bit_result_is_stored_by_the_dot(monkeypatch, preset, store):
     for got in stored:
         assert got.dtype == d
         assert np.all(np.abs(np.asarray(got, np.float64) - exact) <= ulp + 1e-30)
+
+
+def _kernel(name: str, acc_dtype, out_dtype):
+    """A Pallas kernel ``name`` summing ``a * b`` over rows in ``acc_dtype``, storing
+    ``out_dtype`` (made with jax.make_jaxpr only: the audit reads the traced program)."""
+    from jax.experimental import pallas as pl
+
+    def body(a_ref, b_ref, o_ref):
+        prod = a_ref[...].astype(acc_dtype) * b_ref[...].astype(acc_dtype)
+        acc = prod[0]
+        for i in range(1, prod.shape[0]):  # not jnp.sum, which sums 16-bit arrays in FP32
+            acc = acc + prod[i]
+        o_ref[...] = acc.astype(out_dtype)
+
+    def call(a, b):
+        out = jax.ShapeDtypeStruct((a.shape[1],), out_dtype)
+        return pl.pallas_call(body, out_shape=out, name=name, interpret=True)(a, b)
+
+    return call
+
+
+@pytest.mark.parametrize(
+    "stage, operands, acc_dtype, wrong",
+    [
+        ("messages", jnp.bfloat16, jnp.float32, None),  # BF16 operands, FP32 sums: the policy
+        ("messages", jnp.float32, jnp.float32, "has operands ('f32', 'f32'), policy says bf16"),
+        ("aggregation", jnp.bfloat16, jnp.bfloat16, "accumulates in bf16, policy says f32/f32"),
+    ],
+)
+def test_a_kernel_of_ours_is_one_contraction(stage, operands, acc_dtype, wrong):
+    """A Pallas kernel of ours (``pallas_call(name="mpnn_...")``) is read as one contraction:
+    its operands, its widest arithmetic as its accumulator, not the ops of its body (which may
+    compute in FP32 inside a BF16 stage, as a matmul accumulates). A kernel of another name is
+    read op by op."""
+    p = get_policy("bf16-mixed")
+    a = jnp.ones((8, 16), operands)
+
+    def f(a, kernel):
+        with Policy.scope(stage):
+            return kernel(a, a)
+
+    ours = audit(f, a, kernel=_kernel("mpnn_test_sum", acc_dtype, acc_dtype))
+    (rec,) = ours.of(stage, "matmul")
+    assert rec.primitive == "mpnn_test_sum" and rec.accum == dtype_short(acc_dtype)
+    problems = ours.check(p)
+    assert problems == [] if wrong is None else any(wrong in m for m in problems), problems
+    other = audit(f, a, kernel=_kernel("their_sum", acc_dtype, acc_dtype))
+    assert not other.of(stage, "matmul") and len(other.of(stage)) > 1
+
+
+def test_constant_fill_is_not_arithmetic():
+    """``jnp.zeros`` (a broadcast of a literal: the residual slots a differentiated cond fills
+    for its other branch) computes nothing; a broadcast of a computed FP32 array in a BF16
+    stage is still a violation."""
+    p = get_policy("bf16-mixed")
+
+    def f(x):
+        with Policy.scope("messages"):
+            return jnp.zeros((4, 3), jnp.float32), jnp.broadcast_to(x * 2.0, (4, 3))
+
+    report = audit(f, jnp.ones((3,), jnp.float32))
+    assert [r.primitive for r in report.of("messages")] == ["mul", "broadcast_in_dim"]
+    assert len(report.check(p)) == 2
