@@ -18,6 +18,12 @@ profile() {  # OUT-NAME LIMIT-S CASES...
       --out "$out/$name" --cases "$@" > "$out/$name.txt" 2>&1
   stamp "$name"
 }
+inter() {  # OUT-NAME LIMIT-S CASE PROGRAMS... (interleaved rounds; CONSECUTIVE=N also in a row)
+  local name=$1 limit=$2 case=$3; shift 3
+  timeout "$limit" python3 experiments/perf/interleaved.py --out "$out/interleaved_$name.json" \
+      --case "$case" --programs "$@" --repeats 60 ${CONSECUTIVE:+--consecutive $CONSECUTIVE} > "$out/interleaved_$name.txt" 2>&1
+  stamp "interleaved_$name"
+}
 tests() {  # LIMIT-S TEST-FILE [PYTEST-ARGS...]
   local limit=$1; shift
   timeout "$limit" python3 -m pytest -q -m "" "$@" > "$out/tests_gpu.txt" 2>&1

@@ -25,12 +25,6 @@
 #      (call a's limit cut it), fp32 against bf16-mixed
 dest=$1 call=$2
 source "$(dirname "$0")/plan_lib.sh"
-inter() {  # OUT-NAME LIMIT-S CASE PROGRAMS...
-  local name=$1 limit=$2 case=$3; shift 3
-  timeout "$limit" python3 experiments/perf/interleaved.py --out "$out/interleaved_$name.json" \
-      --case "$case" --programs "$@" --repeats 60 ${CONSECUTIVE:+--consecutive $CONSECUTIVE} > "$out/interleaved_$name.txt" 2>&1
-  stamp "interleaved_$name"
-}
 case $call in
   a)
     inter mace_train 160 mace-mp-s:water:10000:train pallas@fp32 pallas@bf16-mixed
