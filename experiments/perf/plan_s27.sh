@@ -15,12 +15,12 @@ dest=$1 call=$2
 source "$(dirname "$0")/plan_lib.sh"
 case $call in
   a)
-    inter mace_ef_stage 150 mace-mp-s:water:10000:ef pallas@bf16-mixed \
+    inter mace_ef_stage 140 mace-mp-s:water:10000:ef pallas@bf16-mixed \
         pallas:SPARSE_STAGE_OUTPUT=1@bf16-mixed pallas:DX_STAGE_OUTPUT=1@bf16-mixed \
         pallas:SPARSE_STAGE_OUTPUT=1,DX_STAGE_OUTPUT=1@bf16-mixed
-    profile profile_stage 120 mace-mp-s:water:10000:bf16-mixed:ef:pallas \
+    profile profile_stage 110 mace-mp-s:water:10000:bf16-mixed:ef:pallas \
         mace-mp-s:water:10000:bf16-mixed:ef:pallas:SPARSE_STAGE_OUTPUT=1,DX_STAGE_OUTPUT=1
-    profile profile_3k 100 mace-mp-s:water:3000:fp32:ef:pallas mace-mp-s:water:3000:bf16-mixed:ef:pallas
+    profile profile_3k 70 mace-mp-s:water:3000:fp32:ef:pallas mace-mp-s:water:3000:bf16-mixed:ef:pallas
     tail -n 40 "$out"/profile_*.txt ;;
   d)
     inter nequip_train 240 nequip-M:water:10000:train pallas@fp32 pallas@bf16-mixed ;;
