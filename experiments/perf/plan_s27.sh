@@ -10,6 +10,7 @@
 #      of bf16-mixed E+F with both off and both on; and the 3,000-atom E+F profiles (fp32 and
 #      bf16-mixed) that entry 28's two-size fit asked for
 #   b  call a without the 3,000-atom profiles (for little device time)
+#   p  the two profiles of call a alone (for little device time)
 #   d  NequIP-M training at 10,125 atoms in interleaved rounds, fp32 against bf16-mixed
 #      (plan_s26.sh d)
 dest=$1 call=$2
@@ -24,8 +25,12 @@ case $call in
     [ "$call" = b ] && { tail -n 40 "$out"/profile_*.txt; finish; exit; }
     profile profile_3k 70 mace-mp-s:water:3000:fp32:ef:pallas mace-mp-s:water:3000:bf16-mixed:ef:pallas
     tail -n 40 "$out"/profile_*.txt ;;
+  p)
+    profile profile_stage 110 mace-mp-s:water:10000:bf16-mixed:ef:pallas \
+        mace-mp-s:water:10000:bf16-mixed:ef:pallas:SPARSE_STAGE_OUTPUT=1,DX_STAGE_OUTPUT=1
+    tail -n 40 "$out"/profile_*.txt ;;
   d)
     inter nequip_train 240 nequip-M:water:10000:train pallas@fp32 pallas@bf16-mixed ;;
-  *) echo "CALL must be a, b or d" >&2; exit 2 ;;
+  *) echo "CALL must be a, b, p or d" >&2; exit 2 ;;
 esac
 finish
