@@ -130,8 +130,9 @@ EDGE_STREAM = 0
 #: dtype, the cast that followed it: the same rounding, with no FP32 ``[n, n_in, C]`` array and
 #: no conversion pass (in bf16-mixed MACE MP-S training, four ``[n, 16, 128]`` conversions per
 #: step, 0.17 ms at 10k atoms in session 23's profile; log entry 28). Where two such sums are
-#: added (the convolution's second derivative) they stay FP32. Built and tested
-#: (bit-identical), not timed on a GPU: off.
+#: added (the convolution's second derivative) they stay FP32. Bit-identical; timed with
+#: pallas_symmetric.SPARSE_STAGE_OUTPUT on an H100 (log entry 29): training +0.9% (noise), E+F
+#: 8% slower (why is not known): off.
 DX_STAGE_OUTPUT = False
 #: Names of the settings above (for experiments that vary them).
 SETTINGS = (
