@@ -53,7 +53,7 @@ def test_interleaved_rounds_on_a_fake_clock(monkeypatch):
         bm.time_interleaved({})
 
 
-def test_interleaved_script_on_a_tiny_case(tmp_path, capsys):
+def test_interleaved_script_on_a_tiny_case(tmp_path, capsys, monkeypatch):
     cli = load_script("experiments/perf/interleaved.py")
     out = tmp_path / "il.json"
     args = ["--out", str(out), "--case", "nequip-S:water:24:ef", "--repeats", "2"]
@@ -74,6 +74,21 @@ def test_interleaved_script_on_a_tiny_case(tmp_path, capsys):
         "column's program over the row's" in printed
         and "pad copies of e3nn@fp32@edges=1024" in printed
     )
+    # a program that compiles but does not fit when it runs sits out the rounds; the rest go on
+    real = cli.bm.fits_at_run_time
+    calls = []
+
+    def second_does_not_fit(fn, inputs):
+        calls.append(fn)
+        return real(fn, inputs) and len(calls) != 2
+
+    monkeypatch.setattr(cli.bm, "fits_at_run_time", second_does_not_fit)
+    assert cli.main([*args, "--programs", *programs]) == 0
+    monkeypatch.undo()
+    rows = json.loads(out.read_text())["rows"]
+    assert rows[1]["oom"] and "round_ms" not in rows[1]
+    assert all(len(rows[i]["round_ms"]) == 2 for i in (0, 2))
+    assert "e3nn@bf16-mixed" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         cli.main([*args, "--programs", "e3nn-fp32"])
     with pytest.raises(SystemExit):

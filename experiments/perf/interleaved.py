@@ -96,7 +96,6 @@ def main(argv=None) -> int:
             mode=mode,
             implementation=ops.implementation(take_rows=ops.TAKE_ROWS, sorted_edges="none"),
         )
-        compiled[spec] = (fn, inputs)
         row = bm.case_row(size, system, preset, mode, model, take_rows=ops.TAKE_ROWS)
         row.update(
             variant=variant, compile_s=compile_s, compiled_bytes=bm.compiled_bytes(fn),
@@ -105,16 +104,29 @@ def main(argv=None) -> int:
         )  # fmt: skip
         out["rows"].append(row)
         print(f"compiled {spec} in {compile_s:.1f} s", flush=True)
+        if bm.fits_at_run_time(fn, inputs):
+            compiled[spec] = (fn, inputs)
+        else:  # out of device memory beside the programs before it: no times, the rest go on
+            row["oom"] = True
+            print(f"{spec} ran out of device memory: left out of the rounds", flush=True)
+    if not compiled:
+        p.error("no program fits in device memory")
     times = bm.time_interleaved(compiled, repeats=args.repeats)
     for row, spec in zip(out["rows"], args.programs, strict=True):
-        row.update(times[spec], interleaved=True)
+        if spec in times:
+            row.update(times[spec], interleaved=True)
     if args.consecutive:  # the same programs one after the other, as pallas_conv.py's rows
         for row, spec in zip(out["rows"], args.programs, strict=True):
+            if spec not in compiled:
+                continue
             alone = bm.time_compiled(*compiled[spec], repeats=args.consecutive)
             row["consecutive"] = {k: alone[k] for k in ("median_ms", "p10_ms", "p90_ms")}
     Path(args.out).write_text(json.dumps(out, indent=1))
     print(f"{'program':45} {'ms':>8} {'p10-p90':>15} {'speed-up vs first (p10-p90)':>30}")
     for row, spec in zip(out["rows"], args.programs, strict=True):
+        if row.get("oom"):
+            print(f"{spec:45} {'out of memory':>8}")
+            continue
         ratio = (
             f"{row['ratio_to_first']:.3f}x ({row['ratio_p10']:.3f}-{row['ratio_p90']:.3f})"
             if "ratio_to_first" in row
@@ -128,12 +140,13 @@ def main(argv=None) -> int:
         copies = ", ".join(f"{n} x {shape}" for shape, n in row["pad_copies"].items()) or "none"
         padded = f"{row['padded_nodes']} nodes, {row['padded_edges']} edges"
         print(f"pad copies of {spec} ({padded} padded): {copies}")
-    if len(out["rows"]) > 2:
+    timed = [(row, spec) for row, spec in zip(out["rows"], args.programs) if not row.get("oom")]
+    if len(timed) > 2:
         print("speed-up of the column's program over the row's (median over rounds):")
-        print(" " * 4 + "".join(f"{j:>9}" for j in range(len(out["rows"]))))
-        for i, a in enumerate(out["rows"]):
-            cells = [bm.speed_up(a, b) for b in out["rows"]]
-            print(f"{i:>4}" + "".join(f"{c:9.3f}" for c in cells) + f"  {args.programs[i]}")
+        print(" " * 4 + "".join(f"{j:>9}" for j in range(len(timed))))
+        for i, (a, spec) in enumerate(timed):
+            cells = [bm.speed_up(a, b) for b, _ in timed]
+            print(f"{i:>4}" + "".join(f"{c:9.3f}" for c in cells) + f"  {spec}")
     return 0
 
 

@@ -20,8 +20,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import jax
-
 from mpnn_jax import xla
 from mpnn_jax.benchmark.models import (
     backend_names,
@@ -41,6 +39,7 @@ from mpnn_jax.benchmark.systems import (
 )
 from mpnn_jax.benchmark.timing import (
     compiled_bytes,
+    fits_at_run_time,
     is_oom,
     peak_device_bytes,
     time_compiled,
@@ -168,18 +167,6 @@ def _prepare(
         raise
 
 
-def _runs(fn, inputs) -> bool:
-    """One call of a compiled program on its first inputs: False where the device runs out of
-    memory (a program can compile and still not fit beside the buffers of the others)."""
-    try:
-        jax.block_until_ready(fn(*inputs[0]))
-    except Exception as err:  # noqa: BLE001 - OOM surfaces as several exception types
-        if is_oom(err):
-            return False
-        raise
-    return True
-
-
 def _finish(row, times, system, cost, preset, ceilings, *, peak_bytes) -> dict[str, Any]:
     """The row with its timing, throughput, peak memory and roofline columns."""
     row = {**row, **times}
@@ -290,7 +277,7 @@ def _interleaved_case(presets, common, impl, backend, repeats, warmup, ceilings)
     }
     programs = {p: (c[1], c[2]) for p, c in prepared.items() if c[1] is not None}
     for preset in list(programs):  # a program that compiled may still not fit when it runs
-        if not _runs(*programs[preset]):
+        if not fits_at_run_time(*programs[preset]):
             del programs[preset]
             prepared[preset][0]["oom"] = True
     times = time_interleaved(programs, warmup=warmup, repeats=repeats) if programs else {}

@@ -98,6 +98,19 @@ def compiled_bytes(compiled: Any) -> int | None:
     return total
 
 
+def fits_at_run_time(fn: Callable[..., Any], inputs: Sequence[tuple]) -> bool:
+    """One call of a compiled program on its first inputs: False where the device runs out of
+    memory (a program can compile within XLA's estimate and still not fit beside the buffers
+    of others held in the same process); any other error is raised."""
+    try:
+        jax.block_until_ready(fn(*inputs[0]))
+    except Exception as err:  # noqa: BLE001 - OOM surfaces as several exception types
+        if is_oom(err):
+            return False
+        raise
+    return True
+
+
 def is_oom(err: BaseException) -> bool:
     """True if ``err`` is XLA's out-of-memory error."""
     text = str(err)
