@@ -55,3 +55,18 @@ def test_kernel_times_and_op_names(tmp_path):
     names = module.op_names(hlo)
     assert names["loop_pad_fusion.3"] == "jit(f)/L_1/messages/convert"
     assert module.stage_of(names["loop_pad_fusion.3"]) == "L_1:messages"
+
+
+def test_a_case_may_carry_module_settings():
+    from mpnn_jax.nn import pallas_conv, pallas_symmetric
+
+    parse = _load().parse_case
+    case = "mace-mp-s:water:10000:bf16-mixed:ef:pallas:DX_STAGE_OUTPUT=1,SPARSE_STAGE_OUTPUT=1"
+    try:
+        assert parse(case) == ("mace-mp-s", "water", "10000", "bf16-mixed", "ef", "pallas")
+        assert pallas_conv.DX_STAGE_OUTPUT and pallas_symmetric.SPARSE_STAGE_OUTPUT
+        # the next case starts from the defaults
+        assert parse("nequip-M:water:10000:fp32:ef")[-1] == "e3nn"
+        assert not pallas_conv.DX_STAGE_OUTPUT and not pallas_symmetric.SPARSE_STAGE_OUTPUT
+    finally:
+        parse("nequip-M:water:10000:fp32:ef")

@@ -59,6 +59,16 @@ def compile_case(size, system, preset, mode, params, backend="e3nn"):
         return fn.lower(*args).compile(), args
 
 
+def parse_case(case: str) -> tuple[str, str, str, str, str, str]:
+    """``"size:kind:atoms:preset:mode[:backend[:KEY=V,...]]"`` -> its six fields, the backend's
+    module settings (``pallas_conv.py``'s variant grammar) set, every other one at its default:
+    ``"mace-mp-s:water:10000:bf16-mixed:ef:pallas:DX_STAGE_OUTPUT=1"``. Call it just before
+    tracing that case."""
+    size, kind, n, preset, mode, *rest = case.split(":")
+    backend, _ = apply_variant(":".join(rest) if rest else "e3nn")
+    return size, kind, n, preset, mode, backend
+
+
 def kernel_times(trace_dir: str) -> dict[str, float]:
     """``{hlo_op: total µs}`` of the GPU events in a perfetto trace."""
     (path,) = glob.glob(f"{trace_dir}/plugins/profile/*/perfetto_trace.json.gz")
@@ -135,10 +145,7 @@ def main(argv=None) -> int:
     table = SpeciesTable((1, 6, 8, 29))
     systems, params_cache, results, hlo_texts = {}, {}, [], {}
     for i, case in enumerate(args.cases):
-        size, kind, n, preset, mode, *rest = case.split(":")
-        # a backend may carry module settings (pallas_conv.py's grammar), set before tracing:
-        # "mace-mp-s:water:10000:bf16-mixed:ef:pallas:DX_STAGE_OUTPUT=1"
-        backend, _ = apply_variant(":".join(rest) if rest else "e3nn")
+        size, kind, n, preset, mode, backend = parse_case(case)
         key = (kind, int(n))
         if key not in systems:
             systems[key] = bm.build_system(kind, int(n), cutoff=5.0, species_table=table)
