@@ -11,6 +11,11 @@
 #      bf16-mixed) that entry 28's two-size fit asked for
 #   b  call a without the 3,000-atom profiles (for little device time)
 #   p  the two profiles of call a alone (for little device time)
+#   t  the node kernel and its transpose alone at MACE MP-S's shapes (C = 128, weights per pair),
+#      10,125 water atoms, fp32 and bf16-mixed, under block, warp and prefetch settings: tuned on
+#      NequIP-M's C = 32 (entry 14), they were never swept at MACE's; in session 23's training
+#      profile the bf16-mixed node kernels gain 1.24x over fp32 where the edge kernel gains 1.65x
+#      (log entry 29)
 #   d  NequIP-M training at 10,125 atoms in interleaved rounds, fp32 against bf16-mixed
 #      (plan_s26.sh d)
 dest=$1 call=$2
@@ -29,8 +34,15 @@ case $call in
     profile profile_stage 110 mace-mp-s:water:10000:bf16-mixed:ef:pallas \
         mace-mp-s:water:10000:bf16-mixed:ef:pallas:SPARSE_STAGE_OUTPUT=1,DX_STAGE_OUTPUT=1
     tail -n 40 "$out"/profile_*.txt ;;
+  t)
+    timeout 150 python3 experiments/perf/pallas_conv.py --out "$out/node_parts_mace.json" \
+        --kernels water:10000 --parts-only --parts node transposed --parts-shape mace-mp-s \
+        --kernel-variants pallas pallas:BLOCK_NODES=4 pallas:BLOCK_NODES=16 pallas:NUM_WARPS=4 \
+        pallas:PREFETCH=1 pallas:BLOCK_NODES_T=8 pallas:NUM_WARPS_T=4 \
+        --cases --no-ceilings --repeats 20 2>&1 | grep -v Warning | tee "$out/node_parts_mace.txt"
+    stamp node_parts_mace ;;
   d)
     inter nequip_train 240 nequip-M:water:10000:train pallas@fp32 pallas@bf16-mixed ;;
-  *) echo "CALL must be a, b, p or d" >&2; exit 2 ;;
+  *) echo "CALL must be a, b, p, t or d" >&2; exit 2 ;;
 esac
 finish
