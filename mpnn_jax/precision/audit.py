@@ -17,11 +17,14 @@ For every equation with a floating output the audit records its output dtypes an
   ``preferred_element_type``, else the output dtype); a call of
   :func:`~mpnn_jax.precision.ops.accum_contraction` (a tiny contraction written as an upcast,
   an elementwise product and a sum) is one ``matmul`` record too, with the dtypes of its
-  operands and, as accumulation, the widest dtype of the arithmetic inside it;
+  operands and, as accumulation, the widest dtype of the arithmetic inside it; so is a call of
+  one of the kernel helpers of :data:`CONTRACTION_CALLS` and any Pallas kernel of ours
+  (``pallas_call`` named ``mpnn_*``, :data:`KERNEL_PREFIX`), its body included;
 * ``reduction`` (``reduce_sum``, ``scatter-add`` from ``jax.ops.segment_sum``, ``cumsum``, ...):
   the accumulation (= output) dtype;
 * ``cast`` (``convert_element_type``): from and to;
-* ``op``: everything else.
+* ``op``: everything else, except constant fills (a broadcast of a literal, e.g. the zeros a
+  differentiated ``cond`` makes for another branch's residuals), which compute nothing.
 
 :meth:`AuditReport.check` compares this with a :class:`Policy`. In a stage of dtype ``d`` with
 accumulator ``a = policy.accum(stage)``:
