@@ -115,12 +115,11 @@ def measure(
     atom_steps_per_s, compiled_bytes, the roofline entries and, where the device reports it,
     peak_bytes; an out-of-memory case returns ``{"oom": True}``.
     """
-    case = _prepare(
+    row, compiled, inputs, cost = _prepare(
         size=size, system=system, preset=preset, mode=mode, params=params,
         avg_num_neighbors=avg_num_neighbors, cutoff=cutoff, n_inputs=n_inputs,
         take_rows=take_rows, sorted_edges=sorted_edges, backend=backend,
     )  # fmt: skip
-    row, compiled, inputs, cost = case
     if compiled is None:
         return row
     try:

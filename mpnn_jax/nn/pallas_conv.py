@@ -415,9 +415,9 @@ def _gather_sum(
             start, start if perm is None else perm, nbr, nbr if wrow is None else wrow,
             x.reshape(-1), w.reshape(-1), sh.reshape(-1),
         )  # fmt: skip
-        with Policy.scope("aggregation"):  # the kernel's sums, in their stage's dtype
-            outs.append(out.reshape(n_pad, len(outputs), c)[:n_tgt])
-    with Policy.scope("aggregation"):
+        outs.append(out)  # [n_pad * len(outputs) * C]
+    with Policy.scope("aggregation"):  # the kernel's sums, in their stage's dtype
+        outs = [out.reshape(n_pad, -1, c)[:n_tgt] for out in outs]  # [n_tgt, len(outputs), C]
         return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
 
 
