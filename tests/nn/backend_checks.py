@@ -119,15 +119,18 @@ def kernel_stores(jaxpr, kernel: str) -> list[str]:
     return stores
 
 
+def tiny_graph():
+    """A 6-atom molecule of 2 species (cutoff 3 Å), padded by 2 nodes, 8 edges and a graph."""
+    g = testing.molecule_graph(np.random.default_rng(2), n_atoms=6, n_species=2, cutoff=3.0)
+    return testing.pad(g, n_node=int(g.n_node.sum()) + 2, n_edge=int(g.n_edge.sum()) + 8, n_graph=2)
+
+
 def model_case(name: str, backend: str, *, second_order: bool, **overrides):
     """``(params, graph, {backend: model}, {backend: jitted loss-and-grad})`` of a tiny model of
     ``name`` (:data:`MODELS`, with ``overrides``) with the reference ``"e3nn"`` and ``backend``,
-    on a padded 6-atom molecule."""
+    on :func:`tiny_graph`."""
     ref = testing.tiny_model(name, **{**MODELS[name], **overrides})
-    g = testing.molecule_graph(np.random.default_rng(2), n_atoms=6, n_species=2, cutoff=3.0)
-    graph = testing.pad(
-        g, n_node=int(g.n_node.sum()) + 2, n_edge=int(g.n_edge.sum()) + 8, n_graph=2
-    )
+    graph = tiny_graph()
     params = testing.random_params(ref, graph)
     mods = {"e3nn": ref, backend: ref.clone(backend=backend)}
     fns = {k: loss_and_grad(m, second_order=second_order) for k, m in mods.items()}

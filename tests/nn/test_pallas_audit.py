@@ -6,16 +6,13 @@ its FP32 accumulator) and the convolution kernels' sums in the aggregation stage
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from mpnn_jax import testing
 from mpnn_jax.potential import make_predictor
 from mpnn_jax.precision import audit, get_policy
 
-from .backend_checks import MODELS
+from .backend_checks import MODELS, loss_and_grad, tiny_graph
 
 
 @pytest.mark.parametrize("name", ["mace", "nequip"])
@@ -24,20 +21,11 @@ def test_pallas_models_follow_bf16_mixed(name):
     model = testing.tiny_model(
         name, policy="bf16-mixed", backend="pallas", **{**MODELS[name], **overrides}
     )
-    g = testing.molecule_graph(np.random.default_rng(2), n_atoms=6, n_species=2, cutoff=3.0)
-    graph = testing.pad(
-        g, n_node=int(g.n_node.sum()) + 2, n_edge=int(g.n_edge.sum()) + 8, n_graph=2
-    )
+    graph = tiny_graph()
     params = testing.random_params(model, graph)
-    predict = make_predictor(model)
-
-    def loss(p):
-        out = predict(p, graph)
-        return jnp.sum(out["energy"] ** 2) + jnp.sum(out["forces"] ** 2)
-
     policy = get_policy("bf16-mixed")
-    for fn, args in ((predict, (params, graph)), (jax.grad(loss), (params,))):
-        report = audit(fn, *args)
+    for fn in (make_predictor(model), loss_and_grad(model, second_order=True)):
+        report = audit(fn, params, graph)
         assert report.check(policy) == []
         kernels = [r for r in report.records if r.primitive.startswith("mpnn_")]
         convs = [r for r in kernels if r.primitive == "mpnn_gather_sum"]

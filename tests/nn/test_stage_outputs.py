@@ -13,7 +13,7 @@ import pytest
 from mpnn_jax import testing
 from mpnn_jax.nn import pallas_conv, pallas_symmetric
 
-from .backend_checks import MODELS, kernel_stores, loss_and_grad
+from .backend_checks import MODELS, kernel_stores, loss_and_grad, tiny_graph
 
 
 @pytest.fixture(scope="module")
@@ -21,10 +21,7 @@ def bf16_mace():
     model = testing.tiny_model(
         "mace", policy="bf16-mixed", backend="pallas", **{**MODELS["mace"], "correlation": 3}
     )
-    g = testing.molecule_graph(np.random.default_rng(2), n_atoms=6, n_species=2, cutoff=3.0)
-    graph = testing.pad(
-        g, n_node=int(g.n_node.sum()) + 2, n_edge=int(g.n_edge.sum()) + 8, n_graph=2
-    )
+    graph = tiny_graph()
     return model, testing.random_params(model, graph), graph
 
 
