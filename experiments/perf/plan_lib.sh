@@ -32,6 +32,6 @@ tests() {  # LIMIT-S TEST-FILE [PYTEST-ARGS...]
 finish() {  # pack everything into one archive (the device tool brings back at most 8 files)
   tar czf "$dest/$call.tgz" -C "$out" . && cp "$out/times.txt" "$dest/"
   grep -h -A20 "^model " "$out"/whole*.txt 2>/dev/null; grep -h -v "^compiled\|^jax\|Warning\|warn" "$out"/interleaved*.txt 2>/dev/null
-  tail -n 3 "$out/tests_gpu.txt" 2>/dev/null
+  tail -n 3 "$out/tests_gpu.txt" 2>/dev/null; tail -n 40 "$out"/profile_*.txt 2>/dev/null
   rm -rf "$out"
 }

@@ -20,20 +20,18 @@
 #      (plan_s26.sh d)
 dest=$1 call=$2
 source "$(dirname "$0")/plan_lib.sh"
+both=SPARSE_STAGE_OUTPUT=1,DX_STAGE_OUTPUT=1
+stage_cases="mace-mp-s:water:10000:bf16-mixed:ef:pallas mace-mp-s:water:10000:bf16-mixed:ef:pallas:$both"
 case $call in
   a|b)
     inter mace_ef_stage 140 mace-mp-s:water:10000:ef pallas@bf16-mixed \
         pallas:SPARSE_STAGE_OUTPUT=1@bf16-mixed pallas:DX_STAGE_OUTPUT=1@bf16-mixed \
-        pallas:SPARSE_STAGE_OUTPUT=1,DX_STAGE_OUTPUT=1@bf16-mixed
-    profile profile_stage 110 mace-mp-s:water:10000:bf16-mixed:ef:pallas \
-        mace-mp-s:water:10000:bf16-mixed:ef:pallas:SPARSE_STAGE_OUTPUT=1,DX_STAGE_OUTPUT=1
-    [ "$call" = b ] && { tail -n 40 "$out"/profile_*.txt; finish; exit; }
-    profile profile_3k 70 mace-mp-s:water:3000:fp32:ef:pallas mace-mp-s:water:3000:bf16-mixed:ef:pallas
-    tail -n 40 "$out"/profile_*.txt ;;
+        pallas:$both@bf16-mixed
+    profile profile_stage 110 $stage_cases
+    [ "$call" = b ] || profile profile_3k 70 mace-mp-s:water:3000:fp32:ef:pallas \
+        mace-mp-s:water:3000:bf16-mixed:ef:pallas ;;
   p)
-    profile profile_stage 110 mace-mp-s:water:10000:bf16-mixed:ef:pallas \
-        mace-mp-s:water:10000:bf16-mixed:ef:pallas:SPARSE_STAGE_OUTPUT=1,DX_STAGE_OUTPUT=1
-    tail -n 40 "$out"/profile_*.txt ;;
+    profile profile_stage 110 $stage_cases ;;
   t)
     timeout 150 python3 experiments/perf/pallas_conv.py --out "$out/node_parts_mace.json" \
         --kernels water:10000 --parts-only --parts node transposed --parts-shape mace-mp-s \
