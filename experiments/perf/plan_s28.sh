@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Session 28's GPU calls on one H100 (PERFORMANCE_LOG entry 30). Everything packed into
+# OUT/CALL.tgz (experiments/perf/plan_lib.sh).
+#   source experiments/gpu_env.sh && bash experiments/perf/plan_s28.sh "$OUT" CALL
+# CALL:
+#   t  the node kernel and its transpose alone at MACE MP-S's shapes (C = 128, weights per pair,
+#      10,125 water atoms, fp32 and bf16-mixed) under block, warp and prefetch settings (tuned at
+#      NequIP-M's C = 32, entry 14; never at MACE's). In session 23's training profile the
+#      bf16-mixed transposed kernels gain 1.24x over fp32 where the edge kernel gains 1.65x: at
+#      C = 128 their default 8 warps give each thread 2 values of a [4, 128] tile, one 4-byte
+#      load per row in BF16 (entry 30). Then pick_parts.py's fastest settings per preset, in
+#      interleaved rounds of MACE MP-S training and E+F against the defaults.
+#   i  the interleaved rounds of call t alone, for programs given in PICK_FP32 / PICK_BF16
+dest=$1 call=$2
+source "$(dirname "$0")/plan_lib.sh"
+sweep() {  # OUT-NAME LIMIT-S PART VARIANTS...
+  local name=$1 limit=$2 part=$3; shift 3
+  timeout "$limit" python3 experiments/perf/pallas_conv.py --out "$out/$name.json" \
+      --kernels water:10000 --parts-only --parts "$part" --parts-shape mace-mp-s \
+      --kernel-variants "$@" --cases --no-ceilings --small --repeats 20 2>&1 | grep -v Warning \
+      > "$out/$name.txt"
+  stamp "$name"
+}
+rounds() {  # interleaved training and E+F: defaults of both presets, then the picks
+  local progs="pallas@fp32 pallas@bf16-mixed"
+  [ "$PICK_BF16" != pallas ] && progs="$progs $PICK_BF16@bf16-mixed"
+  [ "$PICK_FP32" != pallas ] && progs="$progs $PICK_FP32@fp32"
+  echo "programs: $progs" | tee -a "$out/times.txt"
+  inter mace_train 200 mace-mp-s:water:10000:train $progs
+  inter mace_ef 110 mace-mp-s:water:10000:ef $progs
+}
+case $call in
+  t)
+    sweep node_sweep 90 node pallas pallas:NUM_WARPS=2 pallas:NUM_WARPS=4 pallas:BLOCK_NODES=4 \
+        pallas:BLOCK_NODES=16 pallas:BLOCK_NODES=16,NUM_WARPS=4 pallas:PREFETCH=1 pallas:PREFETCH=3
+    sweep trans_sweep 120 transposed pallas pallas:NUM_WARPS_T=2 pallas:NUM_WARPS_T=4 \
+        pallas:NUM_WARPS_T=16 pallas:BLOCK_NODES_T=2 pallas:BLOCK_NODES_T=8 \
+        pallas:BLOCK_NODES_T=16 pallas:BLOCK_NODES_T=8,NUM_WARPS_T=4 \
+        pallas:BLOCK_NODES_T=16,NUM_WARPS_T=4 pallas:PREFETCH=1 pallas:PREFETCH=3
+    python3 experiments/perf/pick_parts.py "$out/trans_sweep.json" "$out/node_sweep.json" \
+        > "$out/picks.txt" 2>&1
+    cat "$out/picks.txt"
+    PICK_FP32=$(awk '$1 == "fp32" {print $2}' "$out/picks.txt")
+    PICK_BF16=$(awk '$1 == "bf16-mixed" {print $2}' "$out/picks.txt")
+    PICK_FP32=${PICK_FP32:-pallas} PICK_BF16=${PICK_BF16:-pallas}
+    rounds ;;
+  i)
+    PICK_FP32=${PICK_FP32:-pallas} PICK_BF16=${PICK_BF16:-pallas}
+    rounds ;;
+  *) echo "CALL must be t or i" >&2; exit 2 ;;
+esac
+finish
