@@ -11,6 +11,10 @@
 #      load per row in BF16 (entry 30). Then pick_parts.py's fastest settings per preset, in
 #      interleaved rounds of MACE MP-S training and E+F against the defaults.
 #   i  the interleaved rounds of call t alone, for programs given in PICK_FP32 / PICK_BF16
+#   e  after call t's picks became the BF16 default (pallas_conv.BF16_BLOCK_SCALE = 2): the edge
+#      kernel alone at MACE MP-S's shapes under block and warp settings (never swept at C = 128
+#      either), then interleaved training and E+F rounds: fp32, bf16-mixed (new defaults),
+#      bf16-mixed with BF16_BLOCK_SCALE=1 (call t's defaults) and each preset's edge pick
 dest=$1 call=$2
 source "$(dirname "$0")/plan_lib.sh"
 sweep() {  # OUT-NAME LIMIT-S PART VARIANTS...
@@ -21,8 +25,8 @@ sweep() {  # OUT-NAME LIMIT-S PART VARIANTS...
       > "$out/$name.txt"
   stamp "$name"
 }
-rounds() {  # interleaved training and E+F: defaults of both presets, then the picks
-  local progs="pallas@fp32 pallas@bf16-mixed"
+rounds() {  # interleaved training and E+F: defaults of both presets, EXTRA, then the picks
+  local progs="pallas@fp32 pallas@bf16-mixed ${EXTRA:-}"
   [ "$PICK_BF16" != pallas ] && progs="$progs $PICK_BF16@bf16-mixed"
   [ "$PICK_FP32" != pallas ] && progs="$progs $PICK_FP32@fp32"
   echo "programs: $progs" | tee -a "$out/times.txt"
@@ -44,9 +48,18 @@ case $call in
     PICK_BF16=$(awk '$1 == "bf16-mixed" {print $2}' "$out/picks.txt")
     PICK_FP32=${PICK_FP32:-pallas} PICK_BF16=${PICK_BF16:-pallas}
     rounds ;;
+  e)
+    sweep edge_sweep 110 edge pallas pallas:BLOCK_EDGES=4 pallas:BLOCK_EDGES=16 \
+        pallas:EDGE_WARPS=4 pallas:EDGE_WARPS=16 pallas:BLOCK_EDGES=16,EDGE_WARPS=16
+    python3 experiments/perf/pick_parts.py "$out/edge_sweep.json" > "$out/picks.txt" 2>&1
+    cat "$out/picks.txt"
+    PICK_FP32=$(awk '$1 == "fp32" {print $2}' "$out/picks.txt")
+    PICK_BF16=$(awk '$1 == "bf16-mixed" {print $2}' "$out/picks.txt")
+    PICK_FP32=${PICK_FP32:-pallas} PICK_BF16=${PICK_BF16:-pallas}
+    EXTRA=pallas:BF16_BLOCK_SCALE=1@bf16-mixed rounds ;;
   i)
     PICK_FP32=${PICK_FP32:-pallas} PICK_BF16=${PICK_BF16:-pallas}
     rounds ;;
-  *) echo "CALL must be t or i" >&2; exit 2 ;;
+  *) echo "CALL must be t, e or i" >&2; exit 2 ;;
 esac
 finish

@@ -60,6 +60,38 @@ def test_warps_keep_the_measured_work_per_thread(monkeypatch):
     assert pc.warps_for("edge", 8, 32) == 4 and pc.warps_for("node", 8, 32) == 2
 
 
+def test_bf16_blocks_keep_the_fp32_bytes_per_thread(monkeypatch):
+    """Where 2-byte operands meet warps at their cap (C = 128), the node kernel and its transpose
+    take BF16_BLOCK_SCALE times their block, so each thread holds as many bytes as in FP32; not
+    at 32 channels, not in FP32, not where the warps are set; and the kernel is launched on that
+    block (its grid: one program per block of receivers)."""
+    monkeypatch.setattr(pc, "BF16_BLOCK_SCALE", 2)  # the default; the rule whatever it is
+    assert pc.node_tile("node", 128, 2) == (2 * pc.BLOCK_NODES, pc.MAX_WARPS)
+    assert pc.node_tile("transposed", 128, 2)[0] == 2 * pc.BLOCK_NODES_T
+    assert pc.node_tile("node", 128, 4) == (pc.BLOCK_NODES, pc.MAX_WARPS)
+    assert pc.node_tile("node", 32, 2) == (pc.BLOCK_NODES, 2)
+    plan, _ = pc.conv_plan("128x0e", "0e+1o", "128x0e+128x1o")
+    n, e = 40, 120
+    s = jnp.arange(e, dtype=jnp.int32) % n
+    start = jnp.searchsorted(s, jnp.arange(n + 1, dtype=jnp.int32)).astype(jnp.int32)
+
+    def grid(dtype):
+        x = jnp.zeros((n, plan.n_in, 128), dtype)
+        w = jnp.zeros((e, plan.n_paths, 128), dtype)
+        sh = jnp.zeros((e, plan.d_sh), dtype)
+        f = partial(pc._gather_sum, plan=plan, scale=1.0, acc=jnp.float32, out_dtype=jnp.float32)
+        jaxpr = jax.make_jaxpr(f)(x, w, sh, start, None, s)
+        (eqn,) = [q for q in jaxpr.eqns if q.primitive.name == "pallas_call"]
+        return eqn.params["grid_mapping"].grid
+
+    assert grid(jnp.bfloat16) == (-(-n // (2 * pc.BLOCK_NODES)),)
+    assert grid(jnp.float32) == (-(-n // pc.BLOCK_NODES),)
+    monkeypatch.setattr(pc, "NUM_WARPS", pc.MAX_WARPS)
+    assert pc.node_tile("node", 128, 2) == (pc.BLOCK_NODES, pc.MAX_WARPS)
+    monkeypatch.setattr(pc, "BF16_BLOCK_SCALE", 1)
+    assert pc.node_tile("transposed", 128, 2)[0] == pc.BLOCK_NODES_T
+
+
 def test_registered():
     assert "pallas" in available_backends() and get_backend("pallas").name == "pallas"
 
