@@ -10,6 +10,7 @@
 #      C = 128 their default 8 warps give each thread 2 values of a [4, 128] tile, one 4-byte
 #      load per row in BF16 (entry 30). Then pick_parts.py's fastest settings per preset, in
 #      interleaved rounds of MACE MP-S training and E+F against the defaults.
+#   c  call e's rounds without the edge sweep (for little device time)
 #   i  the interleaved rounds of call t alone, for programs given in PICK_FP32 / PICK_BF16
 #   e  after call t's picks became the BF16 default (pallas_conv.BF16_BLOCK_SCALE = 2): the edge
 #      kernel alone at MACE MP-S's shapes under block and warp settings (never swept at C = 128
@@ -57,9 +58,11 @@ case $call in
     PICK_BF16=$(awk '$1 == "bf16-mixed" {print $2}' "$out/picks.txt")
     PICK_FP32=${PICK_FP32:-pallas} PICK_BF16=${PICK_BF16:-pallas}
     EXTRA=pallas:BF16_BLOCK_SCALE=1@bf16-mixed rounds ;;
+  c)
+    PICK_FP32=pallas PICK_BF16=pallas EXTRA=pallas:BF16_BLOCK_SCALE=1@bf16-mixed rounds ;;
   i)
     PICK_FP32=${PICK_FP32:-pallas} PICK_BF16=${PICK_BF16:-pallas}
     rounds ;;
-  *) echo "CALL must be t, e or i" >&2; exit 2 ;;
+  *) echo "CALL must be t, e, c or i" >&2; exit 2 ;;
 esac
 finish
