@@ -64,32 +64,44 @@ def test_bf16_blocks_keep_the_fp32_bytes_per_thread(monkeypatch):
     """Where 2-byte operands meet warps at their cap (C = 128), the node kernel and its transpose
     take BF16_BLOCK_SCALE times their block, so each thread holds as many bytes as in FP32; not
     at 32 channels, not in FP32, not where the warps are set; and the kernel is launched on that
-    block (its grid: one program per block of receivers)."""
+    block (its grid: one program per block of receivers), with bit-identical sums."""
     monkeypatch.setattr(pc, "BF16_BLOCK_SCALE", 2)  # the default; the rule whatever it is
     assert pc.node_tile("node", 128, 2) == (2 * pc.BLOCK_NODES, pc.MAX_WARPS)
     assert pc.node_tile("transposed", 128, 2)[0] == 2 * pc.BLOCK_NODES_T
     assert pc.node_tile("node", 128, 4) == (pc.BLOCK_NODES, pc.MAX_WARPS)
     assert pc.node_tile("node", 32, 2) == (pc.BLOCK_NODES, 2)
     plan, _ = pc.conv_plan("128x0e", "0e+1o", "128x0e+128x1o")
-    n, e = 40, 120
-    s = jnp.arange(e, dtype=jnp.int32) % n
-    start = jnp.searchsorted(s, jnp.arange(n + 1, dtype=jnp.int32)).astype(jnp.int32)
+    n = 40
+    deg = np.arange(n) % 6  # in-degrees 0 to 5: blocks of uneven work
+    start = jnp.asarray(np.concatenate([[0], np.cumsum(deg)]), jnp.int32)  # edges by target
+    e = int(deg.sum())
+    s = jnp.asarray((np.arange(e) * 7) % n, jnp.int32)  # their sources
+
+    k = jax.random.split(jax.random.PRNGKey(0), 3)
+    args = [
+        jax.random.normal(k[0], (n, plan.n_in, 128), jnp.bfloat16),
+        jax.random.normal(k[1], (e, plan.n_paths, 128), jnp.bfloat16),
+        jax.random.normal(k[2], (e, plan.d_sh), jnp.bfloat16),
+        start, None, s,
+    ]  # fmt: skip
+    f = partial(pc._gather_sum, plan=plan, scale=1.0, acc=jnp.float32, out_dtype=jnp.float32)
 
     def grid(dtype):
-        x = jnp.zeros((n, plan.n_in, 128), dtype)
-        w = jnp.zeros((e, plan.n_paths, 128), dtype)
-        sh = jnp.zeros((e, plan.d_sh), dtype)
-        f = partial(pc._gather_sum, plan=plan, scale=1.0, acc=jnp.float32, out_dtype=jnp.float32)
-        jaxpr = jax.make_jaxpr(f)(x, w, sh, start, None, s)
+        jaxpr = jax.make_jaxpr(f)(*[a.astype(dtype) for a in args[:3]], *args[3:])
         (eqn,) = [q for q in jaxpr.eqns if q.primitive.name == "pallas_call"]
         return eqn.params["grid_mapping"].grid
 
     assert grid(jnp.bfloat16) == (-(-n // (2 * pc.BLOCK_NODES)),)
     assert grid(jnp.float32) == (-(-n // pc.BLOCK_NODES),)
+    # each receiver's sum visits its edges in the same order whatever the block: bit-identical
+    doubled = f(*args)
+    monkeypatch.setattr(pc, "BF16_BLOCK_SCALE", 1)
+    np.testing.assert_array_equal(np.asarray(doubled), np.asarray(f(*args)))
+    assert float(jnp.abs(doubled).max()) > 0
+    assert pc.node_tile("transposed", 128, 2)[0] == pc.BLOCK_NODES_T
+    monkeypatch.setattr(pc, "BF16_BLOCK_SCALE", 2)
     monkeypatch.setattr(pc, "NUM_WARPS", pc.MAX_WARPS)
     assert pc.node_tile("node", 128, 2) == (pc.BLOCK_NODES, pc.MAX_WARPS)
-    monkeypatch.setattr(pc, "BF16_BLOCK_SCALE", 1)
-    assert pc.node_tile("transposed", 128, 2)[0] == pc.BLOCK_NODES_T
 
 
 def test_registered():
