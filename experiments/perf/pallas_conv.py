@@ -179,6 +179,8 @@ def _median_ms(f, *args, repeats: int) -> float:
 PART_SHAPES = {
     "nequip-M": ("32x0e+32x1o+32x2e", "0e+1o+2e", "96x0e+32x1o+32x2e", False),
     "mace-mp-s": ("128x0e", "0e+1o+2e+3o", "128x0e+128x1o+128x2e+128x3o", True),
+    # MACE-L's second layer (hidden 0e+1o+2e): 9 input and 71 output components of 128 channels
+    "mace-L": ("128x0e+128x1o+128x2e", "0e+1o+2e+3o", "128x0e+128x1o+128x2e+128x3o", True),
 }
 
 

@@ -85,8 +85,14 @@ EDGE_WARPS = 0
 #: ms; MACE MP-S bf16-mixed training 29.65 -> 29.00 ms (1.277x -> 1.301x over fp32 in the same
 #: interleaved rounds), E+F 8.24 -> 8.15 ms. The FP32 blocks measured alone favour 4 receivers for
 #: the node kernel (0.756 -> 0.623 ms) but gain nothing in the model (training 0.998x): unchanged.
-#: ``1``: off. NequIP's C = 32 (2 warps) is not affected.
+#: ``1``: off. NequIP's C = 32 (2 warps) is not affected, nor are kernels whose accumulators would
+#: then exceed :data:`MAX_ACC_VALUES` per thread.
 BF16_BLOCK_SCALE = 2
+#: The most accumulator values per thread (output components x values of a ``[block, C]`` tile)
+#: that :data:`BF16_BLOCK_SCALE` may give a node kernel: MACE MP-S's doubled node kernel holds 16
+#: x 8 = 128 (ptxas for sm_90a: 247 registers, no spill, against 128 registers at block 8; log
+#: entry 30). MACE-L's second layer (71 output components) is left at its block.
+MAX_ACC_VALUES = 128
 #: The most Triton warps :func:`warps_for` gives a program.
 MAX_WARPS = 8
 #: Values of a ``[block, C]`` tile per thread where the warps are not set: the measured optimum
@@ -152,6 +158,7 @@ SETTINGS = (
     "BLOCK_NODES", "BLOCK_EDGES", "NUM_WARPS", "NUM_STAGES", "NODE_GROUPS", "EDGE_SPLIT",
     "NBR_IN_ORDER", "BLOCK_NODES_T", "NUM_WARPS_T", "EDGE_WARPS", "PREFETCH", "MASK_WEIGHTS",
     "EDGE_IN_TARGET_ORDER", "EDGE_SH_TILES", "EDGE_STREAM", "DX_STAGE_OUTPUT", "BF16_BLOCK_SCALE",
+    "MAX_ACC_VALUES",
 )  # fmt: skip
 
 
@@ -176,24 +183,32 @@ def warps_for(kernel: str, block: int, channels: int) -> int:
     return min(MAX_WARPS, 1 << max(0, want.bit_length() - 1))
 
 
-def node_tile(kernel: str, channels: int, itemsize: int) -> tuple[int, int]:
+def node_tile(
+    kernel: str, channels: int, itemsize: int, accumulators: int = 1
+) -> tuple[int, int]:  # fmt: skip
     """``(block, warps)`` of the node kernel (``kernel="node"``) or its transpose
-    (``"transposed"``) on ``[block, channels]`` tiles of ``itemsize``-byte operands: the block of
-    the settings (:data:`BLOCK_NODES`, :data:`BLOCK_NODES_T`) and the warps of :func:`warps_for`;
-    the block times :data:`BF16_BLOCK_SCALE` where the operands are 2-byte and those warps are
-    automatic and at :data:`MAX_WARPS` (so that each thread's bytes per tile stay as in FP32).
+    (``"transposed"``) on ``[block, channels]`` tiles of ``itemsize``-byte operands with
+    ``accumulators`` output components per program: the block of the settings
+    (:data:`BLOCK_NODES`, :data:`BLOCK_NODES_T`) and the warps of :func:`warps_for`; the block
+    times :data:`BF16_BLOCK_SCALE` where the operands are 2-byte, those warps are automatic and at
+    :data:`MAX_WARPS` (so that each thread's bytes per tile stay as in FP32), and the
+    accumulators then hold at most :data:`MAX_ACC_VALUES` values per thread.
 
     Example:
         >>> node_tile("node", 128, 4), node_tile("node", 128, 2), node_tile("transposed", 128, 2)
         ((8, 8), (16, 8), (8, 8))
         >>> node_tile("node", 32, 2)  # NequIP-M: 2 warps, the block unchanged
         (8, 2)
+        >>> node_tile("node", 128, 2, 16), node_tile("node", 128, 2, 71)  # MACE MP-S, MACE-L
+        ((16, 8), (8, 8))
     """
     block = (BLOCK_NODES_T or BLOCK_NODES) if kernel == "transposed" else BLOCK_NODES
     warps = warps_for(kernel, block, channels)
     explicit = NUM_WARPS_T if kernel == "transposed" else NUM_WARPS
-    if itemsize == 2 and not explicit and warps == MAX_WARPS:
-        block *= BF16_BLOCK_SCALE
+    wide = block * BF16_BLOCK_SCALE
+    fits = accumulators * wide * channels <= MAX_ACC_VALUES * 32 * warps
+    if itemsize == 2 and not explicit and warps == MAX_WARPS and fits:
+        block = wide
     return block, warps
 
 
@@ -417,7 +432,8 @@ def _gather_sum(
         [n_tgt, n_out, C] in ``out_dtype``.
     """
     kind = "transposed" if plan.transpose else "node"
-    block, warps = node_tile(kind, plan.channels, jnp.dtype(x.dtype).itemsize)
+    n_acc = max(len(group) for group in _output_groups(plan, NODE_GROUPS))
+    block, warps = node_tile(kind, plan.channels, jnp.dtype(x.dtype).itemsize, n_acc)
     n_tgt = start.shape[0] - 1
     n_pad = -(-n_tgt // block) * block
     start = jnp.concatenate([start, jnp.full((n_pad - n_tgt,), start[-1], start.dtype)])

@@ -63,13 +63,17 @@ def test_warps_keep_the_measured_work_per_thread(monkeypatch):
 def test_bf16_blocks_keep_the_fp32_bytes_per_thread(monkeypatch):
     """Where 2-byte operands meet warps at their cap (C = 128), the node kernel and its transpose
     take BF16_BLOCK_SCALE times their block, so each thread holds as many bytes as in FP32; not
-    at 32 channels, not in FP32, not where the warps are set; and the kernel is launched on that
+    at 32 channels, not in FP32, not where the warps are set, not where the accumulators would
+    exceed MAX_ACC_VALUES per thread; and the kernel is launched on that
     block (its grid: one program per block of receivers), with bit-identical sums."""
     monkeypatch.setattr(pc, "BF16_BLOCK_SCALE", 2)  # the default; the rule whatever it is
     assert pc.node_tile("node", 128, 2) == (2 * pc.BLOCK_NODES, pc.MAX_WARPS)
     assert pc.node_tile("transposed", 128, 2)[0] == 2 * pc.BLOCK_NODES_T
     assert pc.node_tile("node", 128, 4) == (pc.BLOCK_NODES, pc.MAX_WARPS)
     assert pc.node_tile("node", 32, 2) == (pc.BLOCK_NODES, 2)
+    # MACE MP-S's 16 accumulators fit twice the tile; MACE-L's second layer's 71 would spill
+    assert pc.node_tile("node", 128, 2, 16)[0] == 2 * pc.BLOCK_NODES
+    assert pc.node_tile("node", 128, 2, 71)[0] == pc.BLOCK_NODES
     plan, _ = pc.conv_plan("128x0e", "0e+1o", "128x0e+128x1o")
     n = 40
     deg = np.arange(n) % 6  # in-degrees 0 to 5: blocks of uneven work
