@@ -183,9 +183,7 @@ def warps_for(kernel: str, block: int, channels: int) -> int:
     return min(MAX_WARPS, 1 << max(0, want.bit_length() - 1))
 
 
-def node_tile(
-    kernel: str, channels: int, itemsize: int, accumulators: int = 1
-) -> tuple[int, int]:  # fmt: skip
+def node_tile(kernel: str, channels: int, itemsize: int, accumulators: int = 1) -> tuple[int, int]:
     """``(block, warps)`` of the node kernel (``kernel="node"``) or its transpose
     (``"transposed"``) on ``[block, channels]`` tiles of ``itemsize``-byte operands with
     ``accumulators`` output components per program: the block of the settings
