@@ -10,12 +10,12 @@
 #      C = 128 their default 8 warps give each thread 2 values of a [4, 128] tile, one 4-byte
 #      load per row in BF16 (entry 30). Then pick_parts.py's fastest settings per preset, in
 #      interleaved rounds of MACE MP-S training and E+F against the defaults.
-#   c  call e's rounds without the edge sweep (for little device time)
-#   i  the interleaved rounds of call t alone, for programs given in PICK_FP32 / PICK_BF16
 #   e  after call t's picks became the BF16 default (pallas_conv.BF16_BLOCK_SCALE = 2): the edge
 #      kernel alone at MACE MP-S's shapes under block and warp settings (never swept at C = 128
 #      either), then interleaved training and E+F rounds: fp32, bf16-mixed (new defaults),
 #      bf16-mixed with BF16_BLOCK_SCALE=1 (call t's defaults) and each preset's edge pick
+#   c  call e's rounds without the edge sweep (for little device time)
+#   i  the interleaved rounds of call t alone, for programs given in PICK_FP32 / PICK_BF16
 dest=$1 call=$2
 source "$(dirname "$0")/plan_lib.sh"
 sweep() {  # OUT-NAME LIMIT-S PART VARIANTS...
@@ -25,6 +25,13 @@ sweep() {  # OUT-NAME LIMIT-S PART VARIANTS...
       --kernel-variants "$@" --cases --no-ceilings --small --repeats 20 2>&1 | grep -v Warning \
       > "$out/$name.txt"
   stamp "$name"
+}
+picks() {  # SWEEP-JSON...: PICK_FP32 / PICK_BF16 from pick_parts.py (pallas where none)
+  python3 experiments/perf/pick_parts.py "$@" > "$out/picks.txt" 2>&1
+  cat "$out/picks.txt"
+  PICK_FP32=$(awk '$1 == "fp32" {print $2}' "$out/picks.txt")
+  PICK_BF16=$(awk '$1 == "bf16-mixed" {print $2}' "$out/picks.txt")
+  PICK_FP32=${PICK_FP32:-pallas} PICK_BF16=${PICK_BF16:-pallas}
 }
 rounds() {  # interleaved training and E+F: defaults of both presets, EXTRA, then the picks
   local progs="pallas@fp32 pallas@bf16-mixed ${EXTRA:-}"
@@ -42,21 +49,12 @@ case $call in
         pallas:NUM_WARPS_T=16 pallas:BLOCK_NODES_T=2 pallas:BLOCK_NODES_T=8 \
         pallas:BLOCK_NODES_T=16 pallas:BLOCK_NODES_T=8,NUM_WARPS_T=4 \
         pallas:BLOCK_NODES_T=16,NUM_WARPS_T=4 pallas:PREFETCH=1 pallas:PREFETCH=3
-    python3 experiments/perf/pick_parts.py "$out/trans_sweep.json" "$out/node_sweep.json" \
-        > "$out/picks.txt" 2>&1
-    cat "$out/picks.txt"
-    PICK_FP32=$(awk '$1 == "fp32" {print $2}' "$out/picks.txt")
-    PICK_BF16=$(awk '$1 == "bf16-mixed" {print $2}' "$out/picks.txt")
-    PICK_FP32=${PICK_FP32:-pallas} PICK_BF16=${PICK_BF16:-pallas}
+    picks "$out/trans_sweep.json" "$out/node_sweep.json"
     rounds ;;
   e)
     sweep edge_sweep 110 edge pallas pallas:BLOCK_EDGES=4 pallas:BLOCK_EDGES=16 \
         pallas:EDGE_WARPS=4 pallas:EDGE_WARPS=16 pallas:BLOCK_EDGES=16,EDGE_WARPS=16
-    python3 experiments/perf/pick_parts.py "$out/edge_sweep.json" > "$out/picks.txt" 2>&1
-    cat "$out/picks.txt"
-    PICK_FP32=$(awk '$1 == "fp32" {print $2}' "$out/picks.txt")
-    PICK_BF16=$(awk '$1 == "bf16-mixed" {print $2}' "$out/picks.txt")
-    PICK_FP32=${PICK_FP32:-pallas} PICK_BF16=${PICK_BF16:-pallas}
+    picks "$out/edge_sweep.json"
     EXTRA=pallas:BF16_BLOCK_SCALE=1@bf16-mixed rounds ;;
   c)
     PICK_FP32=pallas PICK_BF16=pallas EXTRA=pallas:BF16_BLOCK_SCALE=1@bf16-mixed rounds ;;

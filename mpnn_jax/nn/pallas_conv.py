@@ -176,11 +176,16 @@ def warps_for(kernel: str, block: int, channels: int) -> int:
         >>> warps_for("node", 8, 32), warps_for("node", 8, 128), warps_for("transposed", 4, 32)
         (2, 8, 2)
     """
-    explicit = {"node": NUM_WARPS, "transposed": NUM_WARPS_T, "edge": EDGE_WARPS}[kernel]
+    explicit = _explicit_warps(kernel)
     if explicit:
         return explicit
     want = block * channels // (32 * ELEMENTS_PER_THREAD[kernel])
     return min(MAX_WARPS, 1 << max(0, want.bit_length() - 1))
+
+
+def _explicit_warps(kernel: str) -> int:
+    """The warps setting of ``kernel`` ("node", "transposed", "edge"); ``0``: not set."""
+    return {"node": NUM_WARPS, "transposed": NUM_WARPS_T, "edge": EDGE_WARPS}[kernel]
 
 
 def node_tile(kernel: str, channels: int, itemsize: int, accumulators: int = 1) -> tuple[int, int]:
@@ -202,10 +207,9 @@ def node_tile(kernel: str, channels: int, itemsize: int, accumulators: int = 1) 
     """
     block = (BLOCK_NODES_T or BLOCK_NODES) if kernel == "transposed" else BLOCK_NODES
     warps = warps_for(kernel, block, channels)
-    explicit = NUM_WARPS_T if kernel == "transposed" else NUM_WARPS
     wide = block * BF16_BLOCK_SCALE
     fits = accumulators * wide * channels <= MAX_ACC_VALUES * 32 * warps
-    if itemsize == 2 and not explicit and warps == MAX_WARPS and fits:
+    if itemsize == 2 and not _explicit_warps(kernel) and warps == MAX_WARPS and fits:
         block = wide
     return block, warps
 
