@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Session 29's GPU calls on one H100 (PERFORMANCE_LOG entry 31). Everything packed into
+# OUT/CALL.tgz (experiments/perf/plan_lib.sh). Call e of plan_s28.sh ran first this session
+# (`h100_s29/call_e/`): fp32's edge kernel is 14% faster alone at BLOCK_EDGES=4 (4 warps) and
+# makes fp32 MACE MP-S E+F 1.030x and training 1.025x faster; BF16's is not.
+#   source experiments/gpu_env.sh && bash experiments/perf/plan_s29.sh "$OUT" CALL
+# CALL:
+#   m  MACE MP-S's edge kernel alone (C = 128, weights per pair, 10,125 water atoms) at smaller
+#      blocks and fewer warps in both presets (2-byte operands at 8 values per thread: the bytes
+#      per thread of FP32's 4), pick_parts.py's picks in interleaved rounds of training and E+F
+#      against the defaults and call e's FP32 pick; then NequIP-M's three kernels alone (C = 32)
+#      at 8 BF16 values per thread (picks printed, not timed in the model)
+#   n  NequIP-M training and E+F at 10,125 atoms in interleaved rounds: the defaults of both
+#      presets and the programs given in PICK_FP32 / PICK_BF16 (call m's NequIP picks)
+dest=$1 call=$2
+source "$(dirname "$0")/plan_lib.sh"
+sweep() {  # OUT-NAME LIMIT-S SHAPE PART VARIANTS...
+  local name=$1 limit=$2 shape=$3 part=$4; shift 4
+  timeout "$limit" python3 experiments/perf/pallas_conv.py --out "$out/$name.json" \
+      --kernels water:10000 --parts-only --parts "$part" --parts-shape "$shape" \
+      --kernel-variants "$@" --cases --no-ceilings --small --repeats 20 2>&1 | grep -v Warning \
+      > "$out/$name.txt"
+  stamp "$name"
+}
+picks() {  # NAME SWEEP-JSON...: PICK_FP32 / PICK_BF16 from pick_parts.py (pallas where none)
+  local name=$1; shift
+  python3 experiments/perf/pick_parts.py "$@" > "$out/picks_$name.txt" 2>&1
+  cat "$out/picks_$name.txt"
+  PICK_FP32=$(awk '$1 == "fp32" {print $2}' "$out/picks_$name.txt")
+  PICK_BF16=$(awk '$1 == "bf16-mixed" {print $2}' "$out/picks_$name.txt")
+  PICK_FP32=${PICK_FP32:-pallas} PICK_BF16=${PICK_BF16:-pallas}
+}
+rounds() {  # MODEL TRAIN-S EF-S: defaults of both presets, EXTRA, then the picks
+  local model=$1 train_s=$2 ef_s=$3 progs="pallas@fp32 pallas@bf16-mixed ${EXTRA:-}"
+  [ "$PICK_BF16" != pallas ] && progs="$progs $PICK_BF16@bf16-mixed"
+  [ "$PICK_FP32" != pallas ] && [[ " $progs " != *" $PICK_FP32@fp32 "* ]] && progs="$progs $PICK_FP32@fp32"
+  echo "programs: $progs" | tee -a "$out/times.txt"
+  inter "${model%%-*}_train" "$train_s" "$model:water:10000:train" $progs
+  inter "${model%%-*}_ef" "$ef_s" "$model:water:10000:ef" $progs
+}
+case $call in
+  m)
+    sweep edge_sweep 110 mace-mp-s edge pallas pallas:BLOCK_EDGES=4 pallas:BLOCK_EDGES=2 \
+        pallas:BLOCK_EDGES=4,EDGE_WARPS=2 pallas:BLOCK_EDGES=2,EDGE_WARPS=1 \
+        pallas:BLOCK_EDGES=8,EDGE_WARPS=2 pallas:BLOCK_EDGES=4,EDGE_WARPS=8
+    picks mace "$out/edge_sweep.json"
+    EXTRA=pallas:BLOCK_EDGES=4@fp32 rounds mace-mp-s 190 95
+    sweep nq_node 50 nequip-M node pallas pallas:NUM_WARPS=1 pallas:BLOCK_NODES=16,NUM_WARPS=2 \
+        pallas:BLOCK_NODES=4 pallas:BLOCK_NODES=16
+    sweep nq_trans 50 nequip-M transposed pallas pallas:NUM_WARPS_T=1 \
+        pallas:BLOCK_NODES_T=8,NUM_WARPS_T=2 pallas:BLOCK_NODES_T=2 pallas:BLOCK_NODES_T=8
+    sweep nq_edge 50 nequip-M edge pallas pallas:EDGE_WARPS=1 pallas:BLOCK_EDGES=16,EDGE_WARPS=2 \
+        pallas:BLOCK_EDGES=4 pallas:BLOCK_EDGES=16
+    picks nequip "$out/nq_node.json" "$out/nq_trans.json" "$out/nq_edge.json" ;;
+  n)
+    PICK_FP32=${PICK_FP32:-pallas} PICK_BF16=${PICK_BF16:-pallas}
+    rounds nequip-M 300 130 ;;
+  *) echo "CALL must be m or n" >&2; exit 2 ;;
+esac
+finish
