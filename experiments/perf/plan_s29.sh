@@ -10,6 +10,11 @@
 #      per thread of FP32's 4), pick_parts.py's picks in interleaved rounds of training and E+F
 #      against the defaults and call e's FP32 pick; then NequIP-M's three kernels alone (C = 32)
 #      at 8 BF16 values per thread (picks printed, not timed in the model)
+#   f  with call m's edge tile the default (pallas_conv.edge_tile: one warp over 2 edges at
+#      C = 128): MACE MP-S training and E+F in interleaved rounds against the old tile
+#      (BLOCK_EDGES=8: 8 warps) in both presets; the edge kernel alone at one edge per warp; then
+#      NequIP-M's edge kernel alone at one warp (blocks 4 and 2; C = 32 keeps block 8 over 2
+#      warps by default) and its pick in interleaved E+F rounds
 #   n  NequIP-M training and E+F at 10,125 atoms in interleaved rounds: the defaults of both
 #      presets and the programs given in PICK_FP32 / PICK_BF16 (call m's NequIP picks)
 dest=$1 call=$2
@@ -30,12 +35,16 @@ picks() {  # NAME SWEEP-JSON...: PICK_FP32 / PICK_BF16 from pick_parts.py (palla
   PICK_BF16=$(awk '$1 == "bf16-mixed" {print $2}' "$out/picks_$name.txt")
   PICK_FP32=${PICK_FP32:-pallas} PICK_BF16=${PICK_BF16:-pallas}
 }
-rounds() {  # MODEL TRAIN-S EF-S: defaults of both presets, EXTRA, then the picks
-  local model=$1 train_s=$2 ef_s=$3 progs="pallas@fp32 pallas@bf16-mixed ${EXTRA:-}"
+programs() {  # the defaults of both presets, EXTRA, then the picks (into $progs)
+  progs="pallas@fp32 pallas@bf16-mixed ${EXTRA:-}"
   [ "$PICK_BF16" != pallas ] && progs="$progs $PICK_BF16@bf16-mixed"
   [ "$PICK_FP32" != pallas ] && [[ " $progs " != *" $PICK_FP32@fp32 "* ]] && progs="$progs $PICK_FP32@fp32"
   echo "programs: $progs" | tee -a "$out/times.txt"
-  inter "${model%%-*}_train" "$train_s" "$model:water:10000:train" $progs
+}
+rounds() {  # MODEL TRAIN-S EF-S: interleaved training (TRAIN-S > 0) and E+F rounds of programs
+  local model=$1 train_s=$2 ef_s=$3
+  programs
+  [ "$train_s" -gt 0 ] && inter "${model%%-*}_train" "$train_s" "$model:water:10000:train" $progs
   inter "${model%%-*}_ef" "$ef_s" "$model:water:10000:ef" $progs
 }
 case $call in
@@ -52,9 +61,16 @@ case $call in
     sweep nq_edge 50 nequip-M edge pallas pallas:EDGE_WARPS=1 pallas:BLOCK_EDGES=16,EDGE_WARPS=2 \
         pallas:BLOCK_EDGES=4 pallas:BLOCK_EDGES=16
     picks nequip "$out/nq_node.json" "$out/nq_trans.json" "$out/nq_edge.json" ;;
+  f)
+    PICK_FP32=pallas PICK_BF16=pallas EXTRA="pallas:BLOCK_EDGES=8@fp32 pallas:BLOCK_EDGES=8@bf16-mixed" \
+        rounds mace-mp-s 160 90
+    sweep edge_sweep_1 70 mace-mp-s edge pallas pallas:BLOCK_EDGES=1 pallas:BLOCK_EDGES=8
+    sweep nq_edge 90 nequip-M edge pallas pallas:BLOCK_EDGES=4 pallas:BLOCK_EDGES=2
+    picks nequip "$out/nq_edge.json"
+    EXTRA= rounds nequip-M 0 120 ;;
   n)
     PICK_FP32=${PICK_FP32:-pallas} PICK_BF16=${PICK_BF16:-pallas}
     rounds nequip-M 300 130 ;;
-  *) echo "CALL must be m or n" >&2; exit 2 ;;
+  *) echo "CALL must be m, f or n" >&2; exit 2 ;;
 esac
 finish

@@ -65,9 +65,10 @@ from mpnn_jax.precision import Policy
 # `experiments/perf/pallas_tune.sh`): per layer node + transposed + edge kernel 2.57 ms fp32 and
 # 1.80 ms bf16-mixed, against 3.17 and 2.26 with session 11's settings.
 #: Receivers per program of the node kernel, edges per program of the edge kernel (powers of
-#: two).
+#: two); ``BLOCK_EDGES = 0``: :func:`edge_tile`'s rule (8 edges, or one warp's block at 128
+#: channels and more).
 BLOCK_NODES = 8
-BLOCK_EDGES = 8
+BLOCK_EDGES = 0
 #: Receivers per program of the node kernel's transpose (the node-feature gradient: few
 #: accumulators, many inputs); ``0`` = as :data:`BLOCK_NODES`.
 BLOCK_NODES_T = 4
@@ -95,6 +96,19 @@ BF16_BLOCK_SCALE = 2
 MAX_ACC_VALUES = 128
 #: The most Triton warps :func:`warps_for` gives a program.
 MAX_WARPS = 8
+#: Values of a ``[block, C]`` tile per thread in the edge kernel's one-warp programs
+#: (:func:`edge_tile`): where the channels fill a warp's row (C >= 32 x
+#: ``ELEMENTS_PER_THREAD["edge"]`` = 128, MACE), each program is one warp over ``[32 * 8 / C, C]``
+#: tiles (MACE MP-S: 2 edges, or 2 pairs) instead of 8 warps over ``[8, C]``. Measured on an H100
+#: (log entry 31; MACE MP-S's shapes, 10,125 water atoms, the kernel alone): fp32 1.685 -> 1.132
+#: ms, bf16-mixed 1.024 -> 0.942 ms; two warps over the same 2 edges (1.386 / 1.097) or one
+#: block of 4 over 2 warps (1.391 / 0.991) gain less. MACE MP-S interleaved rounds: fp32 E+F
+#: 11.57 -> 10.76 ms, training 37.95 -> 36.28 ms; bf16-mixed 8.17 -> 7.96 and 29.11 -> 28.50.
+#: ptxas for sm_90a: 138 / 145 registers (fp32 / bf16), no spill, 13-14 programs per
+#: multiprocessor. ``0``: off (8 edges, warps from :func:`warps_for`). Not where the edge's
+#: output or harmonic components would then hold more than :data:`MAX_ACC_VALUES` values per
+#: thread (MACE-L's 71), nor where :data:`BLOCK_EDGES` or :data:`EDGE_WARPS` is set.
+EDGE_WARP_VALUES = 8
 #: Values of a ``[block, C]`` tile per thread where the warps are not set: the measured optimum
 #: at C = 32 (2 warps for each kernel's default block), so that wider channel blocks (MACE's 128)
 #: get more warps instead of more registers per thread.
@@ -158,7 +172,7 @@ SETTINGS = (
     "BLOCK_NODES", "BLOCK_EDGES", "NUM_WARPS", "NUM_STAGES", "NODE_GROUPS", "EDGE_SPLIT",
     "NBR_IN_ORDER", "BLOCK_NODES_T", "NUM_WARPS_T", "EDGE_WARPS", "PREFETCH", "MASK_WEIGHTS",
     "EDGE_IN_TARGET_ORDER", "EDGE_SH_TILES", "EDGE_STREAM", "DX_STAGE_OUTPUT", "BF16_BLOCK_SCALE",
-    "MAX_ACC_VALUES",
+    "MAX_ACC_VALUES", "EDGE_WARP_VALUES",
 )  # fmt: skip
 
 
@@ -212,6 +226,29 @@ def node_tile(kernel: str, channels: int, itemsize: int, accumulators: int = 1) 
     if itemsize == 2 and not _explicit_warps(kernel) and warps == MAX_WARPS and fits:
         block = wide
     return block, warps
+
+
+def edge_tile(channels: int, components: int = 1) -> tuple[int, int]:
+    """``(block, warps)`` of the edge kernel on ``[block, channels]`` tiles, ``components`` the
+    larger of the edge's output and harmonic component counts (its ``[block, C]`` cotangent rows
+    and accumulators): :data:`BLOCK_EDGES` and :func:`warps_for` where set; else one warp over
+    ``32 * EDGE_WARP_VALUES / channels`` edges where the channels fill a warp's row (at least 32
+    x ``ELEMENTS_PER_THREAD["edge"]``) and ``components x EDGE_WARP_VALUES`` stays within
+    :data:`MAX_ACC_VALUES`; else 8 edges and :func:`warps_for`'s warps.
+
+    Example:
+        >>> edge_tile(128, 16), edge_tile(32, 35)  # MACE MP-S, NequIP-M
+        ((2, 1), (8, 2))
+        >>> edge_tile(128, 71), edge_tile(256, 16)  # MACE-L's second layer; 256 channels
+        ((8, 8), (1, 1))
+    """
+    if BLOCK_EDGES:
+        return BLOCK_EDGES, warps_for("edge", BLOCK_EDGES, channels)
+    one_warp = 32 * EDGE_WARP_VALUES // channels if EDGE_WARP_VALUES else 0
+    wide = channels >= 32 * ELEMENTS_PER_THREAD["edge"]
+    if one_warp and wide and not EDGE_WARPS and components * EDGE_WARP_VALUES <= MAX_ACC_VALUES:
+        return one_warp, 1
+    return 8, warps_for("edge", 8, channels)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -643,7 +680,7 @@ def _edge_contract(
         ``{"dw": w's shape in w's dtype, "dsh": [n_edges, d_sh] in sh's dtype}`` (the keys of
         ``want``).
     """
-    block = BLOCK_EDGES
+    block, warps = edge_tile(plan.channels, max(plan.n_out, plan.d_sh))
     n_edges = nbr.shape[0]
     mode = "pairs" if pairs is not None else "edges" if order is None else "order"
     n_rows = w.shape[0]  # edges, or pairs
@@ -676,7 +713,7 @@ def _edge_contract(
         out_shape=tuple(shapes[k] for k in want),
         grid=(r_pad // block,),
         name="mpnn_edge_contract",
-        **compiler_kwargs(warps_for("edge", block, c)),
+        **compiler_kwargs(warps),
     )(
         *index[:4], index[4].astype(jnp.int32),
         x.reshape(-1), w.reshape(-1), sh.reshape(-1), g.reshape(-1),

@@ -52,12 +52,54 @@ def test_warps_keep_the_measured_work_per_thread(monkeypatch):
     """At NequIP-M's 32 channels the rule gives the warps measured fastest on an H200 (2 for each
     kernel's default block, log entry 14); wider channels get more warps (at most 8), narrower
     fewer (at least 1); an explicit setting wins."""
-    kinds = {"node": pc.BLOCK_NODES, "transposed": pc.BLOCK_NODES_T, "edge": pc.BLOCK_EDGES}
+    kinds = {"node": pc.BLOCK_NODES, "transposed": pc.BLOCK_NODES_T, "edge": 8}
     assert {k: pc.warps_for(k, b, 32) for k, b in kinds.items()} == dict.fromkeys(kinds, 2)
+    assert pc.edge_tile(32, 35) == (8, 2)  # NequIP-M's edge kernel keeps its measured tile
     assert pc.warps_for("node", 8, 128) == 8 and pc.warps_for("node", 8, 48) == 2
     assert pc.warps_for("edge", 1, 2) == 1 and pc.warps_for("node", 64, 256) == 8
     monkeypatch.setattr(pc, "EDGE_WARPS", 4)
     assert pc.warps_for("edge", 8, 32) == 4 and pc.warps_for("node", 8, 32) == 2
+
+
+def test_edge_kernel_runs_one_warp_programs_at_128_channels(monkeypatch):
+    """Where the channels fill a warp's row (C >= 128, MACE), the edge kernel's programs are one
+    warp over EDGE_WARP_VALUES values of each row per thread (2 edges at C = 128); not at
+    NequIP's 32 channels, not where the components would hold more than MAX_ACC_VALUES values
+    per thread (MACE-L's 71), not where the block or the warps are set; the kernel is launched on
+    that block (its grid) and its gradients are the 8-edge tile's."""
+    monkeypatch.setattr(pc, "EDGE_WARP_VALUES", 8)  # the default; the rule whatever it is
+    assert pc.edge_tile(128, 16) == (2, 1) and pc.edge_tile(256, 16) == (1, 1)
+    assert pc.edge_tile(32, 35) == (8, 2) and pc.edge_tile(128, 71) == (8, pc.MAX_WARPS)
+    monkeypatch.setattr(pc, "EDGE_WARPS", 4)
+    assert pc.edge_tile(128, 16) == (8, 4)
+    monkeypatch.setattr(pc, "EDGE_WARPS", 0)
+    monkeypatch.setattr(pc, "BLOCK_EDGES", 4)
+    assert pc.edge_tile(128, 16) == (4, 4)
+    monkeypatch.setattr(pc, "BLOCK_EDGES", 0)
+    plan, _ = pc.conv_plan("128x0e", "0e+1o+2e+3o", "128x0e+128x1o+128x2e+128x3o")
+    assert (plan.n_out, plan.d_sh) == (16, 16)  # MACE MP-S's edge kernel
+    n, e = 12, 37  # an odd edge count: a padded last block
+    k = jax.random.split(jax.random.PRNGKey(1), 6)
+    args = (
+        jax.random.normal(k[0], (n, plan.n_in, 128)),
+        jax.random.normal(k[1], (e, plan.n_paths, 128)),
+        jax.random.normal(k[2], (e, plan.d_sh)),
+        jax.random.normal(k[3], (n, plan.n_out, 128)),
+        jax.random.randint(k[4], (e,), 0, n),
+        jax.random.randint(k[5], (e,), 0, n),
+        jnp.arange(e) < e - 3,  # three masked edges
+    )  # fmt: skip
+    f = partial(pc._edge_contract, plan=plan, scale=1.0, acc=jnp.float32, want=("dw", "dsh"))
+    jaxpr = jax.make_jaxpr(f)(*args)
+    (eqn,) = [q for q in jaxpr.eqns if q.primitive.name == "pallas_call"]
+    assert eqn.params["grid_mapping"].grid == (-(-e // 2),)
+    one_warp = f(*args)
+    monkeypatch.setattr(pc, "EDGE_WARP_VALUES", 0)  # off: 8 edges per program
+    wide = f(*args)
+    for key in ("dw", "dsh"):
+        np.testing.assert_allclose(one_warp[key], wide[key], rtol=1e-6, atol=1e-5)
+    assert np.all(np.abs(np.asarray(one_warp["dsh"])[: e - 3]).max(axis=1) > 0)  # live edges
+    assert np.all(np.asarray(one_warp["dw"])[-3:] == 0)  # masked edges: zero
 
 
 def test_bf16_blocks_keep_the_fp32_bytes_per_thread(monkeypatch):

@@ -63,10 +63,12 @@ def test_mace_kernels_lower_with_pairs_and_harmonic_tiles(kr):
     kernels = ["node", "transposed", "edge", "sym_G"]
     mods = kr.lower_kernels("mace-mp-s", "fp32", "pallas:EDGE_STREAM=2,EDGE_SH_TILES=1", kernels)
     assert [m["kernel"] for m in mods] == kernels
-    assert [m["num_warps"] for m in mods] == [8, 8, 8, 4]  # the forms: one value per thread
+    # the edge kernel: one warp over 2 edges (pallas_conv.edge_tile); the forms: one value per
+    # thread
+    assert [m["num_warps"] for m in mods] == [8, 8, 1, 4]
     assert mods[-1]["name"] == "mpnn_sparse_G"
     edge = mods[2]["ir"]
-    assert "tensor<8x16x" in edge  # [block, d_sh] harmonic tiles
+    assert "tensor<2x16x" in edge  # [block, d_sh] harmonic tiles
     assert "bf16" not in edge
 
 
