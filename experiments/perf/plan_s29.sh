@@ -16,6 +16,7 @@
 #      NequIP-M's edge kernel alone at one warp (blocks 4 and 2; C = 32 keeps block 8 over 2
 #      warps by default) and its pick in interleaved E+F rounds
 #   g  call f without NequIP (for little device time)
+#   r  call f's MACE rounds alone
 #   n  NequIP-M training and E+F at 10,125 atoms in interleaved rounds: the defaults of both
 #      presets and the programs given in PICK_FP32 / PICK_BF16 (call m's NequIP picks)
 dest=$1 call=$2
@@ -62,9 +63,10 @@ case $call in
     sweep nq_edge 50 nequip-M edge pallas pallas:EDGE_WARPS=1 pallas:BLOCK_EDGES=16,EDGE_WARPS=2 \
         pallas:BLOCK_EDGES=4 pallas:BLOCK_EDGES=16
     picks nequip "$out/nq_node.json" "$out/nq_trans.json" "$out/nq_edge.json" ;;
-  f|g)
+  f|g|r)
     PICK_FP32=pallas PICK_BF16=pallas EXTRA="pallas:BLOCK_EDGES=8@fp32 pallas:BLOCK_EDGES=8@bf16-mixed" \
         rounds mace-mp-s 160 90
+    [ "$call" = r ] && { finish; exit 0; }
     sweep edge_sweep_1 70 mace-mp-s edge pallas pallas:BLOCK_EDGES=1 pallas:BLOCK_EDGES=8
     [ "$call" = g ] && { finish; exit 0; }
     sweep nq_edge 90 nequip-M edge pallas pallas:BLOCK_EDGES=4 pallas:BLOCK_EDGES=2
@@ -73,6 +75,6 @@ case $call in
   n)
     PICK_FP32=${PICK_FP32:-pallas} PICK_BF16=${PICK_BF16:-pallas}
     rounds nequip-M 300 130 ;;
-  *) echo "CALL must be m, f, g or n" >&2; exit 2 ;;
+  *) echo "CALL must be m, f, g, r or n" >&2; exit 2 ;;
 esac
 finish
