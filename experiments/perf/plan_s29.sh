@@ -17,6 +17,9 @@
 #      warps by default) and its pick in interleaved E+F rounds
 #   g  call f without NequIP (for little device time)
 #   r  call f's MACE rounds alone
+#   s  MACE MP-S's node kernel and its transpose alone as one-warp programs over 1 or 2 receivers
+#      (ptxas: no spills, 96-136 registers, 15-21 programs per multiprocessor; smaller blocks
+#      wait less on their receivers' largest degree), then call r
 #   n  NequIP-M training and E+F at 10,125 atoms in interleaved rounds: the defaults of both
 #      presets and the programs given in PICK_FP32 / PICK_BF16 (call m's NequIP picks)
 dest=$1 call=$2
@@ -63,6 +66,16 @@ case $call in
     sweep nq_edge 50 nequip-M edge pallas pallas:EDGE_WARPS=1 pallas:BLOCK_EDGES=16,EDGE_WARPS=2 \
         pallas:BLOCK_EDGES=4 pallas:BLOCK_EDGES=16
     picks nequip "$out/nq_node.json" "$out/nq_trans.json" "$out/nq_edge.json" ;;
+  s)
+    timeout 90 python3 experiments/perf/pallas_conv.py --out "$out/node_one_warp.json" \
+        --kernels water:10000 --parts-only --parts node transposed --parts-shape mace-mp-s \
+        --kernel-variants pallas pallas:BLOCK_NODES=1,NUM_WARPS=1 pallas:BLOCK_NODES=2,NUM_WARPS=2 \
+        pallas:BLOCK_NODES_T=1,NUM_WARPS_T=1 pallas:BLOCK_NODES_T=2,NUM_WARPS_T=1 \
+        --cases --no-ceilings --small --repeats 20 2>&1 | grep -v Warning > "$out/node_one_warp.txt"
+    stamp node_one_warp
+    python3 experiments/perf/pick_parts.py "$out/node_one_warp.json" | tee "$out/picks_node.txt"
+    PICK_FP32=pallas PICK_BF16=pallas EXTRA="pallas:BLOCK_EDGES=8@fp32 pallas:BLOCK_EDGES=8@bf16-mixed" \
+        rounds mace-mp-s 160 90 ;;
   f|g|r)
     PICK_FP32=pallas PICK_BF16=pallas EXTRA="pallas:BLOCK_EDGES=8@fp32 pallas:BLOCK_EDGES=8@bf16-mixed" \
         rounds mace-mp-s 160 90
@@ -75,6 +88,6 @@ case $call in
   n)
     PICK_FP32=${PICK_FP32:-pallas} PICK_BF16=${PICK_BF16:-pallas}
     rounds nequip-M 300 130 ;;
-  *) echo "CALL must be m, f, g, r or n" >&2; exit 2 ;;
+  *) echo "CALL must be m, f, g, r, s or n" >&2; exit 2 ;;
 esac
 finish
