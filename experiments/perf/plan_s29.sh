@@ -17,6 +17,8 @@
 #      warps by default) and its pick in interleaved E+F rounds
 #   g  call f without NequIP (for little device time)
 #   r  call f's MACE rounds alone
+#   q  call r for little device time: E+F rounds as in r, training rounds of the two defaults
+#      alone (TRAIN_S seconds, 90; 0: none)
 #   s  MACE MP-S's node kernel and its transpose alone as one-warp programs over 1 or 2 receivers
 #      (ptxas: no spills, 96-136 registers, 15-21 programs per multiprocessor; smaller blocks
 #      wait less on their receivers' largest degree), then call r
@@ -76,6 +78,11 @@ case $call in
     python3 experiments/perf/pick_parts.py "$out/node_one_warp.json" | tee "$out/picks_node.txt"
     PICK_FP32=pallas PICK_BF16=pallas EXTRA="pallas:BLOCK_EDGES=8@fp32 pallas:BLOCK_EDGES=8@bf16-mixed" \
         rounds mace-mp-s 160 90 ;;
+  q)
+    inter mace_ef 90 mace-mp-s:water:10000:ef pallas@fp32 pallas@bf16-mixed \
+        pallas:BLOCK_EDGES=8@fp32 pallas:BLOCK_EDGES=8@bf16-mixed
+    [ "${TRAIN_S:-90}" -gt 0 ] && inter mace_train "${TRAIN_S:-90}" mace-mp-s:water:10000:train \
+        pallas@fp32 pallas@bf16-mixed ;;
   f|g|r)
     PICK_FP32=pallas PICK_BF16=pallas EXTRA="pallas:BLOCK_EDGES=8@fp32 pallas:BLOCK_EDGES=8@bf16-mixed" \
         rounds mace-mp-s 160 90
@@ -88,6 +95,6 @@ case $call in
   n)
     PICK_FP32=${PICK_FP32:-pallas} PICK_BF16=${PICK_BF16:-pallas}
     rounds nequip-M 300 130 ;;
-  *) echo "CALL must be m, f, g, r, s or n" >&2; exit 2 ;;
+  *) echo "CALL must be m, f, g, q, r, s or n" >&2; exit 2 ;;
 esac
 finish
