@@ -105,7 +105,8 @@ MAX_WARPS = 8
 #: block of 4 over 2 warps (1.391 / 0.991) gain less. MACE MP-S interleaved rounds: fp32 E+F
 #: 11.57 -> 10.76 ms, training 37.95 -> 36.28 ms; bf16-mixed 8.17 -> 7.96 and 29.11 -> 28.50.
 #: ptxas for sm_90a: 138 / 145 registers (fp32 / bf16), no spill, 13-14 programs per
-#: multiprocessor. ``0``: off (8 edges, warps from :func:`warps_for`). Not where the edge's
+#: multiprocessor. Only C = 128 was timed (wider channels get one warp over fewer edges, 256: one
+#: edge). ``0``: off (8 edges, warps from :func:`warps_for`). Not where the edge's
 #: output or harmonic components would then hold more than :data:`MAX_ACC_VALUES` values per
 #: thread (MACE-L's 71), nor where :data:`BLOCK_EDGES` or :data:`EDGE_WARPS` is set.
 EDGE_WARP_VALUES = 8
