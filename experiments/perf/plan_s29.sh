@@ -9,7 +9,8 @@
 #      blocks and fewer warps in both presets (2-byte operands at 8 values per thread: the bytes
 #      per thread of FP32's 4), pick_parts.py's picks in interleaved rounds of training and E+F
 #      against the defaults and call e's FP32 pick; then NequIP-M's three kernels alone (C = 32)
-#      at 8 BF16 values per thread (picks printed, not timed in the model)
+#      at 8 BF16 values per thread (picks printed, not timed in the model). Ran at 091886d,
+#      before pallas_conv.edge_tile: its `pallas` is the old edge tile, now `pallas:BLOCK_EDGES=8`
 #   f  with call m's edge tile the default (pallas_conv.edge_tile: one warp over 2 edges at
 #      C = 128): MACE MP-S training and E+F in interleaved rounds against the old tile
 #      (BLOCK_EDGES=8: 8 warps) in both presets; the edge kernel alone at one edge per warp; then
