@@ -31,8 +31,8 @@ sweep() {  # OUT-NAME LIMIT-S SHAPE PART VARIANTS...
   local name=$1 limit=$2 shape=$3 part=$4; shift 4
   timeout "$limit" python3 experiments/perf/pallas_conv.py --out "$out/$name.json" \
       --kernels water:10000 --parts-only --parts "$part" --parts-shape "$shape" \
-      --kernel-variants "$@" --cases --no-ceilings --small --repeats 20 2>&1 | grep -v Warning \
-      > "$out/$name.txt"
+      --kernel-variants "$@" --cases --no-ceilings --small --repeats 20 ${SWEEP_ARGS:-} 2>&1 \
+      | grep -v Warning > "$out/$name.txt"
   stamp "$name"
 }
 picks() {  # NAME SWEEP-JSON...: PICK_FP32 / PICK_BF16 from pick_parts.py (pallas where none)
@@ -90,7 +90,8 @@ case $call in
     [ "$call" = r ] && { finish; exit 0; }
     sweep edge_sweep_1 70 mace-mp-s edge pallas pallas:BLOCK_EDGES=1 pallas:BLOCK_EDGES=8
     [ "$call" = g ] && { finish; exit 0; }
-    sweep nq_edge 90 nequip-M edge pallas pallas:BLOCK_EDGES=4 pallas:BLOCK_EDGES=2
+    SWEEP_ARGS=--no-agreement sweep nq_edge 90 nequip-M edge pallas pallas:BLOCK_EDGES=4 \
+        pallas:BLOCK_EDGES=2
     picks nequip "$out/nq_edge.json"
     EXTRA= rounds nequip-M 0 120 ;;
   n)
