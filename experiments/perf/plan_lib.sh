@@ -12,6 +12,22 @@ whole() {  # OUT-NAME LIMIT-S "VARIANTS" CASES...
       --no-ceilings --repeats 20 --variants $variants --cases "$@" > "$out/$name.txt" 2>&1
   stamp "$name"
 }
+sweep() {  # OUT-NAME LIMIT-S SHAPE PART VARIANTS...: one kernel alone (pallas_conv.py --parts-only)
+  local name=$1 limit=$2 shape=$3 part=$4; shift 4
+  timeout "$limit" python3 experiments/perf/pallas_conv.py --out "$out/$name.json" \
+      --kernels water:10000 --parts-only --parts "$part" --parts-shape "$shape" \
+      --kernel-variants "$@" --cases --no-ceilings --small --repeats 20 ${SWEEP_ARGS:-} 2>&1 \
+      | grep -v Warning > "$out/$name.txt"
+  stamp "$name"
+}
+picks() {  # OUT-NAME SWEEP-JSON...: PICK_FP32 / PICK_BF16 from pick_parts.py (pallas where none)
+  local name=$1; shift
+  python3 experiments/perf/pick_parts.py "$@" > "$out/$name.txt" 2>&1
+  cat "$out/$name.txt"
+  PICK_FP32=$(awk '$1 == "fp32" {print $2}' "$out/$name.txt")
+  PICK_BF16=$(awk '$1 == "bf16-mixed" {print $2}' "$out/$name.txt")
+  PICK_FP32=${PICK_FP32:-pallas} PICK_BF16=${PICK_BF16:-pallas}
+}
 profile() {  # OUT-NAME LIMIT-S CASES...
   local name=$1 limit=$2; shift 2
   XLA_FLAGS=--xla_gpu_enable_command_buffer= timeout "$limit" python3 experiments/perf/profile.py \

@@ -18,21 +18,6 @@
 #   i  the interleaved rounds of call t alone, for programs given in PICK_FP32 / PICK_BF16
 dest=$1 call=$2
 source "$(dirname "$0")/plan_lib.sh"
-sweep() {  # OUT-NAME LIMIT-S PART VARIANTS...
-  local name=$1 limit=$2 part=$3; shift 3
-  timeout "$limit" python3 experiments/perf/pallas_conv.py --out "$out/$name.json" \
-      --kernels water:10000 --parts-only --parts "$part" --parts-shape mace-mp-s \
-      --kernel-variants "$@" --cases --no-ceilings --small --repeats 20 2>&1 | grep -v Warning \
-      > "$out/$name.txt"
-  stamp "$name"
-}
-picks() {  # SWEEP-JSON...: PICK_FP32 / PICK_BF16 from pick_parts.py (pallas where none)
-  python3 experiments/perf/pick_parts.py "$@" > "$out/picks.txt" 2>&1
-  cat "$out/picks.txt"
-  PICK_FP32=$(awk '$1 == "fp32" {print $2}' "$out/picks.txt")
-  PICK_BF16=$(awk '$1 == "bf16-mixed" {print $2}' "$out/picks.txt")
-  PICK_FP32=${PICK_FP32:-pallas} PICK_BF16=${PICK_BF16:-pallas}
-}
 rounds() {  # interleaved training and E+F: defaults of both presets, EXTRA, then the picks
   local progs="pallas@fp32 pallas@bf16-mixed ${EXTRA:-}"
   [ "$PICK_BF16" != pallas ] && progs="$progs $PICK_BF16@bf16-mixed"
@@ -43,18 +28,18 @@ rounds() {  # interleaved training and E+F: defaults of both presets, EXTRA, the
 }
 case $call in
   t)
-    sweep node_sweep 90 node pallas pallas:NUM_WARPS=2 pallas:NUM_WARPS=4 pallas:BLOCK_NODES=4 \
+    sweep node_sweep 90 mace-mp-s node pallas pallas:NUM_WARPS=2 pallas:NUM_WARPS=4 pallas:BLOCK_NODES=4 \
         pallas:BLOCK_NODES=16 pallas:BLOCK_NODES=16,NUM_WARPS=4 pallas:PREFETCH=1 pallas:PREFETCH=3
-    sweep trans_sweep 120 transposed pallas pallas:NUM_WARPS_T=2 pallas:NUM_WARPS_T=4 \
+    sweep trans_sweep 120 mace-mp-s transposed pallas pallas:NUM_WARPS_T=2 pallas:NUM_WARPS_T=4 \
         pallas:NUM_WARPS_T=16 pallas:BLOCK_NODES_T=2 pallas:BLOCK_NODES_T=8 \
         pallas:BLOCK_NODES_T=16 pallas:BLOCK_NODES_T=8,NUM_WARPS_T=4 \
         pallas:BLOCK_NODES_T=16,NUM_WARPS_T=4 pallas:PREFETCH=1 pallas:PREFETCH=3
-    picks "$out/trans_sweep.json" "$out/node_sweep.json"
+    picks picks "$out/trans_sweep.json" "$out/node_sweep.json"
     rounds ;;
   e)
-    sweep edge_sweep 110 edge pallas pallas:BLOCK_EDGES=4 pallas:BLOCK_EDGES=16 \
+    sweep edge_sweep 110 mace-mp-s edge pallas pallas:BLOCK_EDGES=4 pallas:BLOCK_EDGES=16 \
         pallas:EDGE_WARPS=4 pallas:EDGE_WARPS=16 pallas:BLOCK_EDGES=16,EDGE_WARPS=16
-    picks "$out/edge_sweep.json"
+    picks picks "$out/edge_sweep.json"
     EXTRA=pallas:BF16_BLOCK_SCALE=1@bf16-mixed rounds ;;
   c)
     PICK_FP32=pallas PICK_BF16=pallas EXTRA=pallas:BF16_BLOCK_SCALE=1@bf16-mixed rounds ;;

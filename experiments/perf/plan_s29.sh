@@ -27,22 +27,6 @@
 #      presets and the programs given in PICK_FP32 / PICK_BF16 (call m's NequIP picks)
 dest=$1 call=$2
 source "$(dirname "$0")/plan_lib.sh"
-sweep() {  # OUT-NAME LIMIT-S SHAPE PART VARIANTS...
-  local name=$1 limit=$2 shape=$3 part=$4; shift 4
-  timeout "$limit" python3 experiments/perf/pallas_conv.py --out "$out/$name.json" \
-      --kernels water:10000 --parts-only --parts "$part" --parts-shape "$shape" \
-      --kernel-variants "$@" --cases --no-ceilings --small --repeats 20 ${SWEEP_ARGS:-} 2>&1 \
-      | grep -v Warning > "$out/$name.txt"
-  stamp "$name"
-}
-picks() {  # NAME SWEEP-JSON...: PICK_FP32 / PICK_BF16 from pick_parts.py (pallas where none)
-  local name=$1; shift
-  python3 experiments/perf/pick_parts.py "$@" > "$out/picks_$name.txt" 2>&1
-  cat "$out/picks_$name.txt"
-  PICK_FP32=$(awk '$1 == "fp32" {print $2}' "$out/picks_$name.txt")
-  PICK_BF16=$(awk '$1 == "bf16-mixed" {print $2}' "$out/picks_$name.txt")
-  PICK_FP32=${PICK_FP32:-pallas} PICK_BF16=${PICK_BF16:-pallas}
-}
 programs() {  # the defaults of both presets, EXTRA, then the picks (into $progs)
   progs="pallas@fp32 pallas@bf16-mixed ${EXTRA:-}"
   [ "$PICK_BF16" != pallas ] && progs="$progs $PICK_BF16@bf16-mixed"
@@ -60,7 +44,7 @@ case $call in
     sweep edge_sweep 110 mace-mp-s edge pallas pallas:BLOCK_EDGES=4 pallas:BLOCK_EDGES=2 \
         pallas:BLOCK_EDGES=4,EDGE_WARPS=2 pallas:BLOCK_EDGES=2,EDGE_WARPS=1 \
         pallas:BLOCK_EDGES=8,EDGE_WARPS=2 pallas:BLOCK_EDGES=4,EDGE_WARPS=8
-    picks mace "$out/edge_sweep.json"
+    picks picks_mace "$out/edge_sweep.json"
     EXTRA=pallas:BLOCK_EDGES=4@fp32 rounds mace-mp-s 190 95
     sweep nq_node 50 nequip-M node pallas pallas:NUM_WARPS=1 pallas:BLOCK_NODES=16,NUM_WARPS=2 \
         pallas:BLOCK_NODES=4 pallas:BLOCK_NODES=16
@@ -68,7 +52,7 @@ case $call in
         pallas:BLOCK_NODES_T=8,NUM_WARPS_T=2 pallas:BLOCK_NODES_T=2 pallas:BLOCK_NODES_T=8
     sweep nq_edge 50 nequip-M edge pallas pallas:EDGE_WARPS=1 pallas:BLOCK_EDGES=16,EDGE_WARPS=2 \
         pallas:BLOCK_EDGES=4 pallas:BLOCK_EDGES=16
-    picks nequip "$out/nq_node.json" "$out/nq_trans.json" "$out/nq_edge.json" ;;
+    picks picks_nequip "$out/nq_node.json" "$out/nq_trans.json" "$out/nq_edge.json" ;;
   s)
     timeout 90 python3 experiments/perf/pallas_conv.py --out "$out/node_one_warp.json" \
         --kernels water:10000 --parts-only --parts node transposed --parts-shape mace-mp-s \
@@ -92,7 +76,7 @@ case $call in
     [ "$call" = g ] && { finish; exit 0; }
     SWEEP_ARGS=--no-agreement sweep nq_edge 90 nequip-M edge pallas pallas:BLOCK_EDGES=4 \
         pallas:BLOCK_EDGES=2
-    picks nequip "$out/nq_edge.json"
+    picks picks_nequip "$out/nq_edge.json"
     EXTRA= rounds nequip-M 0 120 ;;
   n)
     PICK_FP32=${PICK_FP32:-pallas} PICK_BF16=${PICK_BF16:-pallas}
