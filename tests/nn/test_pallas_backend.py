@@ -48,6 +48,12 @@ def test_docstring_example():
     assert result.attempted > 0 and result.failed == 0
 
 
+def _grid(f, *args) -> tuple:
+    """The grid of the one Pallas kernel that ``f(*args)`` launches (its programs)."""
+    (eqn,) = [q for q in jax.make_jaxpr(f)(*args).eqns if q.primitive.name == "pallas_call"]
+    return eqn.params["grid_mapping"].grid
+
+
 def test_warps_keep_the_measured_work_per_thread(monkeypatch):
     """At NequIP-M's 32 channels the rule gives the warps measured fastest on an H200 (2 for each
     kernel's default block, log entry 14); wider channels get more warps (at most 8), narrower
@@ -90,9 +96,7 @@ def test_edge_kernel_runs_one_warp_programs_at_128_channels(monkeypatch):
         jnp.arange(e) < e - 3,  # three masked edges
     )  # fmt: skip
     f = partial(pc._edge_contract, plan=plan, scale=1.0, acc=jnp.float32, want=("dw", "dsh"))
-    jaxpr = jax.make_jaxpr(f)(*args)
-    (eqn,) = [q for q in jaxpr.eqns if q.primitive.name == "pallas_call"]
-    assert eqn.params["grid_mapping"].grid == (-(-e // 2),)
+    assert _grid(f, *args) == (-(-e // 2),)
     one_warp = f(*args)
     monkeypatch.setattr(pc, "EDGE_WARP_VALUES", 0)  # off: 8 edges per program
     wide = f(*args)
@@ -132,13 +136,9 @@ def test_bf16_blocks_keep_the_fp32_bytes_per_thread(monkeypatch):
     ]  # fmt: skip
     f = partial(pc._gather_sum, plan=plan, scale=1.0, acc=jnp.float32, out_dtype=jnp.float32)
 
-    def grid(dtype):
-        jaxpr = jax.make_jaxpr(f)(*[a.astype(dtype) for a in args[:3]], *args[3:])
-        (eqn,) = [q for q in jaxpr.eqns if q.primitive.name == "pallas_call"]
-        return eqn.params["grid_mapping"].grid
-
-    assert grid(jnp.bfloat16) == (-(-n // (2 * pc.BLOCK_NODES)),)
-    assert grid(jnp.float32) == (-(-n // pc.BLOCK_NODES),)
+    fp32_args = [a.astype(jnp.float32) for a in args[:3]] + args[3:]
+    assert _grid(f, *args) == (-(-n // (2 * pc.BLOCK_NODES)),)
+    assert _grid(f, *fp32_args) == (-(-n // pc.BLOCK_NODES),)
     # each receiver's sum visits its edges in the same order whatever the block: bit-identical
     doubled = f(*args)
     monkeypatch.setattr(pc, "BF16_BLOCK_SCALE", 1)
