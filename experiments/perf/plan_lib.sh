@@ -28,6 +28,15 @@ picks() {  # OUT-NAME SWEEP-JSON...: PICK_FP32 / PICK_BF16 from pick_parts.py (p
   PICK_BF16=$(awk '$1 == "bf16-mixed" {print $2}' "$out/$name.txt")
   PICK_FP32=${PICK_FP32:-pallas} PICK_BF16=${PICK_BF16:-pallas}
 }
+rounds() {  # MODEL TRAIN-S EF-S: interleaved training (TRAIN-S > 0) and E+F rounds at 10k atoms of
+  # the defaults of both presets, EXTRA, then PICK_BF16 / PICK_FP32 (where not pallas)
+  local model=$1 train_s=$2 ef_s=$3 progs="pallas@fp32 pallas@bf16-mixed ${EXTRA:-}"
+  [ "$PICK_BF16" != pallas ] && progs="$progs $PICK_BF16@bf16-mixed"
+  [ "$PICK_FP32" != pallas ] && [[ " $progs " != *" $PICK_FP32@fp32 "* ]] && progs="$progs $PICK_FP32@fp32"
+  echo "programs: $progs" | tee -a "$out/times.txt"
+  [ "$train_s" -gt 0 ] && inter "${model%%-*}_train" "$train_s" "$model:water:10000:train" $progs
+  inter "${model%%-*}_ef" "$ef_s" "$model:water:10000:ef" $progs
+}
 profile() {  # OUT-NAME LIMIT-S CASES...
   local name=$1 limit=$2; shift 2
   XLA_FLAGS=--xla_gpu_enable_command_buffer= timeout "$limit" python3 experiments/perf/profile.py \

@@ -18,14 +18,6 @@
 #   i  the interleaved rounds of call t alone, for programs given in PICK_FP32 / PICK_BF16
 dest=$1 call=$2
 source "$(dirname "$0")/plan_lib.sh"
-rounds() {  # interleaved training and E+F: defaults of both presets, EXTRA, then the picks
-  local progs="pallas@fp32 pallas@bf16-mixed ${EXTRA:-}"
-  [ "$PICK_BF16" != pallas ] && progs="$progs $PICK_BF16@bf16-mixed"
-  [ "$PICK_FP32" != pallas ] && progs="$progs $PICK_FP32@fp32"
-  echo "programs: $progs" | tee -a "$out/times.txt"
-  inter mace_train 200 mace-mp-s:water:10000:train $progs
-  inter mace_ef 110 mace-mp-s:water:10000:ef $progs
-}
 case $call in
   t)
     sweep node_sweep 90 mace-mp-s node pallas pallas:NUM_WARPS=2 pallas:NUM_WARPS=4 pallas:BLOCK_NODES=4 \
@@ -35,17 +27,17 @@ case $call in
         pallas:BLOCK_NODES_T=16 pallas:BLOCK_NODES_T=8,NUM_WARPS_T=4 \
         pallas:BLOCK_NODES_T=16,NUM_WARPS_T=4 pallas:PREFETCH=1 pallas:PREFETCH=3
     picks picks "$out/trans_sweep.json" "$out/node_sweep.json"
-    rounds ;;
+    rounds mace-mp-s 200 110 ;;
   e)
     sweep edge_sweep 110 mace-mp-s edge pallas pallas:BLOCK_EDGES=4 pallas:BLOCK_EDGES=16 \
         pallas:EDGE_WARPS=4 pallas:EDGE_WARPS=16 pallas:BLOCK_EDGES=16,EDGE_WARPS=16
     picks picks "$out/edge_sweep.json"
-    EXTRA=pallas:BF16_BLOCK_SCALE=1@bf16-mixed rounds ;;
+    EXTRA=pallas:BF16_BLOCK_SCALE=1@bf16-mixed rounds mace-mp-s 200 110 ;;
   c)
-    PICK_FP32=pallas PICK_BF16=pallas EXTRA=pallas:BF16_BLOCK_SCALE=1@bf16-mixed rounds ;;
+    PICK_FP32=pallas PICK_BF16=pallas EXTRA=pallas:BF16_BLOCK_SCALE=1@bf16-mixed rounds mace-mp-s 200 110 ;;
   i)
     PICK_FP32=${PICK_FP32:-pallas} PICK_BF16=${PICK_BF16:-pallas}
-    rounds ;;
+    rounds mace-mp-s 200 110 ;;
   *) echo "CALL must be t, e, c or i" >&2; exit 2 ;;
 esac
 finish

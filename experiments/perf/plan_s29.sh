@@ -27,18 +27,6 @@
 #      presets and the programs given in PICK_FP32 / PICK_BF16 (call m's NequIP picks)
 dest=$1 call=$2
 source "$(dirname "$0")/plan_lib.sh"
-programs() {  # the defaults of both presets, EXTRA, then the picks (into $progs)
-  progs="pallas@fp32 pallas@bf16-mixed ${EXTRA:-}"
-  [ "$PICK_BF16" != pallas ] && progs="$progs $PICK_BF16@bf16-mixed"
-  [ "$PICK_FP32" != pallas ] && [[ " $progs " != *" $PICK_FP32@fp32 "* ]] && progs="$progs $PICK_FP32@fp32"
-  echo "programs: $progs" | tee -a "$out/times.txt"
-}
-rounds() {  # MODEL TRAIN-S EF-S: interleaved training (TRAIN-S > 0) and E+F rounds of programs
-  local model=$1 train_s=$2 ef_s=$3
-  programs
-  [ "$train_s" -gt 0 ] && inter "${model%%-*}_train" "$train_s" "$model:water:10000:train" $progs
-  inter "${model%%-*}_ef" "$ef_s" "$model:water:10000:ef" $progs
-}
 case $call in
   m)
     sweep edge_sweep 110 mace-mp-s edge pallas pallas:BLOCK_EDGES=4 pallas:BLOCK_EDGES=2 \
