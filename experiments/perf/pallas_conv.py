@@ -96,6 +96,7 @@ OTHER = {
     **dict.fromkeys(pallas_linear.SETTINGS, pallas_linear),
     **dict.fromkeys(pallas_radial.SETTINGS, pallas_radial),
     "COMPOSE_INDEXED": linear,  # 0: MACE layer 0's linear and species-indexed linear as two maps
+    "STORE_SINGLE_PATH": linear,  # 1: a linear's single-path outputs stored 16-bit by the GEMM
     "EDGE_GATHER": ops,  # "direct" | "sorted"
     "FOLD_SCALES": radial,
     "TAKE_ROWS": ops,  # "take" | "onehot"

@@ -3,16 +3,20 @@
 # OUT/CALL.tgz (experiments/perf/plan_lib.sh).
 #   source experiments/gpu_env.sh && bash experiments/perf/plan_s30.sh "$OUT" CALL
 # CALL:
-#   a  MACE MP-S at 10,125 water atoms, the defaults of both presets (entry 31's one-warp edge
-#      tile): a per-kernel profile of training and E+F (which 16-bit stages lag FP32 most, for
-#      the stage bound); MACE's node kernel and its transpose alone as one-warp programs over 1
-#      or 2 receivers (plan_s29.sh's call s); their picks in interleaved training and E+F
-#      rounds against the defaults (a second machine's figures for entry 31's defaults)
+#   a  MACE MP-S at 10,125 water atoms: interleaved training and E+F rounds of the defaults of
+#      both presets (entry 31's one-warp edge tile, on a second machine) and bf16-mixed with
+#      linear.STORE_SINGLE_PATH (the linears' single-path outputs stored in BF16 by the GEMM, so
+#      that the backward GEMMs take BF16 cotangents, not FP32 x BF16); a per-kernel profile of
+#      the defaults' training and E+F (which 16-bit stages lag FP32 most, for the stage bound);
+#      MACE's node kernel and its transpose alone as one-warp programs over 1 or 2 receivers
+#      (plan_s29.sh's call s), picks printed
 dest=$1 call=$2
 source "$(dirname "$0")/plan_lib.sh"
 case $call in
   a)
-    profile profile_10k 200 mace-mp-s:water:10000:fp32:train:pallas \
+    EXTRA=pallas:STORE_SINGLE_PATH=1@bf16-mixed PICK_FP32=pallas PICK_BF16=pallas \
+        rounds mace-mp-s 170 90
+    profile profile_10k 170 mace-mp-s:water:10000:fp32:train:pallas \
         mace-mp-s:water:10000:bf16-mixed:train:pallas mace-mp-s:water:10000:fp32:ef:pallas \
         mace-mp-s:water:10000:bf16-mixed:ef:pallas
     timeout 90 python3 experiments/perf/pallas_conv.py --out "$out/node_one_warp.json" \
@@ -22,8 +26,7 @@ case $call in
         --cases --no-ceilings --small --repeats 20 --no-agreement 2>&1 | grep -v Warning \
         > "$out/node_one_warp.txt"
     stamp node_one_warp
-    picks picks_node "$out/node_one_warp.json"
-    rounds mace-mp-s 150 80 ;;
+    picks picks_node "$out/node_one_warp.json" ;;
   *) echo "CALL must be a" >&2; exit 2 ;;
 esac
 finish

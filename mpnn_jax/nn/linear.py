@@ -36,6 +36,12 @@ from mpnn_jax.precision import Policy
 #: ``[n, n_sets, mul_in, ir_dim]`` and one GEMM over ``(set, mul_in)``; H100 MACE training fp32
 #: 47.9 -> 51.1 ms, bf16-mixed 40.4 -> 40.0.)
 DENSE_INDEX_MAX = 8
+#: An output irrep that one path reaches (no sum over paths) without indexed weights: its GEMM
+#: stores the stage dtype itself (:func:`~mpnn_jax.precision.ops.accum_einsum`'s ``out_dtype``,
+#: one rounding of the FP32 sums, as the cast it replaces) instead of writing FP32 for a cast.
+#: Same values; in a 16-bit stage the backward pass's GEMMs then take 16-bit cotangents (with
+#: FP32 results they took the FP32 cotangent of that cast: mixed FP32 x BF16 dots).
+STORE_SINGLE_PATH = False
 
 
 def linear_paths(irreps_in: e3nn.Irreps, irreps_out: e3nn.Irreps) -> list[tuple[int, int]]:
@@ -91,7 +97,10 @@ def equivariant_linear(
                 continue
             # subscripts in dot_general's natural output order: no transpose in the wide dtype
             if indices is None:
-                y = einsum_accum(policy, stage, "nui,uw->niw", x.chunks[i], w)
+                alone = STORE_SINGLE_PATH and sum(jj == j for _, jj in paths) == 1
+                y = einsum_accum(
+                    policy, stage, "nui,uw->niw", x.chunks[i], w, out_dtype=dtype if alone else None
+                )
             elif w.shape[0] <= DENSE_INDEX_MAX:
                 y = None
                 if indexed_matmul is not None and jnp.finfo(policy.accum(stage)).bits >= 32:
@@ -104,7 +113,7 @@ def equivariant_linear(
             else:
                 w = take_rows(policy, stage, w, indices)  # [n, mul_in, mul_out]
                 y = einsum_accum(policy, stage, "nui,nuw->niw", x.chunks[i], w)
-            # y: [n, ir_dim, mul_out] in the accumulator dtype
+            # y: [n, ir_dim, mul_out] in the accumulator dtype (or the stage's, stored alone)
             out = y if out is None else out + y
         if out is not None:
             out = policy.cast(stage, out) * (1.0 / math.sqrt(fan_in))
