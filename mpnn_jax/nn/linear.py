@@ -36,11 +36,13 @@ from mpnn_jax.precision import Policy
 #: ``[n, n_sets, mul_in, ir_dim]`` and one GEMM over ``(set, mul_in)``; H100 MACE training fp32
 #: 47.9 -> 51.1 ms, bf16-mixed 40.4 -> 40.0.)
 DENSE_INDEX_MAX = 8
-#: An output irrep that one path reaches (no sum over paths) without indexed weights: its GEMM
-#: stores the stage dtype itself (:func:`~mpnn_jax.precision.ops.accum_einsum`'s ``out_dtype``,
-#: one rounding of the FP32 sums, as the cast it replaces) instead of writing FP32 for a cast.
-#: Same values; in a 16-bit stage the backward pass's GEMMs then take 16-bit cotangents (with
-#: FP32 results they took the FP32 cotangent of that cast: mixed FP32 x BF16 dots).
+#: A GEMM whose FP32 result is rounded to the stage dtype before any other use stores the stage
+#: dtype itself (:func:`~mpnn_jax.precision.ops.accum_einsum`'s ``out_dtype``: one rounding of
+#: the FP32 sums, as the cast it replaces) instead of writing FP32 for a cast: an output irrep
+#: that one path reaches (no sum over paths), and the dense indexed GEMM (``select_sets``
+#: rounds its rows first). Same values; in a 16-bit stage the backward pass's GEMMs then take
+#: 16-bit cotangents (with FP32 results they took the FP32 cotangent of that cast: mixed FP32 x
+#: BF16 dots, which XLA runs in FP32).
 STORE_SINGLE_PATH = False
 
 
@@ -108,7 +110,11 @@ def equivariant_linear(
                 if y is None:
                     # every weight set on every row (one dense GEMM), then each row's own:
                     # cheaper than gathering a [mul_in, mul_out] matrix per row (few sets)
-                    y = einsum_accum(policy, stage, "nui,suw->nisw", x.chunks[i], w)
+                    # (select_sets rounds y to the stage dtype first: the GEMM may store it)
+                    y = einsum_accum(
+                        policy, stage, "nui,suw->nisw", x.chunks[i], w,
+                        out_dtype=dtype if STORE_SINGLE_PATH else None,
+                    )  # fmt: skip
                     y = select_sets(policy, stage, y, indices)  # [n, ir_dim, mul_out]
             else:
                 w = take_rows(policy, stage, w, indices)  # [n, mul_in, mul_out]

@@ -14,7 +14,9 @@ from mpnn_jax.nn import (
     e3nn_convolution,
     edge_basis,
     edge_lengths,
+    equivariant_linear,
     get_backend,
+    linear_paths,
     num_path_weights,
     tp_paths,
 )
@@ -276,3 +278,78 @@ def test_auto_backend_falls_back_where_jax_has_no_pallas_triton(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", without_triton)
     assert not backends.pallas_triton_available()
     assert backends.resolve("auto", "gpu") == "e3nn"
+
+
+def _mixed_dots(report, policy):
+    """The GEMMs (``dot_general``) of 16-bit stages whose operands mix FP32 and the stage's 16
+    bits (a kernel reading an FP32 cotangent, e.g. the symmetric contraction's, is not one)."""
+    from mpnn_jax.precision.policy import STAGES, dtype_short
+
+    out = []
+    for stage in set(report.stages()) & set(STAGES):
+        short = dtype_short(policy.dtype(stage))
+        if short == "f32":
+            continue
+        dots = [r for r in report.of(stage, "matmul") if r.primitive == "dot_general"]
+        out += [r for r in dots if {"f32", short} <= set(r.in_dtypes)]
+    return out
+
+
+@pytest.mark.parametrize("indexed", [False, True])
+@pytest.mark.parametrize("preset", ["bf16-mixed", "fp16-mixed"])
+def test_single_path_outputs_store_16bit_and_take_16bit_cotangents(monkeypatch, preset, indexed):
+    """``STORE_SINGLE_PATH``: an output irrep that one path reaches is stored in the stage dtype
+    by its GEMM (one rounding of the FP32 sums, as the cast it replaces), an output summing two
+    paths keeps its FP32 sum, and the dense indexed GEMM (whose rows are rounded before they are
+    selected) always stores; the first and second derivatives of a stored output then run no
+    FP32 x 16-bit GEMM (off, the FP32 cotangent of the cast meets the 16-bit operands); values
+    and gradients are those of the setting off."""
+    from mpnn_jax.nn import linear as linear_mod
+    from mpnn_jax.precision import Policy, audit
+    from mpnn_jax.precision.policy import dtype_short
+
+    p = get_policy(preset)
+    short = dtype_short(p.dtype("update"))
+    irreps_in, irreps_out = e3nn.Irreps("8x0e+6x0e+4x1o"), e3nn.Irreps("5x0e+3x1o")
+    keys = jax.random.split(jax.random.PRNGKey(3), 4)
+    x = e3nn.normal(irreps_in, keys[0], (7,)).array
+    sets = (3,) if indexed else ()
+    ws = [
+        jax.random.normal(k, (*sets, irreps_in[i].mul, irreps_out[j].mul))
+        for k, (i, j) in zip(keys[1:], linear_paths(irreps_in, irreps_out), strict=True)
+    ]
+    indices = jnp.array([0, 2, 1, 1, 0, 2, 2]) if indexed else None
+
+    def energy(ws, x):
+        with Policy.scope("update"):
+            y = equivariant_linear(
+                ws, e3nn.IrrepsArray(irreps_in, x), irreps_out=irreps_out, policy=p,
+                stage="update", indices=indices,
+            )  # fmt: skip
+        with Policy.scope("energy"):
+            return jnp.sum(p.cast("energy", y.array) ** 2)
+
+    def force_loss(ws, x):  # a training step's second derivatives
+        return jnp.sum(jax.grad(energy, argnums=1)(ws, x) ** 2)
+
+    runs, violations, mixed = {}, {}, {}
+    for store in (False, True):
+        monkeypatch.setattr(linear_mod, "STORE_SINGLE_PATH", store)
+        grads = jax.grad(force_loss, argnums=(0, 1))
+        report = audit(grads, ws, x)
+        # the two 0e paths' FP32 sum is an FP32 op in a 16-bit stage, with the setting or not
+        violations[store] = report.check(p)
+        forward = [r for r in report.of("update", "matmul") if not r.backward]
+        forward = [r for r in forward if r.primitive == "dot_general"]
+        outs = sorted(r.out_dtypes[0] for r in forward)  # one per path
+        stored = 0 if not store else 3 if indexed else 1  # indexed: all; else the 1o output
+        assert outs == sorted([short] * stored + ["f32"] * (3 - stored))
+        mixed[store] = len(_mixed_dots(report, p))
+        runs[store] = (energy(ws, x), jax.grad(energy, argnums=(0, 1))(ws, x), grads(ws, x))
+    assert violations[True] == violations[False]
+    # each path's first and second derivatives ran FP32 x 16-bit GEMMs; a stored one's no longer
+    assert mixed[False] > 0 and mixed[True] * 3 == mixed[False] * (3 - stored)
+    for a, b in zip(jax.tree.leaves(runs[False]), jax.tree.leaves(runs[True]), strict=True):
+        np.testing.assert_allclose(
+            np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=1e-6, atol=1e-6
+        )

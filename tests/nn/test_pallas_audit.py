@@ -32,3 +32,28 @@ def test_pallas_models_follow_bf16_mixed(name):
         assert convs and all(r.stage == "messages" and r.accum == "f32" for r in convs)
         assert all(set(r.in_dtypes) <= {"bf16", "f32"} for r in kernels)
         assert not report.low_precision_scatter_adds()
+
+
+@pytest.mark.parametrize("name", ["mace", "nequip"])
+def test_training_gradient_runs_no_fp32_x_bf16_gemm_with_single_path_stores(monkeypatch, name):
+    """With ``linear.STORE_SINGLE_PATH`` the parameter gradient of a force loss runs no GEMM of
+    an FP32 and a BF16 operand in a BF16 stage (the cotangents of the linears' stored outputs are
+    BF16), where without it the linears' backward GEMMs do; the audit stays clean."""
+    from mpnn_jax.nn import linear
+
+    from .test_linear_conv import _mixed_dots
+
+    overrides = {"correlation": 3} if name == "mace" else {}
+    policy = get_policy("bf16-mixed")
+    graph = tiny_graph()
+    mixed = {}
+    for store in (False, True):
+        monkeypatch.setattr(linear, "STORE_SINGLE_PATH", store)
+        model = testing.tiny_model(
+            name, policy="bf16-mixed", backend="pallas", **{**MODELS[name], **overrides}
+        )
+        params = testing.random_params(model, graph)
+        report = audit(loss_and_grad(model, second_order=True), params, graph)
+        assert report.check(policy) == []
+        mixed[store] = _mixed_dots(report, policy)
+    assert mixed[False] and not mixed[True], [r.name_stack for r in mixed[True]]
