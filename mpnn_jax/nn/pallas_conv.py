@@ -121,6 +121,13 @@ NUM_STAGES = 1
 NODE_GROUPS = 1
 #: The edge kernel's two outputs (radial-weight and harmonic cotangents) in separate calls.
 EDGE_SPLIT = False
+#: Kernel calls the edge kernel's paths are split into (:func:`_path_groups`: contiguous runs of
+#: weight rows with about equal output components). Each call loads only its paths' input and
+#: cotangent rows and holds only their accumulators; the radial-weight cotangents of the calls
+#: are joined, their harmonic cotangents summed (FP32). For plans whose per-edge rows outgrow
+#: the registers: MACE-L's second layer (9 input, 71 output components) spills 1.2-3.2 kB per
+#: thread at every tile in one call (ptxas, log entry 31). ``1``: one call.
+EDGE_GROUPS = 1
 #: Permute the neighbour indices to target order before the node kernel (one index gather), so
 #: that no load in the loop waits on another.
 NBR_IN_ORDER = True
@@ -173,7 +180,7 @@ SETTINGS = (
     "BLOCK_NODES", "BLOCK_EDGES", "NUM_WARPS", "NUM_STAGES", "NODE_GROUPS", "EDGE_SPLIT",
     "NBR_IN_ORDER", "BLOCK_NODES_T", "NUM_WARPS_T", "EDGE_WARPS", "PREFETCH", "MASK_WEIGHTS",
     "EDGE_IN_TARGET_ORDER", "EDGE_SH_TILES", "EDGE_STREAM", "DX_STAGE_OUTPUT", "BF16_BLOCK_SCALE",
-    "MAX_ACC_VALUES", "EDGE_WARP_VALUES",
+    "MAX_ACC_VALUES", "EDGE_WARP_VALUES", "EDGE_GROUPS",
 )  # fmt: skip
 
 
@@ -518,12 +525,26 @@ def _output_groups(plan: Plan, n_groups: int) -> list[tuple[int, ...]]:
     return [tuple(range(a, b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
+def _path_groups(plan: Plan, n_groups: int) -> list[tuple[int, ...]]:
+    """The weight rows ``0 .. n_paths - 1`` split into at most ``n_groups`` contiguous runs of
+    about equal output components (each path's own ``d_out``; one edge-kernel call each)."""
+    d_out = [0] * plan.n_paths
+    for path in plan.paths:
+        d_out[path.weight] = path.d_out
+    ends = np.cumsum(d_out)  # [n_paths]
+    # each cut after the path whose running total lands nearest its share
+    cut = [int(np.argmin(np.abs(ends - k * ends[-1] / n_groups))) + 1 for k in range(1, n_groups)]
+    bounds = sorted({0, plan.n_paths, *(min(c, plan.n_paths) for c in cut)})
+    return [tuple(range(a, b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
 def _edge_kernel(
     order_ref, mate_ref, nbr_ref, tgt_ref, live_ref, x_ref, w_ref, sh_ref, g_ref, *out_refs, plan,
-    block, n_rows, n_edges, scale, acc_dtype, want, mode,
+    block, n_rows, n_edges, scale, acc_dtype, want, mode, rows_w,
 ):  # fmt: skip
-    """One program: ``block`` rows; ``dw [block, n_paths, C]`` and/or ``dsh`` of their edges,
-    zero on masked edges (``live == 0``; a select, so whatever they hold stays out).
+    """One program: ``block`` rows; ``dw [block, len(rows_w), C]`` (the paths of weight rows
+    ``rows_w``, in that order) and/or ``dsh`` of their edges (those paths' terms), zero on masked
+    edges (``live == 0``; a select, so whatever they hold stays out).
 
     ``mode`` says what a row is: ``"edges"``, an edge (``nbr``, ``tgt``, ``live`` in edge
     order); ``"order"``, edge ``order[row]`` (``nbr``, ``tgt``, ``live`` given in that order),
@@ -531,7 +552,7 @@ def _edge_kernel(
     ``mate[row]`` (:mod:`mpnn_jax.nn.pairs`; ``nbr``, ``tgt``, ``live`` in edge order), whose
     weight row is ``row``: ``dw`` sums both edges' terms, ``dsh`` is written per edge."""
     c = plan.channels
-    terms = plan.terms()
+    terms = {key: lst for key, lst in plan.terms().items() if key[1] in rows_w}
     rows = pl.program_id(0) * block + jnp.arange(block)  # [block]
     pos = jnp.minimum(rows, n_rows - 1)  # loads of the padded tail read the last row
     cols = jnp.arange(c)[None, :]  # [1, C]
@@ -556,7 +577,7 @@ def _edge_kernel(
             p: w_ref[(w_row * plan.n_paths + p)[:, None] * c + cols].astype(acc_dtype)
             for p in used_w
         }  # [block, C] each
-    dw = [jnp.zeros((block, c), acc_dtype) for _ in range(plan.n_paths)]
+    dw = {p: jnp.zeros((block, c), acc_dtype) for p in rows_w}
     refs = list(out_refs)
     dw_ref = refs.pop(0) if "dw" in want else None
     dsh_ref = refs.pop(0) if "dsh" in want else None
@@ -583,7 +604,9 @@ def _edge_kernel(
             sh = {j: sh_ref[e * plan.d_sh + j].astype(acc_dtype) for j in range(plan.d_sh)}
         # dsh_sum[j]: [block], the channel sum of harmonic component j's terms
         if stream:
-            dsh_sum = _stream_terms(plan, want, x, load_g, sh, w, dw, stream, block, acc_dtype)
+            dsh_sum = _stream_terms(
+                plan, terms, want, x, load_g, sh, w, dw, stream, block, acc_dtype
+            )
         else:
             dsh = [jnp.zeros((block, c), acc_dtype) for _ in range(plan.d_sh)]
             for (i, p), lst in terms.items():
@@ -605,18 +628,20 @@ def _edge_kernel(
                 val = jnp.where(keep, dsh_sum[j] * scale, 0.0)
                 dsh_ref[dsh_dst * plan.d_sh + j] = val.astype(dsh_ref.dtype)
     if "dw" in want:
-        for p in range(plan.n_paths):
+        for k, p in enumerate(rows_w):
             val = jnp.where(keep_dw[:, None], dw[p] * scale, 0.0)
-            dw_ref[(dw_dst * plan.n_paths + p)[:, None] * c + cols] = val.astype(dw_ref.dtype)
+            dw_ref[(dw_dst * len(rows_w) + k)[:, None] * c + cols] = val.astype(dw_ref.dtype)
 
 
-def _stream_terms(plan: Plan, want, x, load_g, sh, w, dw, ahead: int, block: int, acc_dtype):
-    """The edge kernel's terms output component by output component (:data:`EDGE_STREAM`):
+def _stream_terms(
+    plan: Plan, terms, want, x, load_g, sh, w, dw, ahead: int, block: int, acc_dtype
+):  # fmt: skip
+    """The edge kernel's ``terms`` (of :meth:`Plan.terms`) output component by output component (:data:`EDGE_STREAM`):
     ``load_g(o)`` issued ``ahead - 1`` components before ``g[o]``'s first use and dropped after
     its last; ``dw[p]`` updated in place; returns the ``[block]`` channel sums of each harmonic
     component's ``dsh`` terms, each summed at its last term (zeros where it has none)."""
     flat = sorted(
-        (o, i, p, j, coef) for (i, p), lst in plan.terms().items() for j, o, coef in lst
+        (o, i, p, j, coef) for (i, p), lst in terms.items() for j, o, coef in lst
     )  # fmt: skip
     outs = sorted({t[0] for t in flat})
     last_of_j = {t[3]: k for k, t in enumerate(flat)}
@@ -681,17 +706,18 @@ def _edge_contract(
         ``{"dw": w's shape in w's dtype, "dsh": [n_edges, d_sh] in sh's dtype}`` (the keys of
         ``want``).
     """
-    block, warps = edge_tile(plan.channels, max(plan.n_out, plan.d_sh))
+    groups = _path_groups(plan, EDGE_GROUPS)
+    d_out = {path.weight: path.d_out for path in plan.paths}
+    widest = max(sum(d_out[p] for p in group) for group in groups)  # output rows of a call
+    block, warps = edge_tile(plan.channels, max(widest, plan.d_sh))
     n_edges = nbr.shape[0]
     mode = "pairs" if pairs is not None else "edges" if order is None else "order"
     n_rows = w.shape[0]  # edges, or pairs
     r_pad = -(-n_rows // block) * block
     c = plan.channels
     dsh_rows = n_edges + block if mode == "pairs" else r_pad  # (pairs: the tail's rows last)
-    shapes = {
-        "dw": jax.ShapeDtypeStruct((r_pad * plan.n_paths * c,), w.dtype),
-        "dsh": jax.ShapeDtypeStruct((dsh_rows * plan.d_sh,), sh.dtype),
-    }
+    # several calls' harmonic cotangents are partial sums: written in the accumulator's dtype
+    dsh_dtype = sh.dtype if len(groups) == 1 else acc
     want = tuple(k for k in ("dw", "dsh") if k in want)
     if mode == "pairs":
         index = (pairs.first, pairs.second, nbr, tgt, live)
@@ -699,32 +725,44 @@ def _edge_contract(
         index = (order, order, nbr[order], tgt[order], live[order])  # [n_edges] in visiting order
     else:
         index = (nbr, nbr, nbr, tgt, live)
-    outs = pl.pallas_call(
-        functools.partial(
-            _edge_kernel,
-            plan=plan,
-            block=block,
-            n_rows=n_rows,
-            n_edges=n_edges,
-            scale=scale,
-            acc_dtype=acc,
-            want=want,
-            mode=mode,
-        ),  # fmt: skip
-        out_shape=tuple(shapes[k] for k in want),
-        grid=(r_pad // block,),
-        name="mpnn_edge_contract",
-        **compiler_kwargs(warps),
-    )(
-        *index[:4], index[4].astype(jnp.int32),
-        x.reshape(-1), w.reshape(-1), sh.reshape(-1), g.reshape(-1),
-    )  # fmt: skip
+    parts: dict[str, list[jax.Array]] = {k: [] for k in want}
+    for group in groups:
+        shapes = {
+            "dw": jax.ShapeDtypeStruct((r_pad * len(group) * c,), w.dtype),
+            "dsh": jax.ShapeDtypeStruct((dsh_rows * plan.d_sh,), dsh_dtype),
+        }
+        outs = pl.pallas_call(
+            functools.partial(
+                _edge_kernel,
+                plan=plan,
+                block=block,
+                n_rows=n_rows,
+                n_edges=n_edges,
+                scale=scale,
+                acc_dtype=acc,
+                want=want,
+                mode=mode,
+                rows_w=group,
+            ),  # fmt: skip
+            out_shape=tuple(shapes[k] for k in want),
+            grid=(r_pad // block,),
+            name="mpnn_edge_contract",
+            **compiler_kwargs(warps),
+        )(
+            *index[:4], index[4].astype(jnp.int32),
+            x.reshape(-1), w.reshape(-1), sh.reshape(-1), g.reshape(-1),
+        )  # fmt: skip
+        for k, v in zip(want, outs, strict=True):
+            if k == "dw":
+                parts[k].append(v.reshape(r_pad, len(group), c)[:n_rows])  # [n_rows, paths, C]
+            else:
+                parts[k].append(v.reshape(-1, plan.d_sh)[:n_edges])  # [n_edges, d_sh]
     result = {}
-    for k, v in zip(want, outs, strict=True):
-        if k == "dw":
-            result[k] = v.reshape(r_pad, -1)[:n_rows].reshape(w.shape)
-        else:
-            result[k] = v.reshape(-1, plan.d_sh)[:n_edges]
+    if "dw" in want:
+        dw = parts["dw"][0] if len(groups) == 1 else jnp.concatenate(parts["dw"], axis=1)
+        result["dw"] = dw.reshape(w.shape)
+    if "dsh" in want:
+        result["dsh"] = functools.reduce(jnp.add, parts["dsh"]).astype(sh.dtype)
     return result
 
 

@@ -110,11 +110,12 @@ def test_convolution_on_pairs_matches_the_reference_to_second_order(
     the convolution with per-pair weights equal the reference's on the weights gathered to every
     edge (a plain gather that autodiff transposes): for Pallas, the node kernels' weight rows and
     the edge kernel's sum of a pair's two weight gradients (with the target-order option set:
-    pairs ignore it)."""
+    pairs ignore it; the edge kernel's paths split over two calls, ``EDGE_GROUPS``)."""
     if backend not in available_backends():
         pytest.skip(f"backend {backend!r} is not installed")
     monkeypatch.setattr(pc, "EDGE_IN_TARGET_ORDER", True)
     monkeypatch.setattr(pc, "BLOCK_EDGES", 4)  # several programs, a padded tail of rows
+    monkeypatch.setattr(pc, "EDGE_GROUPS", 2)  # the edge kernel's paths over two calls
     x, sh, w, s, r, m, p = _paired_inputs("2x0e+2x1o")
     policy = get_policy("fp64")
     kw = dict(irreps_out=FILTER, avg_num_neighbors=3.0, policy=policy)

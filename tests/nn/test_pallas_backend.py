@@ -237,19 +237,29 @@ def test_fp64_values_first_and_second_derivatives(x64, irreps_in, block, split, 
 
 
 @pytest.mark.parametrize(
-    "tiles, stream, irreps_in",
-    [(True, 0, "2x0e+1x1o"), (False, 0, "2x0e+1x1o"), (True, 2, "2x0e"), (False, 1, "2x0e+1x1o")],
+    "tiles, stream, irreps_in, groups",
+    [
+        (True, 0, "2x0e+1x1o", 1),
+        (False, 0, "2x0e+1x1o", 1),
+        (True, 2, "2x0e", 1),
+        (False, 1, "2x0e+1x1o", 1),
+        (True, 0, "2x0e+1x1o", 3),
+        (False, 2, "2x0e+1x1o", 20),  # more groups than paths: one call per path
+    ],
 )
 def test_edge_kernel_harmonic_tiles_give_the_reference_gradients(
-    x64, tiles, stream, irreps_in, monkeypatch
+    x64, tiles, stream, irreps_in, groups, monkeypatch
 ):
     """Harmonics to l = 3 (16 components, a power of two: the edge kernel reads and writes each
     edge's row as one tile, ``EDGE_SH_TILES``) or by scalar accesses, the terms all at once or
     output component by output component (``EDGE_STREAM``; MACE's scalar input, where each
-    harmonic component has one term, and a mixed one, where they have several): the gradients
-    with respect to the harmonics and the weights equal the reference's in FP64."""
+    harmonic component has one term, and a mixed one, where they have several), the paths in one
+    kernel call or split over several (``EDGE_GROUPS``: weight cotangents joined, harmonic
+    cotangents summed): the gradients with respect to the harmonics and the weights equal the
+    reference's in FP64."""
     monkeypatch.setattr(pc, "EDGE_SH_TILES", tiles)
     monkeypatch.setattr(pc, "EDGE_STREAM", stream)
+    monkeypatch.setattr(pc, "EDGE_GROUPS", groups)
     monkeypatch.setattr(pc, "BLOCK_EDGES", 8)  # 24 edges: 3 programs
     x, sh, w, s, r, m = conv_inputs(irreps_in, dtype=jnp.float64, irreps_sh="0e+1o+2e+3o")
     res = _fp64_derivatives(x, sh, w, s, r, m, second_order=False)
@@ -355,3 +365,21 @@ def test_nequip_forces_match_fp64_finite_differences(models, x64):
         pytest.skip("one model suffices")
     model64 = mods["pallas"].clone(policy=get_policy("fp64"))
     check_fp64_finite_differences(model64, params, "nequip pallas")
+
+
+def test_path_groups_cover_the_weight_rows_in_order_with_balanced_outputs():
+    """``_path_groups``: contiguous runs of weight rows, all of them once, in order, at most the
+    groups asked for, their output components (MACE-L's second layer: 71) within a path's size
+    of an equal share."""
+    plan, _ = pc.conv_plan("128x0e+128x1o+128x2e", "0e+1o+2e+3o", "128x0e+128x1o+128x2e+128x3o")
+    d_out = {p.weight: p.d_out for p in plan.paths}
+    assert plan.n_out == 71 and plan.n_paths == 17
+    for n in (1, 2, 3, 5, 17, 40):
+        groups = pc._path_groups(plan, n)
+        assert [p for g in groups for p in g] == list(range(plan.n_paths))
+        assert all(g and g == tuple(range(g[0], g[-1] + 1)) for g in groups)
+        assert len(groups) <= n
+        sizes = [sum(d_out[p] for p in g) for g in groups]
+        if n <= 5:
+            assert len(groups) == n and max(sizes) - min(sizes) <= max(d_out.values())
+    assert [len(g) for g in pc._path_groups(plan, 1)] == [17]
