@@ -636,10 +636,11 @@ def _edge_kernel(
 def _stream_terms(
     plan: Plan, terms, want, x, load_g, sh, w, dw, ahead: int, block: int, acc_dtype
 ):  # fmt: skip
-    """The edge kernel's ``terms`` (of :meth:`Plan.terms`) output component by output component (:data:`EDGE_STREAM`):
-    ``load_g(o)`` issued ``ahead - 1`` components before ``g[o]``'s first use and dropped after
-    its last; ``dw[p]`` updated in place; returns the ``[block]`` channel sums of each harmonic
-    component's ``dsh`` terms, each summed at its last term (zeros where it has none)."""
+    """The edge kernel's ``terms`` (of :meth:`Plan.terms`) output component by output
+    component (:data:`EDGE_STREAM`): ``load_g(o)`` issued ``ahead - 1`` components before
+    ``g[o]``'s first use and dropped after its last; ``dw[p]`` updated in place; returns the
+    ``[block]`` channel sums of each harmonic component's ``dsh`` terms, each summed at its last
+    term (zeros where it has none)."""
     flat = sorted(
         (o, i, p, j, coef) for (i, p), lst in terms.items() for j, o, coef in lst
     )  # fmt: skip
