@@ -10,6 +10,12 @@
 #      the defaults' training and E+F (which 16-bit stages lag FP32 most, for the stage bound);
 #      MACE's node kernel and its transpose alone as one-warp programs over 1 or 2 receivers
 #      (plan_s29.sh's call s), picks printed
+#   b  MACE-L's second-layer edge kernel alone (9 input, 71 output components; 10,125 water
+#      atoms) in one call and split over 3, 5 and 9 calls (pallas_conv.EDGE_GROUPS; ptxas, fp32 /
+#      bf16-mixed, bytes spilled per thread: one call 3,156 / 1,472; 3 calls at most 208 / 148;
+#      5 calls at most 0 / 76 (8 warps: 17 outputs at most); 9 calls of at most 10 outputs run
+#      one-warp programs, at most 24 / 468), then MACE-L E+F in interleaved rounds of the pick
+#      against the defaults
 dest=$1 call=$2
 source "$(dirname "$0")/plan_lib.sh"
 case $call in
@@ -27,6 +33,11 @@ case $call in
         > "$out/node_one_warp.txt"
     stamp node_one_warp
     picks picks_node "$out/node_one_warp.json" ;;
-  *) echo "CALL must be a" >&2; exit 2 ;;
+  b)
+    SWEEP_ARGS=--no-agreement sweep macel_edge 150 mace-L edge pallas pallas:EDGE_GROUPS=3 \
+        pallas:EDGE_GROUPS=5 pallas:EDGE_GROUPS=9
+    picks picks_macel "$out/macel_edge.json"
+    rounds mace-L 0 240 ;;
+  *) echo "CALL must be a or b" >&2; exit 2 ;;
 esac
 finish

@@ -126,7 +126,10 @@ EDGE_SPLIT = False
 #: cotangent rows and holds only their accumulators; the radial-weight cotangents of the calls
 #: are joined, their harmonic cotangents summed (FP32). For plans whose per-edge rows outgrow
 #: the registers: MACE-L's second layer (9 input, 71 output components) spills 1.2-3.2 kB per
-#: thread at every tile in one call (ptxas, log entry 31). ``1``: one call.
+#: thread at every tile in one call (ptxas, log entry 31). ptxas for sm_90a (log entry 32),
+#: bytes spilled per thread at most, fp32 / bf16-mixed: 1 call 3,156 / 1,472; 3 calls 208 /
+#: 148; 5 calls 0 / 76 (at most 17 outputs: 8 warps); 9 calls (at most 10 outputs: one-warp
+#: programs, :func:`edge_tile`) 24 / 468. Not timed: ``1``, one call.
 EDGE_GROUPS = 1
 #: Permute the neighbour indices to target order before the node kernel (one index gather), so
 #: that no load in the loop waits on another.
