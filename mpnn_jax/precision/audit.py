@@ -321,6 +321,26 @@ class AuditReport:
             if r.primitive in SCATTER_ADD_PRIMITIVES and r.accum in ("bf16", "f16")
         ]
 
+    def mixed_gemms(self, policy: Policy) -> list[OpRecord]:
+        """The GEMMs (``dot_general``) of the 16-bit stages of ``policy`` that take one operand in
+        FP32 and one in the stage's 16 bits. :meth:`check` accepts them in backward passes (the
+        FP32 cotangent of an accumulator), but XLA runs such a dot in FP32 and reads the FP32
+        operand's 4 bytes per value: where the FP32 side is the cotangent of a cast to 16 bits it
+        holds 16-bit values, and a GEMM that stores its 16-bit result itself avoids it
+        (:data:`mpnn_jax.nn.linear.STORE_SINGLE_PATH`, performance log entry 32). Kernels that
+        read FP32 cotangents (e.g. the symmetric contraction's) are not GEMMs and not listed."""
+        out = []
+        for stage in STAGES:
+            short = dtype_short(policy.dtype(stage))
+            if short == "f32":
+                continue
+            out += [
+                r
+                for r in self.of(stage, "matmul")
+                if r.primitive == "dot_general" and {"f32", short} <= set(r.in_dtypes)
+            ]
+        return out
+
     def casts(self, stage: str) -> dict[str, int]:
         """``{"f32->bf16": count}`` of the casts in ``stage``."""
         return dict(

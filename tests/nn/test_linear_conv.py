@@ -280,21 +280,6 @@ def test_auto_backend_falls_back_where_jax_has_no_pallas_triton(monkeypatch):
     assert backends.resolve("auto", "gpu") == "e3nn"
 
 
-def _mixed_dots(report, policy):
-    """The GEMMs (``dot_general``) of 16-bit stages whose operands mix FP32 and the stage's 16
-    bits (a kernel reading an FP32 cotangent, e.g. the symmetric contraction's, is not one)."""
-    from mpnn_jax.precision.policy import STAGES, dtype_short
-
-    out = []
-    for stage in set(report.stages()) & set(STAGES):
-        short = dtype_short(policy.dtype(stage))
-        if short == "f32":
-            continue
-        dots = [r for r in report.of(stage, "matmul") if r.primitive == "dot_general"]
-        out += [r for r in dots if {"f32", short} <= set(r.in_dtypes)]
-    return out
-
-
 @pytest.mark.parametrize("indexed", [False, True])
 @pytest.mark.parametrize("preset", ["bf16-mixed", "fp16-mixed"])
 def test_single_path_outputs_store_16bit_and_take_16bit_cotangents(monkeypatch, preset, indexed):
@@ -344,7 +329,7 @@ def test_single_path_outputs_store_16bit_and_take_16bit_cotangents(monkeypatch, 
         outs = sorted(r.out_dtypes[0] for r in forward)  # one per path
         stored = 0 if not store else 3 if indexed else 1  # indexed: all; else the 1o output
         assert outs == sorted([short] * stored + ["f32"] * (3 - stored))
-        mixed[store] = len(_mixed_dots(report, p))
+        mixed[store] = len(report.mixed_gemms(p))
         runs[store] = (energy(ws, x), jax.grad(energy, argnums=(0, 1))(ws, x), grads(ws, x))
     assert violations[True] == violations[False]
     # each path's first and second derivatives ran FP32 x 16-bit GEMMs; a stored one's no longer

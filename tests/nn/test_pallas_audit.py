@@ -41,8 +41,6 @@ def test_training_gradient_runs_no_fp32_x_bf16_gemm_with_single_path_stores(monk
     BF16), where without it the linears' backward GEMMs do; the audit stays clean."""
     from mpnn_jax.nn import linear
 
-    from .test_linear_conv import _mixed_dots
-
     overrides = {"correlation": 3} if name == "mace" else {}
     policy = get_policy("bf16-mixed")
     graph = tiny_graph()
@@ -55,5 +53,5 @@ def test_training_gradient_runs_no_fp32_x_bf16_gemm_with_single_path_stores(monk
         params = testing.random_params(model, graph)
         report = audit(loss_and_grad(model, second_order=True), params, graph)
         assert report.check(policy) == []
-        mixed[store] = _mixed_dots(report, policy)
+        mixed[store] = report.mixed_gemms(policy)
     assert mixed[False] and not mixed[True], [r.name_stack for r in mixed[True]]
