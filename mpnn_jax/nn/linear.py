@@ -37,8 +37,9 @@ from mpnn_jax.precision import Policy
 #: 47.9 -> 51.1 ms, bf16-mixed 40.4 -> 40.0.)
 DENSE_INDEX_MAX = 8
 #: A GEMM whose FP32 result is rounded to the stage dtype before any other use stores the stage
-#: dtype itself (:func:`~mpnn_jax.precision.ops.accum_einsum`'s ``out_dtype``: one rounding of
-#: the FP32 sums, as the cast it replaces) instead of writing FP32 for a cast: an output irrep
+#: dtype itself (:meth:`~mpnn_jax.precision.Policy.einsum`, by
+#: :data:`~mpnn_jax.precision.ops.STORE_16BIT`: one rounding of the FP32 sums, as the cast it
+#: replaces) instead of writing FP32 for a cast: an output irrep
 #: that one path reaches (no sum over paths), and the dense indexed GEMM (``select_sets``
 #: rounds its rows first). Same values; in a 16-bit stage the backward pass's GEMMs then take
 #: 16-bit cotangents (with FP32 results they took the FP32 cotangent of that cast: mixed FP32 x
@@ -93,16 +94,16 @@ def equivariant_linear(
     chunks: list[jax.Array | None] = []
     for j in range(len(irreps_out)):
         fan_in = sum(x.irreps[i].mul for i, jj in paths if jj == j)
+        alone = STORE_SINGLE_PATH and sum(jj == j for _, jj in paths) == 1
         out = None
         for (i, jj), w in zip(paths, weights):
             if jj != j or x.chunks[i] is None:
                 continue
             # subscripts in dot_general's natural output order: no transpose in the wide dtype
-            if indices is None:
-                alone = STORE_SINGLE_PATH and sum(jj == j for _, jj in paths) == 1
-                y = einsum_accum(
-                    policy, stage, "nui,uw->niw", x.chunks[i], w, out_dtype=dtype if alone else None
-                )
+            if indices is None and alone:
+                y = policy.einsum(stage, "nui,uw->niw", x.chunks[i], w)
+            elif indices is None:
+                y = einsum_accum(policy, stage, "nui,uw->niw", x.chunks[i], w)
             elif w.shape[0] <= DENSE_INDEX_MAX:
                 y = None
                 if indexed_matmul is not None and jnp.finfo(policy.accum(stage)).bits >= 32:
@@ -111,10 +112,10 @@ def equivariant_linear(
                     # every weight set on every row (one dense GEMM), then each row's own:
                     # cheaper than gathering a [mul_in, mul_out] matrix per row (few sets)
                     # (select_sets rounds y to the stage dtype first: the GEMM may store it)
-                    y = einsum_accum(
-                        policy, stage, "nui,suw->nisw", x.chunks[i], w,
-                        out_dtype=dtype if STORE_SINGLE_PATH else None,
-                    )  # fmt: skip
+                    if STORE_SINGLE_PATH:
+                        y = policy.einsum(stage, "nui,suw->nisw", x.chunks[i], w)
+                    else:
+                        y = einsum_accum(policy, stage, "nui,suw->nisw", x.chunks[i], w)
                     y = select_sets(policy, stage, y, indices)  # [n, ir_dim, mul_out]
             else:
                 w = take_rows(policy, stage, w, indices)  # [n, mul_in, mul_out]

@@ -122,9 +122,7 @@ def gather_rows(
     return rows.at[inverse].get(unique_indices=True, mode="promise_in_bounds")
 
 
-def einsum_accum(
-    policy: Policy, stage: str, subscripts: str, *operands: jax.Array, out_dtype=None
-) -> jax.Array:
+def einsum_accum(policy: Policy, stage: str, subscripts: str, *operands: jax.Array) -> jax.Array:
     """``einsum`` of ``operands`` rounded to the ``stage`` dtype, result in ``policy.accum(stage)``.
 
     Args:
@@ -132,16 +130,12 @@ def einsum_accum(
         stage: stage whose dtype the operands are cast to.
         subscripts: ``jnp.einsum`` subscripts.
         *operands: arrays (any float dtype).
-        out_dtype: the dtype the caller keeps the result in, passed to
-            :func:`~mpnn_jax.precision.ops.accum_einsum` (a 16-bit stage's dot may then store it
-            directly, :data:`~mpnn_jax.precision.ops.STORE_16BIT`).
 
     Returns:
-        The contraction in the accumulator dtype, or in ``out_dtype`` where the dot stored it
-        (the caller casts it to the stage dtype).
+        The contraction in the accumulator dtype (the caller casts it back to the stage dtype).
     """
     ops = [policy.cast(stage, o) for o in operands]
-    return accum_einsum(subscripts, *ops, accum_dtype=policy.accum(stage), out_dtype=out_dtype)
+    return accum_einsum(subscripts, *ops, accum_dtype=policy.accum(stage))
 
 
 def matmul_accum(policy: Policy, stage: str, a: jax.Array, b: jax.Array) -> jax.Array:
