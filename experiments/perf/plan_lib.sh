@@ -12,10 +12,11 @@ whole() {  # OUT-NAME LIMIT-S "VARIANTS" CASES...
       --no-ceilings --repeats 20 --variants $variants --cases "$@" > "$out/$name.txt" 2>&1
   stamp "$name"
 }
-sweep() {  # OUT-NAME LIMIT-S SHAPE PART VARIANTS...: one kernel alone (pallas_conv.py --parts-only)
-  local name=$1 limit=$2 shape=$3 part=$4; shift 4
+sweep() {  # OUT-NAME LIMIT-S SHAPE "PART..." VARIANTS...: kernels alone (pallas_conv.py --parts-only;
+  # PART... one word per kernel, e.g. "node transposed")
+  local name=$1 limit=$2 shape=$3 parts=$4; shift 4
   timeout "$limit" python3 experiments/perf/pallas_conv.py --out "$out/$name.json" \
-      --kernels water:10000 --parts-only --parts "$part" --parts-shape "$shape" \
+      --kernels water:10000 --parts-only --parts $parts --parts-shape "$shape" \
       --kernel-variants "$@" --cases --no-ceilings --small --repeats 20 ${SWEEP_ARGS:-} 2>&1 \
       | grep -v Warning > "$out/$name.txt"
   stamp "$name"

@@ -42,12 +42,9 @@ case $call in
         pallas:BLOCK_EDGES=4 pallas:BLOCK_EDGES=16
     picks picks_nequip "$out/nq_node.json" "$out/nq_trans.json" "$out/nq_edge.json" ;;
   s)
-    timeout 90 python3 experiments/perf/pallas_conv.py --out "$out/node_one_warp.json" \
-        --kernels water:10000 --parts-only --parts node transposed --parts-shape mace-mp-s \
-        --kernel-variants pallas pallas:BLOCK_NODES=1,NUM_WARPS=1 pallas:BLOCK_NODES=2,NUM_WARPS=2 \
-        pallas:BLOCK_NODES_T=1,NUM_WARPS_T=1 pallas:BLOCK_NODES_T=2,NUM_WARPS_T=1 \
-        --cases --no-ceilings --small --repeats 20 2>&1 | grep -v Warning > "$out/node_one_warp.txt"
-    stamp node_one_warp
+    sweep node_one_warp 90 mace-mp-s "node transposed" pallas pallas:BLOCK_NODES=1,NUM_WARPS=1 \
+        pallas:BLOCK_NODES=2,NUM_WARPS=2 pallas:BLOCK_NODES_T=1,NUM_WARPS_T=1 \
+        pallas:BLOCK_NODES_T=2,NUM_WARPS_T=1
     python3 experiments/perf/pick_parts.py "$out/node_one_warp.json" | tee "$out/picks_node.txt"
     PICK_FP32=pallas PICK_BF16=pallas EXTRA="pallas:BLOCK_EDGES=8@fp32 pallas:BLOCK_EDGES=8@bf16-mixed" \
         rounds mace-mp-s 160 90 ;;

@@ -25,13 +25,9 @@ case $call in
     profile profile_10k 170 mace-mp-s:water:10000:fp32:train:pallas \
         mace-mp-s:water:10000:bf16-mixed:train:pallas mace-mp-s:water:10000:fp32:ef:pallas \
         mace-mp-s:water:10000:bf16-mixed:ef:pallas
-    timeout 90 python3 experiments/perf/pallas_conv.py --out "$out/node_one_warp.json" \
-        --kernels water:10000 --parts-only --parts node transposed --parts-shape mace-mp-s \
-        --kernel-variants pallas pallas:BLOCK_NODES=1,NUM_WARPS=1 pallas:BLOCK_NODES=2,NUM_WARPS=2 \
-        pallas:BLOCK_NODES_T=1,NUM_WARPS_T=1 pallas:BLOCK_NODES_T=2,NUM_WARPS_T=1 \
-        --cases --no-ceilings --small --repeats 20 --no-agreement 2>&1 | grep -v Warning \
-        > "$out/node_one_warp.txt"
-    stamp node_one_warp
+    SWEEP_ARGS=--no-agreement sweep node_one_warp 90 mace-mp-s "node transposed" pallas \
+        pallas:BLOCK_NODES=1,NUM_WARPS=1 pallas:BLOCK_NODES=2,NUM_WARPS=2 \
+        pallas:BLOCK_NODES_T=1,NUM_WARPS_T=1 pallas:BLOCK_NODES_T=2,NUM_WARPS_T=1
     picks picks_node "$out/node_one_warp.json" ;;
   b)
     SWEEP_ARGS=--no-agreement sweep macel_edge 150 mace-L edge pallas pallas:EDGE_GROUPS=3 \
