@@ -15,14 +15,20 @@ from mpnn_jax.precision import audit, get_policy
 from .backend_checks import MODELS, loss_and_grad, tiny_graph
 
 
-@pytest.mark.parametrize("name", ["mace", "nequip"])
-def test_pallas_models_follow_bf16_mixed(name):
+def _bf16_pallas_model(name):
+    """``(model, params, graph)``: a tiny bf16-mixed model on the pallas backend (MACE at
+    correlation 3, the order-3 product's kernels)."""
     overrides = {"correlation": 3} if name == "mace" else {}
     model = testing.tiny_model(
         name, policy="bf16-mixed", backend="pallas", **{**MODELS[name], **overrides}
     )
     graph = tiny_graph()
-    params = testing.random_params(model, graph)
+    return model, testing.random_params(model, graph), graph
+
+
+@pytest.mark.parametrize("name", ["mace", "nequip"])
+def test_pallas_models_follow_bf16_mixed(name):
+    model, params, graph = _bf16_pallas_model(name)
     policy = get_policy("bf16-mixed")
     for fn in (make_predictor(model), loss_and_grad(model, second_order=True)):
         report = audit(fn, params, graph)
@@ -41,16 +47,11 @@ def test_training_gradient_runs_no_fp32_x_bf16_gemm_with_single_path_stores(monk
     BF16), where without it the linears' backward GEMMs do; the audit stays clean."""
     from mpnn_jax.nn import linear
 
-    overrides = {"correlation": 3} if name == "mace" else {}
+    model, params, graph = _bf16_pallas_model(name)
     policy = get_policy("bf16-mixed")
-    graph = tiny_graph()
     mixed = {}
-    for store in (False, True):
+    for store in (False, True):  # read when the step is traced
         monkeypatch.setattr(linear, "STORE_SINGLE_PATH", store)
-        model = testing.tiny_model(
-            name, policy="bf16-mixed", backend="pallas", **{**MODELS[name], **overrides}
-        )
-        params = testing.random_params(model, graph)
         report = audit(loss_and_grad(model, second_order=True), params, graph)
         assert report.check(policy) == []
         mixed[store] = report.mixed_gemms(policy)
